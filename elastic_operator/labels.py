@@ -1,0 +1,20 @@
+"""Label, annotation and finalizer keys: one place, so the operator, the autoscaler, the reclaim
+controller and the local cluster never disagree on a spelling."""
+
+from typing import Final
+
+GROUP: Final = "elastic.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+# On worker pods and the headless Service.
+JOB_NAME: Final = f"{GROUP}/job-name"
+REPLICA_INDEX: Final = f"{GROUP}/replica-index"
+ROLE: Final = f"{GROUP}/role"  # "worker" | "etcd"
+
+# Pod annotation: "never" exempts a notebook kernel pod from idle reclaim.
+RECLAIM: Final = f"{GROUP}/reclaim"
+# Pod annotation set by the reclaim controller while a kernel is in its warning period (RFC 3339 time).
+RECLAIM_AT: Final = f"{GROUP}/reclaim-at"
+
+DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
