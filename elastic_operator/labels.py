@@ -14,7 +14,7 @@ ROLE: Final = f"{GROUP}/role"  # "worker" | "etcd"
 
 # Pod annotation: "never" exempts a notebook kernel pod from idle reclaim.
 RECLAIM: Final = f"{GROUP}/reclaim"
-# Pod annotation set by the reclaim controller while a kernel is in its warning period (RFC 3339 time).
+# Pod annotation: when the reclaim controller will reclaim a warned kernel (RFC 3339 time).
 RECLAIM_AT: Final = f"{GROUP}/reclaim-at"
 
 DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
