@@ -79,7 +79,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["additionalProperties"] = _convert(additional, defs)
     if "items" in node:
         out["items"] = _convert(node["items"], defs)
-    free_form = out.get("type") == "object" and not {"properties", "additionalProperties"} & set(out)
+    shaped = {"properties", "additionalProperties"} & set(out)
+    free_form = out.get("type") == "object" and not shaped
     if free_form and not preserve:
         # dict[str, Any]: keep its content instead of letting the API server prune it.
         out["x-kubernetes-preserve-unknown-fields"] = True
