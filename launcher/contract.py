@@ -76,6 +76,15 @@ def etcd_prefix(rdzv_id: str) -> str:
     return f"/elastic/{rdzv_id}/"
 
 
+def round_key(rdzv_id: str) -> str:
+    """etcd key holding the last formed round as JSON ``{"generation", "worldSize", "nodes"}``.
+
+    Written by the agent of group rank 0 after each formation; the operator reads it for the
+    job's status.worldSize and status.generation. Readers must tolerate it being absent.
+    """
+    return f"{etcd_prefix(rdzv_id)}round"
+
+
 def failure_key(rdzv_id: str, node_id: str) -> str:
     """etcd key where the agent of ``node_id`` writes its latest FailureReport."""
     return f"{etcd_prefix(rdzv_id)}failures/{node_id}"
