@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up elastic-operator on a fresh Debian machine with Python 3.11: system packages (only those
+# missing), a virtual environment in .venv, torch's CPU wheel first (an unpinned torch would pull a
+# multi-GB CUDA build), then the project. Idempotent: a second run installs nothing new.
+#   scripts/setup.sh          what the embedded local cluster needs (etcd)
+#   scripts/setup.sh --test   also what the tests need (prometheus, pytest, jupyter_server, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[[ "${1:-}" == "--test" ]] && with_tests=1
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+if [[ $with_tests -eq 1 ]]; then
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+fi
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+.venv/bin/python -c 'import torch' >/dev/null 2>&1 || "${pip[@]}" "torch==2.13.0"
+if [[ $with_tests -eq 1 ]]; then
+  "${pip[@]}" -e ".[test]"
+else
+  "${pip[@]}" -e .
+fi
+echo "setup: ready (.venv)"
