@@ -1,0 +1,277 @@
+"""The local agent: one per pod; rendezvous, run the training processes, react to failures.
+
+Why our own loop and not torch's ``LocalElasticAgent``: with torch 2.13 a node joining a running
+job (grow) kills torch's agent (it waits for the newcomer's ``role_info`` key and times out), and
+torch's agent does not watch its peers, so a SIGKILLed peer leaves survivors hanging in a
+collective. This loop keeps torch's conventions (env variables, restart budget, exit codes) and
+adds peer watching through ``EtcdRendezvous``.
+
+One iteration: join a round -> start ``nproc`` workers -> every ``monitor_interval`` (and at every
+etcd change) check, in order: local process exits (crash / all done), heartbeats (hang), the
+rendezvous (a peer lost, a member re-forming, a newcomer while below max). Then:
+- all local workers exited 0 -> mark the rendezvous closed, exit 0;
+- re-form -> SIGTERM the workers (they checkpoint), SIGKILL after ``stop_timeout``, join again;
+  not a failure, not counted;
+- local failure -> stop the workers, announce "re-forming" at once (peers follow), then decide
+  whose failure it was: when one process dies, its peers' collectives fail too, so every node
+  sees a crash. Each failing node records the wall-clock time its first process failed; the
+  earliest claim is the origin, and a member whose lease expired makes it a lost peer. Only the
+  origin counts a restart against ``max_restarts`` and writes a ProcessCrashed/ProcessHung
+  report; past the budget it writes MaxRestartsExceeded and exits 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+from torch.distributed.elastic.rendezvous import RendezvousClosedError, RendezvousTimeoutError
+
+from launcher import contract
+from launcher.etcd_rendezvous import (
+    DEFAULT_JOIN_TIMEOUT,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_REFORM_TIMEOUT,
+    DEFAULT_SETTLE,
+    EtcdRendezvous,
+    Round,
+)
+from launcher.etcd_session import EtcdSession, EtcdUnavailableError
+from launcher.monitor import GroupState, GroupStatus, WorkerGroup
+from launcher.reports import FailureReporter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ShutdownRequested(Exception):
+    """The agent got SIGTERM/SIGINT (pod deletion, scale-down)."""
+
+
+@dataclass
+class AgentConfig:
+    """Everything the agent needs; built by ``launcher.cli`` from flags and ELASTIC_* env."""
+
+    cmd: list[str]
+    rdzv_endpoint: str
+    rdzv_id: str
+    node_id: str
+    local_addr: str
+    min_nodes: int = 1
+    max_nodes: int = 1
+    nproc_per_node: int = 1
+    max_restarts: int = contract.DEFAULT_MAX_RESTARTS
+    monitor_interval: float = contract.DEFAULT_MONITOR_INTERVAL
+    hang_timeout: float = contract.DEFAULT_HANG_TIMEOUT
+    stop_timeout: float = 30.0
+    termination_log: str | None = contract.DEFAULT_TERMINATION_LOG
+    lease_ttl: int = DEFAULT_LEASE_TTL
+    settle: float = DEFAULT_SETTLE
+    reform_timeout: float = DEFAULT_REFORM_TIMEOUT
+    join_timeout: float = DEFAULT_JOIN_TIMEOUT
+    run_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # "succeeded" | "reform" | "failed"
+    reason: str = ""
+    status: GroupStatus | None = None
+
+
+class Agent:
+    """Runs the loop in the module docstring; ``run()`` returns the process exit code."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.restarts = 0
+        self.session: EtcdSession | None = None
+        self.rdzv: EtcdRendezvous | None = None
+        self.reporter = FailureReporter(config.rdzv_id, config.node_id, config.termination_log)
+        self.group: WorkerGroup | None = None
+        self.run_dir = config.run_dir or Path(tempfile.mkdtemp(prefix="elastic-agent-"))
+
+    # -- entry -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg = self.config
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.session = EtcdSession(
+                cfg.rdzv_endpoint, contract.etcd_prefix(cfg.rdzv_id), cfg.lease_ttl,
+                name=cfg.node_id,
+            ).start(timeout=cfg.join_timeout)
+            self.reporter.session = self.session
+            self.rdzv = EtcdRendezvous(
+                self.session, cfg.rdzv_id, cfg.node_id, cfg.min_nodes, cfg.max_nodes,
+                cfg.local_addr, settle=cfg.settle, reform_timeout=cfg.reform_timeout,
+            )
+            return self._loop()
+        except ShutdownRequested:
+            log.info("node %s: shutdown requested; stopping workers", cfg.node_id)
+            self._stop_group()
+            self.reporter.report("Shutdown", "agent received SIGTERM (pod deleted or scaled down)",
+                                 generation=self.rdzv.last_generation if self.rdzv else None)
+            return 0
+        except EtcdUnavailableError as exc:
+            self.reporter.report("RendezvousFailed", f"etcd unreachable: {exc}")
+            return 1
+        finally:
+            self._stop_group()
+            if self.session is not None:
+                self.session.close(revoke=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        raise ShutdownRequested(signal.Signals(signum).name)
+
+    def _stop_group(self) -> None:
+        if self.group is not None:
+            self.group.stop(self.config.stop_timeout)
+            self.group = None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> int:
+        cfg = self.config
+        assert self.rdzv is not None
+        previous_world = 0
+        while True:
+            try:
+                rnd = self.rdzv.next_round(cfg.join_timeout)
+            except RendezvousClosedError:
+                log.info("node %s: job already finished; nothing to do", cfg.node_id)
+                return 0
+            except RendezvousTimeoutError as exc:
+                self.reporter.report("RendezvousFailed", str(exc))
+                return 1
+            log.info("node %s: joined generation %d as group rank %d of %d", cfg.node_id,
+                     rnd.generation, rnd.rank, rnd.world_size)
+            extra = dict(cfg.extra_env)
+            extra.update({
+                "TORCHELASTIC_RUN_ID": cfg.rdzv_id,
+                "TORCHELASTIC_RESTART_COUNT": str(self.restarts),
+                "TORCHELASTIC_MAX_RESTARTS": str(cfg.max_restarts),
+            })
+            self.group = WorkerGroup(
+                cfg.cmd, cfg.nproc_per_node, rnd, self.run_dir, cfg.hang_timeout,
+                previous_world_size=previous_world, extra_env=extra,
+            ).start()
+            previous_world = self.group.world_size
+            outcome = self._monitor(rnd)
+            if outcome.kind == "succeeded":
+                self.group = None
+                self._close_rendezvous()
+                log.info("node %s: all local workers finished; done", cfg.node_id)
+                return 0
+            self._stop_group()
+            if outcome.kind == "reform":
+                log.info("node %s: re-forming generation %d: %s", cfg.node_id,
+                         rnd.generation, outcome.reason)
+                if outcome.reason.startswith("peer lost"):
+                    self.reporter.write_etcd(self._report_obj("PeerLost", outcome.reason, rnd))
+                continue
+            assert outcome.status is not None
+            if self._handle_failure(rnd, outcome.status):
+                return 1
+
+    def _monitor(self, rnd: Round) -> Outcome:
+        assert self.group is not None and self.rdzv is not None and self.session is not None
+        version = -1
+        while True:
+            status = self.group.poll()
+            if status.state is GroupState.FAILED:
+                return Outcome("failed", status.message, status)
+            if status.state is GroupState.SUCCEEDED:
+                return Outcome("succeeded")
+            reason = self.rdzv.reform_reason(rnd)
+            if reason is not None:
+                return Outcome("reform", reason)
+            version = self.session.wait_change(version, self.config.monitor_interval)
+
+    def _handle_failure(self, rnd: Round, status: GroupStatus) -> bool:
+        """Attribute and report a local failure; True when the agent must exit (budget spent)."""
+        cfg = self.config
+        assert self.rdzv is not None and self.session is not None
+        closed = self._retry(self.rdzv.is_closed, default=False)
+        if not closed:
+            self._retry(lambda: self.rdzv.announce_waiting(after=rnd.generation))  # type: ignore[union-attr]
+        own, why = (True, "") if closed else self._attribute(rnd, status.exit_time)
+        if not own:
+            log.info("node %s: local workers failed as a consequence (%s); not counted",
+                     cfg.node_id, why)
+            return False
+        rank = self.group_rank_of(rnd, status.local_rank)
+        self.reporter.report(status.reason, status.message, rank=rank,
+                             exit_code=status.exit_code, generation=rnd.generation)
+        self.restarts += 1
+        if self.restarts > cfg.max_restarts or closed:
+            self.reporter.report(
+                "MaxRestartsExceeded",
+                f"{status.reason}: {status.message}; restart {self.restarts} exceeds "
+                f"--max-restarts={cfg.max_restarts}" if not closed else
+                f"{status.reason} after the job finished: {status.message}",
+                rank=rank, exit_code=status.exit_code, generation=rnd.generation,
+            )
+            return True
+        log.info("node %s: restart %d of %d", cfg.node_id, self.restarts, cfg.max_restarts)
+        return False
+
+    def group_rank_of(self, rnd: Round, local_rank: int) -> int:
+        return rnd.rank * self.config.nproc_per_node + local_rank
+
+    def _attribute(self, rnd: Round, first_exit: float) -> tuple[bool, str]:
+        """(is this node the origin of the failure, why not)."""
+        assert self.rdzv is not None and self.session is not None
+        self._retry(lambda: self.rdzv.claim_fault(rnd.generation, first_exit))  # type: ignore[union-attr]
+        # A SIGKILLed peer is only known after its lease expires: wait that long at most.
+        deadline = time.monotonic() + self.config.lease_ttl + 1.0
+        version = -1
+        while True:
+            origin = self.rdzv.fault_origin(rnd.generation)
+            snap = self.rdzv.snapshot()
+            if self.session.connected:
+                lost = [m for m in rnd.members if m not in snap.participants]
+                if lost:
+                    return False, f"peer lost: {', '.join(lost)}"
+                if origin is not None and origin != self.config.node_id:
+                    return False, f"node {origin} failed first"
+            if time.monotonic() >= deadline:
+                return origin in (None, self.config.node_id), f"node {origin} failed first"
+            version = self.session.wait_change(version, deadline - time.monotonic())
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _report_obj(self, reason: str, message: str, rnd: Round) -> contract.FailureReport:
+        return contract.FailureReport(reason=reason, message=message, node_id=self.config.node_id,
+                                      generation=rnd.generation, timestamp=time.time())
+
+    def _close_rendezvous(self) -> None:
+        assert self.rdzv is not None
+        self._retry(self.rdzv.set_closed)
+
+    def _retry(self, fn: Callable[[], T], default: T | None = None,
+               timeout: float = 60.0) -> T | None:
+        """Call ``fn`` until etcd answers (backoff 0.1 -> 1 s) or ``timeout``, then ``default``."""
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except EtcdUnavailableError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("giving up on etcd after %.0fs: %s", timeout, exc)
+                    return default
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)

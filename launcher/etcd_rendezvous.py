@@ -1,0 +1,470 @@
+"""Rendezvous on etcd's v3 API: membership by leases, rounds by compare-and-swap, waits by watch.
+
+torch's own etcd backends speak etcd's v2 API (hidden in 3.4, removed in 3.6); this one is v3
+only. ``EtcdRendezvous`` is the protocol; ``EtcdV3RendezvousHandler`` adapts it to torch's
+``RendezvousHandler`` and is registered as backend ``"etcd-v3"`` in torch's
+``rendezvous_handler_registry`` (so ``torchrun --rdzv-backend=etcd-v3`` works once this module
+is imported).
+
+Protocol. All keys live under ``contract.etcd_prefix(run_id)`` = ``P``:
+
+- ``P/nodes/<node_id>`` -- one per participant, bound to the participant's lease (TTL a few
+  seconds, kept alive by ``EtcdSession``). Value: ``{"addr", "port", "after"}``. ``addr:port``
+  is a free port on the node, used as MASTER_ADDR:MASTER_PORT when the node gets rank 0.
+  ``after = g`` means "I want to be in a round whose generation is greater than g". The key
+  vanishes when the agent dies (lease expiry), which is how peers learn of a lost node.
+- ``P/round`` -- the current round: ``{"generation", "members", "master_addr", "master_port"}``;
+  a member's rank is its index in ``members``. Only ever replaced by a transaction that compares
+  the key's mod revision with the one the writer read (compare-and-swap), and that checks every
+  new member's node key still exists. Two closers racing: exactly one wins; the loser re-reads.
+- ``P/closed`` -- set once the job finished (torch's ``set_closed``); late joiners stop.
+
+Derived from one consistent snapshot (``Snapshot``): a node is *active* if it is a member of the
+round and its ``after`` is below the round's generation; otherwise it is *waiting*. A member
+whose key is gone is *dead*.
+
+- Joining / re-forming: a node writes its key with ``after`` = the last generation it ran in
+  (or the current one when it was not a member), then waits on the watched cache.
+- Closing a round (any waiting node may try): candidates are the waiting nodes, previous
+  members first in their old rank order (so rank 0 stays put when it can), then newcomers in
+  arrival order (key create revision), at most ``max_nodes``. The round closes when there are
+  at least ``min_nodes`` candidates and no active member is left behind, and either
+  ``max_nodes`` are there, or it is a re-formation (an existing round: everyone alive is
+  already in), or -- for the first round only -- nobody new arrived for ``settle`` seconds.
+  This is why formation does not wait torch's long last-call timeout when min < max, and why a
+  shrink does not wait any timeout meant for slow starts. An active member that does not
+  follow within ``reform_timeout`` (its agent is stuck) is left out; it re-joins later.
+- Members react (``EtcdRendezvous.reform_reason``): a dead member, a member that is waiting, or
+  a waiting newcomer while the round has fewer than ``max_nodes`` -> re-form. Spares beyond
+  ``max_nodes`` wait without disturbing a full round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from etcd3 import transactions as tx
+from torch.distributed import PrefixStore, Store, TCPStore
+from torch.distributed.elastic.rendezvous import (
+    RendezvousClosedError,
+    RendezvousConnectionError,
+    RendezvousHandler,
+    RendezvousInfo,
+    RendezvousParameters,
+    RendezvousStoreInfo,
+    RendezvousTimeoutError,
+    rendezvous_handler_registry,
+)
+
+from launcher import contract
+from launcher.etcd_session import Entry, EtcdSession, EtcdUnavailableError
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAME = "etcd-v3"
+DEFAULT_LEASE_TTL = 3
+DEFAULT_SETTLE = 1.0
+DEFAULT_REFORM_TIMEOUT = 30.0
+DEFAULT_JOIN_TIMEOUT = 600.0
+
+
+def free_port(addr: str = "") -> int:
+    """A currently free TCP port on this host (there is an unavoidable reuse race, as in torch)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((addr if addr in ("127.0.0.1", "localhost") else "", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Participant:
+    node_id: str
+    addr: str
+    port: int
+    after: int
+    create_revision: int
+
+
+@dataclass(frozen=True)
+class Round:
+    """A formed round as seen by one node; ``rank`` is this node's group rank."""
+
+    generation: int
+    members: tuple[str, ...]
+    master_addr: str
+    master_port: int
+    node_id: str
+
+    @property
+    def rank(self) -> int:
+        return self.members.index(self.node_id)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.members)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The rendezvous state at one etcd revision, parsed from the session's cache."""
+
+    participants: dict[str, Participant]
+    round: Round | None
+    round_revision: int
+    closed: bool
+    faults: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, prefix: str, cache: dict[str, Entry]) -> Snapshot:
+        participants: dict[str, Participant] = {}
+        faults: dict[str, float] = {}
+        current: Round | None = None
+        revision = 0
+        closed = False
+        for key, entry in cache.items():
+            rel = key[len(prefix):]
+            try:
+                if rel.startswith("nodes/"):
+                    data = json.loads(entry.value)
+                    node = rel[len("nodes/"):]
+                    participants[node] = Participant(
+                        node, data["addr"], int(data["port"]), int(data["after"]),
+                        entry.create_revision,
+                    )
+                elif rel == "round":
+                    data = json.loads(entry.value)
+                    current = Round(int(data["generation"]), tuple(data["members"]),
+                                    data["master_addr"], int(data["master_port"]), "")
+                    revision = entry.mod_revision
+                elif rel == "closed":
+                    closed = True
+                elif rel.startswith("faults/"):
+                    faults[rel[len("faults/"):]] = float(json.loads(entry.value)["t"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring malformed rendezvous key %s: %r", key, exc)
+        return cls(participants, current, revision, closed, faults)
+
+    @property
+    def generation(self) -> int:
+        return self.round.generation if self.round else 0
+
+    def is_active(self, node_id: str) -> bool:
+        p = self.participants.get(node_id)
+        return (p is not None and self.round is not None and node_id in self.round.members
+                and p.after < self.round.generation)
+
+    def waiting(self) -> list[Participant]:
+        """Waiting participants in candidate order: old members by old rank, then arrivals."""
+        members = self.round.members if self.round else ()
+        order = {node: i for i, node in enumerate(members)}
+        waiting = [p for p in self.participants.values() if not self.is_active(p.node_id)]
+        return sorted(waiting, key=lambda p: (order.get(p.node_id, len(order)),
+                                              p.create_revision, p.node_id))
+
+    def dead_members(self) -> list[str]:
+        if self.round is None:
+            return []
+        return [m for m in self.round.members if m not in self.participants]
+
+    def active_members(self) -> list[str]:
+        return [m for m in (self.round.members if self.round else ()) if self.is_active(m)]
+
+
+class EtcdRendezvous:
+    """One node's side of the protocol in the module docstring.
+
+    Thread-safe for one caller of ``next_round`` at a time; ``reform_reason``,
+    ``num_nodes_waiting`` and ``snapshot`` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        session: EtcdSession,
+        run_id: str,
+        node_id: str,
+        min_nodes: int,
+        max_nodes: int,
+        local_addr: str,
+        settle: float = DEFAULT_SETTLE,
+        reform_timeout: float = DEFAULT_REFORM_TIMEOUT,
+    ) -> None:
+        if not 1 <= min_nodes <= max_nodes:
+            raise ValueError(
+                f"--nnodes={min_nodes}:{max_nodes}: need 1 <= MIN <= MAX"
+            )
+        self.session = session
+        self.run_id = run_id
+        self.prefix = contract.etcd_prefix(run_id)
+        self.node_id = node_id
+        self.min_nodes = min_nodes
+        self.max_nodes = max_nodes
+        self.local_addr = local_addr
+        self.settle = settle
+        self.reform_timeout = reform_timeout
+        self.last_generation = 0
+        self._lock = threading.Lock()
+
+    @property
+    def node_key(self) -> str:
+        return f"{self.prefix}nodes/{self.node_id}"
+
+    @property
+    def round_key(self) -> str:
+        return f"{self.prefix}round"
+
+    def snapshot(self) -> Snapshot:
+        _, cache = self.session.view()
+        return Snapshot.parse(self.prefix, cache)
+
+    # -- joining -----------------------------------------------------------------------------
+
+    def announce_waiting(self, after: int | None = None) -> None:
+        """Publish "I want a round newer than ``after``" (default: the last one I ran in)."""
+        if after is None:
+            snap = self.snapshot()
+            after = (self.last_generation if self.node_id in (
+                snap.round.members if snap.round else ()) else snap.generation)
+            after = max(after, self.last_generation)
+        value = {"addr": self.local_addr, "port": free_port(self.local_addr), "after": after}
+        self.session.put_owned(self.node_key, json.dumps(value).encode())
+
+    def next_round(self, timeout: float = DEFAULT_JOIN_TIMEOUT) -> Round:
+        """Block until a round containing this node forms; return it.
+
+        Raises RendezvousClosedError when the job has finished, RendezvousTimeoutError after
+        ``timeout`` seconds. etcd outages are waited out (the deadline still applies).
+        """
+        with self._lock:
+            deadline = time.monotonic() + timeout
+            announced = False
+            waiting_set: frozenset[str] = frozenset()
+            changed_at = time.monotonic()
+            version = -1
+            while True:
+                now = time.monotonic()
+                if now > deadline:
+                    raise RendezvousTimeoutError(
+                        f"rendezvous {self.run_id}: no round with this node within {timeout}s "
+                        f"(need at least {self.min_nodes} nodes)"
+                    )
+                if not self.session.connected:
+                    version = self.session.wait_change(version, 0.5)
+                    continue
+                snap = self.snapshot()
+                if snap.closed:
+                    raise RendezvousClosedError(f"rendezvous {self.run_id} is closed (job done)")
+                active = snap.is_active(self.node_id)
+                if active and snap.generation > self.last_generation:
+                    assert snap.round is not None
+                    self.last_generation = snap.generation
+                    r = snap.round
+                    return Round(r.generation, r.members, r.master_addr, r.master_port,
+                                 self.node_id)
+                # Announce at most once per call; the session re-puts the key on a new lease.
+                me = snap.participants.get(self.node_id)
+                if not announced and (me is None or active):
+                    try:
+                        self.announce_waiting()
+                        announced = True
+                    except EtcdUnavailableError:
+                        continue
+                    version = self.session.wait_change(version, 0.05)
+                    continue
+                waiting = frozenset(p.node_id for p in snap.waiting())
+                if waiting != waiting_set:
+                    waiting_set, changed_at = waiting, now
+                wait_for = self._try_close(snap, now - changed_at)
+                version = self.session.wait_change(version, min(wait_for, deadline - now))
+
+    def _try_close(self, snap: Snapshot, quiet_for: float) -> float:
+        """Close the round if the rules allow; return how long to wait before re-checking."""
+        candidates = snap.waiting()[: self.max_nodes]
+        if self.node_id not in {p.node_id for p in candidates}:
+            return 1.0
+        if len(candidates) < self.min_nodes:
+            return 1.0
+        stragglers = snap.active_members()
+        if stragglers and quiet_for < self.reform_timeout:
+            return self.reform_timeout - quiet_for
+        if len(candidates) < self.max_nodes and snap.round is None and quiet_for < self.settle:
+            return self.settle - quiet_for
+        master = candidates[0]
+        new_round = {
+            "generation": snap.generation + 1,
+            "members": [p.node_id for p in candidates],
+            "master_addr": master.addr,
+            "master_port": master.port,
+        }
+        compare = [tx.Mod(self.round_key) == snap.round_revision]
+        compare += [tx.Version(f"{self.prefix}nodes/{p.node_id}") > 0 for p in candidates]
+        try:
+            won = self.session.transaction(
+                compare, [tx.Put(self.round_key, json.dumps(new_round).encode())]
+            )
+        except EtcdUnavailableError:
+            return 0.5
+        if won:
+            log.info("rendezvous %s: closed round %d with %d nodes %s", self.run_id,
+                     new_round["generation"], len(candidates), new_round["members"])
+        return 0.05
+
+    # -- while running -----------------------------------------------------------------------
+
+    def reform_reason(self, current: Round) -> str | None:
+        """Why the running round ``current`` must re-form now, or None.
+
+        Never answers from a stale cache: while etcd is unreachable it returns None (training
+        continues; a real loss is seen once etcd answers again).
+        """
+        if not self.session.connected:
+            return None
+        snap = self.snapshot()
+        if snap.closed:
+            return None
+        if snap.round is None or snap.round.generation != current.generation:
+            return f"round moved on to generation {snap.generation}"
+        dead = snap.dead_members()
+        if dead:
+            return f"peer lost: {', '.join(dead)} (lease expired)"
+        leaving = [m for m in current.members if not snap.is_active(m)]
+        if leaving:
+            return f"member {', '.join(leaving)} is re-forming"
+        newcomers = [p.node_id for p in snap.waiting()]
+        if newcomers and current.world_size < self.max_nodes:
+            return f"new peer waiting: {', '.join(newcomers)}"
+        return None
+
+    def num_nodes_waiting(self) -> int:
+        snap = self.snapshot()
+        return len([p for p in snap.waiting() if p.after >= snap.generation])
+
+    def is_closed(self) -> bool:
+        return self.snapshot().closed
+
+    def set_closed(self) -> None:
+        """Mark the job finished: late joiners stop, members do not re-form on exits."""
+        self.session.put(
+            f"{self.prefix}closed",
+            json.dumps({"generation": self.last_generation, "node": self.node_id}).encode(),
+        )
+
+    # -- fault attribution ---------------------------------------------------------------------
+
+    def claim_fault(self, generation: int, first_exit: float) -> None:
+        """Record when this node's training first failed in ``generation`` (wall clock)."""
+        self.session.put(
+            f"{self.prefix}faults/{generation}/{self.node_id}",
+            json.dumps({"t": first_exit}).encode(),
+            with_lease=True,
+        )
+
+    def fault_origin(self, generation: int) -> str | None:
+        """The node with the earliest fault claim in ``generation`` (ties: lowest id)."""
+        snap = self.snapshot()
+        claims = {k.split("/", 1)[1]: t for k, t in snap.faults.items()
+                  if k.split("/", 1)[0] == str(generation)}
+        return min(claims, key=lambda n: (claims[n], n)) if claims else None
+
+
+class EtcdV3RendezvousHandler(RendezvousHandler):
+    """torch ``RendezvousHandler`` over ``EtcdRendezvous``.
+
+    Each round gets a TCPStore for torch's agent, hosted by group rank 0 on a fresh port it
+    publishes at ``P/stores/<generation>``; ``bootstrap_store_info`` carries the round's
+    MASTER_ADDR/MASTER_PORT for the training processes (a different port).
+    """
+
+    def __init__(self, rdzv: EtcdRendezvous, join_timeout: float) -> None:
+        self._rdzv = rdzv
+        self._join_timeout = join_timeout
+        self._stores: list[Store] = []
+
+    @property
+    def rendezvous(self) -> EtcdRendezvous:
+        return self._rdzv
+
+    def get_backend(self) -> str:
+        return BACKEND_NAME
+
+    def next_rendezvous(self) -> RendezvousInfo:
+        try:
+            rnd = self._rdzv.next_round(self._join_timeout)
+            store = self._round_store(rnd)
+        except EtcdUnavailableError as exc:
+            raise RendezvousConnectionError(str(exc)) from exc
+        info = RendezvousStoreInfo(rnd.master_addr, rnd.master_port)
+        return RendezvousInfo(store, rnd.rank, rnd.world_size, info)
+
+    def _round_store(self, rnd: Round) -> Store:
+        key = f"{self._rdzv.prefix}stores/{rnd.generation}"
+        session = self._rdzv.session
+        timeout = self._join_timeout
+        if rnd.rank == 0:
+            server = TCPStore(self._rdzv.local_addr, 0, rnd.world_size, True,
+                              wait_for_workers=False)
+            self._stores.append(server)
+            session.put(key, json.dumps([self._rdzv.local_addr, server.port]).encode())
+            base: Store = server
+        else:
+            deadline = time.monotonic() + timeout
+            version = -1
+            while (entry := session.view()[1].get(key)) is None:
+                if time.monotonic() > deadline:
+                    raise RendezvousTimeoutError(f"no store published at {key} in {timeout}s")
+                version = session.wait_change(version, 1.0)
+            addr, port = json.loads(entry.value)
+            base = TCPStore(addr, int(port), rnd.world_size, False)
+            self._stores.append(base)
+        return PrefixStore(f"/torchelastic/{rnd.generation}", base)
+
+    def is_closed(self) -> bool:
+        return self._rdzv.is_closed()
+
+    def set_closed(self) -> None:
+        self._rdzv.set_closed()
+
+    def num_nodes_waiting(self) -> int:
+        return self._rdzv.num_nodes_waiting()
+
+    def get_run_id(self) -> str:
+        return self._rdzv.run_id
+
+    def shutdown(self) -> bool:
+        self._rdzv.session.close(revoke=True)
+        return True
+
+
+def create_handler(params: RendezvousParameters) -> EtcdV3RendezvousHandler:
+    """torch registry entry point: ``RendezvousParameters`` -> handler.
+
+    Extra ``--rdzv-conf`` keys: ``lease_ttl`` (s, default 3), ``settle`` (s, default 1),
+    ``reform_timeout`` (s, default 30), ``join_timeout`` (s, default 600), ``node_id``.
+    """
+    import uuid
+
+    conf: dict[str, Any] = params.config
+    local_addr = params.local_addr or socket.gethostname()
+    node_id = str(conf.get("node_id") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    session = EtcdSession(
+        params.endpoint, contract.etcd_prefix(params.run_id),
+        lease_ttl=int(conf.get("lease_ttl", DEFAULT_LEASE_TTL)), name=node_id,
+    ).start()
+    rdzv = EtcdRendezvous(
+        session, params.run_id, node_id, params.min_nodes, params.max_nodes, local_addr,
+        settle=float(conf.get("settle", DEFAULT_SETTLE)),
+        reform_timeout=float(conf.get("reform_timeout", DEFAULT_REFORM_TIMEOUT)),
+    )
+    return EtcdV3RendezvousHandler(rdzv, float(conf.get("join_timeout", DEFAULT_JOIN_TIMEOUT)))
+
+
+def register() -> None:
+    """Register ``"etcd-v3"`` with torch's handler registry (idempotent)."""
+    rendezvous_handler_registry.register(BACKEND_NAME, create_handler)
+
+
+register()

@@ -1,0 +1,204 @@
+"""The local training processes of one round: start them, watch them, stop them.
+
+``WorkerGroup`` guarantees:
+- every process gets torch's variables (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE,
+  GROUP_RANK, MASTER_ADDR, MASTER_PORT) plus ours (``contract.WorkerEnv``), on top of the
+  agent's own environment (which carries the operator's ELASTIC_BASE_WORLD_SIZE, LR_SCALING,
+  BATCHING, CHECKPOINT_* through unchanged);
+- each runs in its own session (process group), and dies with the agent (Linux parent-death
+  signal), so a SIGKILLed agent leaves no orphan holding a GPU or a port;
+- the exit time of each process is taken when it exits (a waiter thread), not when polled, so
+  nodes can tell which failure came first;
+- hang detection: a process is hung when its heartbeat file (``ELASTIC_HEARTBEAT_FILE``, touched
+  by the training helpers once per step) is older than ``hang_timeout``. The timer is armed by
+  the first heartbeat: a script that never touches the file is never declared hung, and the
+  first step (compilation, data loading) is not timed at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.contract import WorkerEnv
+from launcher.etcd_rendezvous import Round
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGKILL this child when the agent dies (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class GroupState(enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """Result of one ``WorkerGroup.poll``; for FAILED, the first process that failed."""
+
+    state: GroupState
+    local_rank: int = -1
+    exit_code: int | None = None
+    exit_time: float = 0.0  # wall clock, comparable across nodes
+    reason: str = ""  # contract.FailureReport reason
+    message: str = ""
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class WorkerGroup:
+    """``nproc`` training processes for one round; see the module docstring."""
+
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        nproc: int,
+        rnd: Round,
+        run_dir: Path,
+        hang_timeout: float,
+        previous_world_size: int = 0,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.cmd = list(cmd)
+        self.nproc = nproc
+        self.round = rnd
+        self.run_dir = run_dir
+        self.hang_timeout = hang_timeout
+        self.previous_world_size = previous_world_size
+        self.extra_env = dict(extra_env or {})
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.exit_times: dict[int, float] = {}
+        self._exit_lock = threading.Lock()
+
+    @property
+    def world_size(self) -> int:
+        return self.round.world_size * self.nproc
+
+    def global_rank(self, local_rank: int) -> int:
+        return self.round.rank * self.nproc + local_rank
+
+    def heartbeat_file(self, local_rank: int) -> Path:
+        return self.run_dir / f"heartbeat-{self.round.generation}-{local_rank}"
+
+    def env_for(self, local_rank: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.update({
+            WorkerEnv.WORLD_SIZE: str(self.world_size),
+            WorkerEnv.RANK: str(self.global_rank(local_rank)),
+            WorkerEnv.LOCAL_RANK: str(local_rank),
+            WorkerEnv.LOCAL_WORLD_SIZE: str(self.nproc),
+            WorkerEnv.GROUP_RANK: str(self.round.rank),
+            "GROUP_WORLD_SIZE": str(self.round.world_size),
+            "ROLE_RANK": str(self.global_rank(local_rank)),
+            "ROLE_WORLD_SIZE": str(self.world_size),
+            WorkerEnv.MASTER_ADDR: self.round.master_addr,
+            WorkerEnv.MASTER_PORT: str(self.round.master_port),
+            WorkerEnv.RDZV_GENERATION: str(self.round.generation),
+            WorkerEnv.PREVIOUS_WORLD_SIZE: str(self.previous_world_size),
+            WorkerEnv.HEARTBEAT_FILE: str(self.heartbeat_file(local_rank)),
+        })
+        if self.nproc > 1:
+            env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: avoid oversubscription
+        return env
+
+    def start(self) -> WorkerGroup:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for local_rank in range(self.nproc):
+            self.heartbeat_file(local_rank).unlink(missing_ok=True)
+            proc = subprocess.Popen(
+                self.cmd, env=self.env_for(local_rank), start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+            self.procs.append(proc)
+            threading.Thread(target=self._wait_exit, args=(local_rank, proc),
+                             name=f"worker-wait-{local_rank}", daemon=True).start()
+        log.info("generation %d: started %d worker(s) as ranks %d..%d of %d (master %s:%d)",
+                 self.round.generation, self.nproc, self.global_rank(0),
+                 self.global_rank(self.nproc - 1), self.world_size,
+                 self.round.master_addr, self.round.master_port)
+        return self
+
+    def _wait_exit(self, local_rank: int, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        with self._exit_lock:
+            self.exit_times[local_rank] = time.time()
+
+    def poll(self, now: float | None = None) -> GroupStatus:
+        """Current state: FAILED names the earliest failing process, crash before hang."""
+        codes = [p.poll() for p in self.procs]
+        failed = [(self.exit_times.get(i, time.time()), i, c)
+                  for i, c in enumerate(codes) if c is not None and c != 0]
+        if failed:
+            exit_time, local_rank, code = min(failed)
+            return GroupStatus(
+                GroupState.FAILED, local_rank, code, exit_time, "ProcessCrashed",
+                f"training process rank {self.global_rank(local_rank)} "
+                f"(local rank {local_rank}) {describe_exit(code)}",
+            )
+        if all(c == 0 for c in codes):
+            return GroupStatus(GroupState.SUCCEEDED)
+        hung = self._hung(time.time() if now is None else now)
+        if hung is not None:
+            local_rank, age = hung
+            return GroupStatus(
+                GroupState.FAILED, local_rank, None, time.time(), "ProcessHung",
+                f"training process rank {self.global_rank(local_rank)} "
+                f"(local rank {local_rank}) made no progress for {age:.1f}s "
+                f"(hang timeout {self.hang_timeout}s)",
+            )
+        return GroupStatus(GroupState.RUNNING)
+
+    def _hung(self, now: float) -> tuple[int, float] | None:
+        for local_rank, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                continue
+            try:
+                age = now - self.heartbeat_file(local_rank).stat().st_mtime
+            except FileNotFoundError:
+                continue  # not armed yet: no heartbeat so far in this round
+            if age > self.hang_timeout:
+                return local_rank, age
+        return None
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM every process group, wait up to ``grace`` s, then SIGKILL what is left."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d ignored SIGTERM for %.0fs; SIGKILL", proc.pid, grace)
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
