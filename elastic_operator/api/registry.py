@@ -1,6 +1,6 @@
 """The list of CRDs this project serves; a new custom resource registers here."""
 
-from elastic_operator.api import elasticjob
+from elastic_operator.api import elasticjob, kernelreclaim
 from elastic_operator.api.crd import CrdSpec
 
 ELASTICJOB = CrdSpec(
@@ -16,4 +16,15 @@ ELASTICJOB = CrdSpec(
     spec_rules=elasticjob.SPEC_RULES,
 )
 
-CRDS: list[CrdSpec] = [ELASTICJOB]
+KERNELRECLAIMPOLICY = CrdSpec(
+    kind=kernelreclaim.KIND,
+    plural=kernelreclaim.PLURAL,
+    singular=kernelreclaim.SINGULAR,
+    short_names=kernelreclaim.SHORT_NAMES,
+    spec_model=kernelreclaim.KernelReclaimPolicySpec,
+    status_model=kernelreclaim.KernelReclaimPolicyStatus,
+    description="When idle Jupyter kernels that hold GPUs are shut down to free the GPUs.",
+    printer_columns=kernelreclaim.PRINTER_COLUMNS,
+)
+
+CRDS: list[CrdSpec] = [ELASTICJOB, KERNELRECLAIMPOLICY]
