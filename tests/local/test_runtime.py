@@ -1,0 +1,136 @@
+"""The local container runtime: command lines, environment, process groups, terminations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from elastic_operator.local.runtime import (
+    ContainerConfigError,
+    ContainerProcess,
+    container_argv,
+    container_env,
+    map_termination_path,
+    termination,
+)
+from launcher.contract import PodEnv
+
+POD: dict[str, Any] = {
+    "metadata": {"name": "w-0", "namespace": "ns", "uid": "u1", "labels": {"app": "x"}},
+    "spec": {"nodeName": "node-0"},
+    "status": {"podIP": "127.0.0.1"},
+}
+
+
+def test_python_resolves_to_this_interpreter() -> None:
+    argv = container_argv({"name": "c", "command": ["python", "-m", "launcher"],
+                           "args": ["train.py", 3]})
+    assert argv == [sys.executable, "-m", "launcher", "train.py", "3"]
+    assert container_argv({"command": ["/bin/echo"]}) == ["/bin/echo"]
+
+
+def test_missing_command_names_the_container() -> None:
+    with pytest.raises(ContainerConfigError, match="'trainer' has no command"):
+        container_argv({"name": "trainer", "image": "x", "args": ["a"]})
+
+
+def test_env_resolution(tmp_path: Path) -> None:
+    container = {"name": "c", "env": [
+        {"name": "A", "value": "1"},
+        {"name": "B", "value": "$(A)-$(MISSING)-$$(A)"},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+        {"name": PodEnv.TERMINATION_LOG, "value": "/dev/termination-log"},
+    ]}
+    term = tmp_path / "term"
+    env = container_env(POD, container, term, base={"PATH": "/bin", "ELASTIC_JOB_NAME": "leak",
+                                                    "KUBECONFIG": "/k"})
+    assert env == {"PATH": "/bin", "A": "1", "B": "1-$(MISSING)-$(A)", "POD": "w-0",
+                   "NS": "ns", "IP": "127.0.0.1", "NODE": "node-0", "APP": "x",
+                   "HOSTNAME": "w-0", PodEnv.TERMINATION_LOG: str(term)}
+
+
+@pytest.mark.parametrize(("item", "match"), [
+    ({"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}, "secretKeyRef"),
+    ({"name": "F", "valueFrom": {"fieldRef": {"fieldPath": "spec.priority"}}}, "spec.priority"),
+])
+def test_unsupported_env_sources_are_named(item: dict[str, Any], match: str,
+                                           tmp_path: Path) -> None:
+    with pytest.raises(ContainerConfigError, match=match):
+        container_env(POD, {"name": "c", "env": [item]}, tmp_path / "t", base={})
+
+
+def test_termination_path_argument_is_mapped(tmp_path: Path) -> None:
+    term = tmp_path / "t"
+    argv = map_termination_path({"terminationMessagePath": "/tmp/msg"}, term,
+                                ["x", "--report", "/tmp/msg"])
+    assert argv == ["x", "--report", str(term)]
+    assert map_termination_path({}, term, ["/dev/termination-log"]) == [str(term)]
+
+
+def test_termination_reasons_and_messages(tmp_path: Path) -> None:
+    term, log = tmp_path / "term", tmp_path / "log"
+    term.write_text("")
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert termination(0, term, log).state("a", "b") == {
+        "exitCode": 0, "reason": "Completed", "startedAt": "a", "finishedAt": "b"}
+    killed = termination(-9, term, log)
+    assert (killed.exit_code, killed.signal, killed.reason, killed.message) == (137, 9, "Error", "")
+    fallback = termination(3, term, log, "FallbackToLogsOnError")
+    assert fallback.message.splitlines() == [f"line {i}" for i in range(20, 100)]
+    term.write_text("x" * 5000 + "why")
+    told = termination(3, term, log, "FallbackToLogsOnError")
+    assert told.message.endswith("why") and len(told.message) == 4096
+
+
+def _proc(tmp_path: Path, code: str) -> ContainerProcess:
+    term = tmp_path / "term"
+    env = container_env(POD, {"name": "c"}, term)
+    return ContainerProcess([sys.executable, "-c", code], env, tmp_path, tmp_path / "c.log", term)
+
+
+async def test_process_runs_logs_and_reports(tmp_path: Path) -> None:
+    code = ("import os,sys; print('out'); print('err', file=sys.stderr); "
+            "open(os.environ['ELASTIC_TERMINATION_LOG'],'w').write('bad input'); sys.exit(4)")
+    proc = _proc(tmp_path, code)
+    await proc.start()
+    result = await asyncio.wait_for(proc.wait(), 60)
+    assert (result.exit_code, result.reason, result.message) == (4, "Error", "bad input")
+    assert set((tmp_path / "c.log").read_text().split()) == {"out", "err"}
+
+
+async def test_stop_terminates_the_whole_group(tmp_path: Path) -> None:
+    """SIGTERM reaches a grandchild (the group), and a leader that ignores SIGTERM is
+    SIGKILLed after the grace period."""
+    marker = tmp_path / "child.pid"
+    code = ("import signal,subprocess,sys,time,pathlib;"
+            "c=subprocess.Popen([sys.executable,'-c','import time; time.sleep(600)']);"
+            f"pathlib.Path({str(marker)!r}).write_text(str(c.pid));"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")
+    proc = _proc(tmp_path, code)
+    await proc.start()
+    deadline = asyncio.get_running_loop().time() + 60
+    while not marker.exists() or not marker.read_text():
+        assert asyncio.get_running_loop().time() < deadline, "child never started"
+        await asyncio.sleep(0.05)
+    child = int(marker.read_text())
+    await asyncio.wait_for(proc.stop(grace=0.5), 60)
+    result = await asyncio.wait_for(proc.wait(), 60)
+    assert (result.exit_code, result.signal) == (137, signal.SIGKILL)
+    for _ in range(200):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the grandchild survived the group's SIGTERM")
