@@ -22,6 +22,7 @@ which is still exact under the lineage definition of ``launcher.training.audit``
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any
 
 import torch
@@ -220,8 +221,17 @@ def _broadcast_int(value: int) -> int:
 
 
 def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """All ranks' ``state`` on every rank (torch's ``all_gather_object`` needs NumPy; this
+    does not). Peers are the same job's processes, so unpickling their bytes is trusted."""
     if not _distributed():
         return [state]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, state)
-    return gathered
+    payload = torch.frombuffer(bytearray(pickle.dumps(state)), dtype=torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([payload.numel()], dtype=torch.int64))
+    longest = max(int(size.item()) for size in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[:payload.numel()] = payload
+    buffers = [torch.empty(longest, dtype=torch.uint8) for _ in sizes]
+    dist.all_gather(buffers, padded)
+    return [pickle.loads(bytes(buf[:int(size.item())].tolist()))
+            for buf, size in zip(buffers, sizes, strict=True)]
