@@ -18,3 +18,7 @@ RECLAIM: Final = f"{GROUP}/reclaim"
 RECLAIM_AT: Final = f"{GROUP}/reclaim-at"
 
 DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
+
+# Worker pod annotation: when the operator counted this failed pod in status.restarts (RFC 3339).
+# Keeps counting exactly-once across operator restarts and dates the restart backoff.
+FAILURE_RECORDED_AT: Final = f"{GROUP}/failure-recorded-at"

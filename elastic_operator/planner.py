@@ -1,0 +1,566 @@
+"""Pure decisions for one ElasticJob: (job, observed worker pods, now) -> actions and status.
+
+Nothing here talks to the API. :func:`plan` reads a :class:`JobView` and the job's worker
+pods (:class:`PodView`, built from API objects by :func:`observe_pod`) and returns a
+:class:`Plan`: the pod/service actions to apply, the events to record, the status to write and
+when to look again. The handlers apply a plan; they decide nothing.
+
+Guarantees the tests check:
+
+- **Idempotence.** Applying a plan's actions and planning again at the same instant yields no
+  actions and the same status; so repeated reconciles (pod events, timers, a restarted
+  operator) converge and never duplicate work.
+- **Restart safety.** All state a decision needs lives in the API objects: the job's status
+  (restarts, conditions with transition times) and the failed pod itself (its
+  ``elastic.dev/failure-recorded-at`` annotation, set when its failure was counted). A fresh
+  operator therefore neither re-counts a failure nor forgets a backoff.
+- **Desired size** is ``clamp(spec.replicas or minReplicas, minReplicas, maxReplicas)``; a
+  clamped user value gets an event once per generation; the spec is never rewritten.
+- **Scale down** deletes the highest replica indices first (gracefully: a delete, never a
+  force), so rank 0's pod, which usually holds the rendezvous master, survives longest.
+- **A failed worker** is counted once (status.restarts, status.lastFailure, a Warning event
+  with its FailureReport), kept for the backoff ``min(cap, base * 2**(restarts-1))`` (its logs
+  stay readable meanwhile), then deleted and its index recreated. Past spec.maxRestarts the job
+  is Failed (condition reason MaxRestartsExceeded).
+- **Below minReplicas** ready workers for longer than spec.belowMinTimeoutSeconds after the job
+  had been Ready -> Failed (reason BelowMinTimeout). The clock is the Ready condition's
+  lastTransitionTime, so it survives an operator restart.
+- **Success**: once any worker Succeeded, no worker is created any more; when no worker is still
+  Pending/Running the job is Succeeded and its workers are deleted.
+- **Terminal** jobs (Failed, Succeeded) only lose their remaining workers. The exception is an
+  Invalid job whose spec changed (new generation): it is validated again and recovers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from elastic_operator import labels
+from elastic_operator.api.common import Condition, now_rfc3339, set_condition
+from elastic_operator.api.elasticjob import (
+    ElasticJobSpec,
+    ElasticJobStatus,
+    Phase,
+    SpecError,
+    WorkerFailure,
+    validate_spec,
+)
+from launcher.contract import FailureReport
+
+TERMINAL = (Phase.FAILED, Phase.SUCCEEDED)
+
+# Condition types and the reasons the planner writes.
+READY, SCALING, FAILED, INVALID, SUCCEEDED = "Ready", "Scaling", "Failed", "Invalid", "Succeeded"
+STARTING, MIN_READY, BELOW_MIN = "Starting", "MinReplicasReady", "BelowMinReplicas"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the planner needs to know about one worker pod."""
+
+    name: str
+    index: int | None  # None: the replica-index label is missing or not a number
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    ready: bool = False
+    terminating: bool = False  # has a deletionTimestamp: going away, its name still taken
+    failure_recorded_at: datetime | None = None
+    termination_message: str = ""
+    termination_reason: str = ""  # the kubelet's reason, e.g. Error, OOMKilled
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One ElasticJob as read from the API; ``spec`` stays raw so the planner validates it."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: dict[str, Any]
+    status: ElasticJobStatus
+
+    @property
+    def selector(self) -> str:
+        """Label selector of the job's workers (status.selector, used by /scale)."""
+        return f"{labels.JOB_NAME}={self.name}"
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    """Operator-wide knobs of the planner (``elastic-operator run`` flags)."""
+
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 60.0
+
+    def backoff(self, restarts: int) -> float:
+        """Delay before recreating a worker after the ``restarts``-th failure (1-based)."""
+        exponent = max(restarts - 1, 0)
+        if exponent >= 64:  # 2**64 * base is past any cap; avoids float overflow
+            return self.backoff_cap_seconds
+        return min(self.backoff_cap_seconds, self.backoff_base_seconds * 2**exponent)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    """Create worker ``index`` (deterministic name: a 409 means it is already there)."""
+
+    index: int
+    reason: str  # ScaleUp | Restart
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    """Delete a worker pod gracefully (its grace period is honoured; 404 means done)."""
+
+    name: str
+    reason: str  # ScaleDown | Restart | JobFinished | Orphan
+
+
+@dataclass(frozen=True)
+class MarkFailureRecorded:
+    """Annotate a failed pod with the time its failure was counted (restart-safe counting)."""
+
+    name: str
+    at: str  # RFC 3339
+
+
+@dataclass(frozen=True)
+class CreateService:
+    """Create the job's headless Service for peer DNS (409 means it is already there)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event on the job."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+Action = CreatePod | DeletePod | MarkFailureRecorded | CreateService | Event
+
+
+@dataclass
+class Plan:
+    """What to do for one job now. ``status`` is the full new status; ``requeue_after`` is
+    how many seconds until a time-based decision (backoff, timeout) is due, if any."""
+
+    actions: list[Action] = field(default_factory=list)
+    status: ElasticJobStatus = field(default_factory=ElasticJobStatus)
+    requeue_after: float | None = None
+
+    def of(self, kind: type) -> list[Any]:
+        """The actions of one type, in order."""
+        return [a for a in self.actions if isinstance(a, kind)]
+
+    def due(self, seconds: float) -> None:
+        """Ask to be planned again in ``seconds`` (the earliest request wins)."""
+        seconds = max(seconds, 0.0)
+        if self.requeue_after is None or seconds < self.requeue_after:
+            self.requeue_after = seconds
+
+
+# --------------------------------------------------------------------------- observing
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def observe_pod(pod: dict[str, Any]) -> PodView:
+    """The planner's view of a worker pod API object (never raises on odd content)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    raw_index = (meta.get("labels") or {}).get(labels.REPLICA_INDEX, "")
+    index = int(raw_index) if str(raw_index).isdigit() else None
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    message = reason = ""
+    exit_code = None
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+            "terminated"
+        )
+        if not term:
+            continue
+        # The first container that failed explains the failure best.
+        if term.get("exitCode", 0) != 0 or not exit_code:
+            message = term.get("message") or message
+            reason = term.get("reason") or reason
+            exit_code = term.get("exitCode", exit_code)
+            if exit_code:
+                break
+    annotations = meta.get("annotations") or {}
+    return PodView(
+        name=str(meta.get("name", "")),
+        index=index,
+        phase=str(status.get("phase") or "Pending"),
+        ready=ready,
+        terminating=bool(meta.get("deletionTimestamp")),
+        failure_recorded_at=_parse_time(annotations.get(labels.FAILURE_RECORDED_AT)),
+        termination_message=message or status.get("message") or "",
+        termination_reason=reason or status.get("reason") or "",
+        exit_code=exit_code,
+    )
+
+
+def worker_failure(pod: PodView, now: datetime) -> WorkerFailure:
+    """The failure a pod reports: its FailureReport JSON if parseable, else its raw text."""
+    try:
+        report = FailureReport.from_json(pod.termination_message)
+    except ValueError:
+        report = None
+    if report is not None and report.reason:
+        return WorkerFailure(
+            pod=pod.name,
+            replicaIndex=pod.index or 0,
+            reason=report.reason,
+            message=report.message[-1024:],
+            rank=report.rank if report.rank >= 0 else None,
+            exitCode=report.exit_code,
+            time=now_rfc3339(now),
+        )
+    return WorkerFailure(
+        pod=pod.name,
+        replicaIndex=pod.index or 0,
+        reason=pod.termination_reason or "Failed",
+        message=pod.termination_message[-1024:] or "the pod failed without a termination message",
+        exitCode=pod.exit_code,
+        time=now_rfc3339(now),
+    )
+
+
+def desired_replicas(spec: ElasticJobSpec) -> int:
+    """spec.replicas (minReplicas when absent) clamped to [minReplicas, maxReplicas]."""
+    wanted = spec.minReplicas if spec.replicas is None else spec.replicas
+    return max(spec.minReplicas, min(spec.maxReplicas, wanted))
+
+
+def _spec_problem(raw: dict[str, Any]) -> tuple[ElasticJobSpec | None, SpecError | None]:
+    try:
+        spec = ElasticJobSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return None, SpecError(
+            f"spec.{where}" if where else "spec", err["msg"], "correct the value (see the CRD)"
+        )
+    try:
+        validate_spec(spec)
+    except SpecError as exc:
+        return None, exc
+    return spec, None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan(
+    job: JobView,
+    pods: list[PodView],
+    now: datetime,
+    settings: PlannerSettings | None = None,
+    service_present: bool = True,
+    observed_round: tuple[int, int] | None = None,
+) -> Plan:
+    """Decide what to do for ``job`` given its worker ``pods`` at ``now`` (see module doc).
+
+    ``service_present`` says whether the job's headless Service is known to exist;
+    ``observed_round`` is the last formed rendezvous round ``(generation, worldSize)`` when
+    the handler could read it from etcd (else the world size is estimated from ready pods).
+    """
+    settings = settings or PlannerSettings()
+    out = Plan(status=job.status.model_copy(deep=True))
+    status = out.status
+    status.selector = job.selector
+    new_generation = job.generation != status.observedGeneration
+    status.observedGeneration = job.generation
+    live = [p for p in pods if not p.terminating]
+
+    invalid = _condition(status, INVALID)
+    recovering = invalid is not None and invalid.status == "True" and new_generation
+    if status.phase in TERMINAL and not recovering:
+        _finish(out, live)
+        return out
+
+    spec, problem = _spec_problem(job.spec)
+    if problem is not None:
+        _fail_invalid(out, live, problem, now, announce=new_generation or invalid is None)
+        return out
+    assert spec is not None
+    if recovering:
+        _set(status, INVALID, "False", "SpecValid", "the spec is valid", now)
+        _set(status, FAILED, "False", "SpecValid", "the spec is valid again", now)
+        status.phase = Phase.PENDING
+        out.actions.append(Event("Normal", "SpecValid", "the corrected spec is valid; resuming"))
+
+    desired = desired_replicas(spec)
+    if new_generation and spec.replicas is not None and spec.replicas != desired:
+        out.actions.append(
+            Event(
+                "Normal",
+                "ReplicasClamped",
+                f"spec.replicas {spec.replicas} is outside [{spec.minReplicas}, "
+                f"{spec.maxReplicas}]; running {desired} workers (the spec is left as it is)",
+            )
+        )
+
+    if _record_failures(out, spec, live, now):
+        return out
+    if _succeed_if_done(out, live, now):
+        return out
+    ready_now = sum(1 for p in live if p.ready and p.phase == "Running")
+    if ready_now < spec.minReplicas and _below_min_timeout(out, spec, now):
+        _finish(out, live)
+        return out
+    _reconcile_pods(out, pods, live, desired, now, settings, service_present)
+    _update_phase(out, spec, desired, pods, now, observed_round)
+    return out
+
+
+def _record_failures(out: Plan, spec: ElasticJobSpec, live: list[PodView], now: datetime) -> bool:
+    """Count newly failed workers; return True when that made the job Failed."""
+    status = out.status
+    for pod in sorted(live, key=lambda p: p.name):
+        if pod.phase != "Failed" or pod.failure_recorded_at is not None or pod.index is None:
+            continue
+        failure = worker_failure(pod, now)
+        status.restarts += 1
+        status.lastFailure = failure
+        out.actions.append(MarkFailureRecorded(pod.name, now_rfc3339(now)))
+        where = f" (rank {failure.rank})" if failure.rank is not None else ""
+        out.actions.append(
+            Event(
+                "Warning",
+                "WorkerFailed",
+                f"worker {pod.name}{where} failed: {failure.reason}: {failure.message}"[:1024],
+            )
+        )
+        if status.restarts > spec.maxRestarts:
+            message = (
+                f"worker {pod.name} failed ({failure.reason}: {failure.message[:200]}) and "
+                f"that is failure {status.restarts}, more than spec.maxRestarts "
+                f"{spec.maxRestarts}"
+            )
+            _fail(out, live, "MaxRestartsExceeded", message, now)
+            return True
+    return False
+
+
+def _succeed_if_done(out: Plan, live: list[PodView], now: datetime) -> bool:
+    """Succeeded once a worker succeeded and none is still running; True when it happened."""
+    if not any(p.phase == "Succeeded" for p in live):
+        return False
+    if any(p.phase not in ("Succeeded", "Failed") for p in live):
+        return False
+    status = out.status
+    status.phase = Phase.SUCCEEDED
+    _set(status, SUCCEEDED, "True", "WorkersSucceeded", "all workers finished", now)
+    _set(status, READY, "False", "Finished", "the job finished", now)
+    _set(status, SCALING, "False", "Finished", "the job finished", now)
+    out.actions.append(Event("Normal", "Succeeded", "all workers finished; deleting them"))
+    _finish(out, live)
+    return True
+
+
+def _reconcile_pods(
+    out: Plan,
+    pods: list[PodView],
+    live: list[PodView],
+    desired: int,
+    now: datetime,
+    settings: PlannerSettings,
+    service_present: bool,
+) -> None:
+    """Scale down, restart failed workers after their backoff, scale up; in that order."""
+    status = out.status
+    taken = {p.index for p in pods if p.index is not None}
+    finishing = any(p.phase == "Succeeded" for p in live)
+    if not service_present:
+        out.actions.append(CreateService())
+
+    for pod in live:
+        if pod.index is None:
+            out.actions.append(DeletePod(pod.name, "Orphan"))
+    surplus = sorted(
+        (p for p in live if p.index is not None and p.index >= desired),
+        key=lambda p: p.index or 0,
+        reverse=True,
+    )
+    for pod in surplus:
+        out.actions.append(DeletePod(pod.name, "ScaleDown"))
+        taken.discard(pod.index)  # gone once applied (a graceful delete keeps the name a while)
+    if surplus:
+        names = ", ".join(p.name for p in surplus)
+        out.actions.append(Event("Normal", "ScalingDown", f"deleting {names} (desired {desired})"))
+
+    delay = settings.backoff(status.restarts)
+    for pod in sorted(live, key=lambda p: p.index or 0):
+        if pod.phase != "Failed" or pod.index is None or pod.index >= desired:
+            continue
+        recorded = pod.failure_recorded_at or now
+        wait = (recorded + timedelta(seconds=delay) - now).total_seconds()
+        if wait > 0:
+            out.due(wait)
+            continue
+        out.actions.append(DeletePod(pod.name, "Restart"))
+        if not finishing:
+            out.actions.append(CreatePod(pod.index, "Restart"))
+            out.actions.append(
+                Event("Normal", "RestartingWorker", f"recreating {pod.name} after {delay:g}s")
+            )
+
+    if finishing:
+        return
+    missing = [i for i in range(desired) if i not in taken]
+    for index in missing:
+        out.actions.append(CreatePod(index, "ScaleUp"))
+    if missing:
+        listed = ", ".join(str(i) for i in missing)
+        out.actions.append(
+            Event("Normal", "ScalingUp", f"creating workers {listed} (desired {desired})")
+        )
+    if missing or surplus:
+        status.lastScaleTime = now_rfc3339(now)
+
+
+def _below_min_timeout(out: Plan, spec: ElasticJobSpec, now: datetime) -> bool:
+    """Fail a job that has been below minReplicas ready too long after being Ready."""
+    ready = _condition(out.status, READY)
+    if ready is None or ready.status != "False" or ready.reason != BELOW_MIN:
+        return False
+    since = _parse_time(ready.lastTransitionTime) or now
+    left = (since + timedelta(seconds=spec.belowMinTimeoutSeconds) - now).total_seconds()
+    if left > 0:
+        out.due(left)
+        return False
+    message = (
+        f"fewer than spec.minReplicas {spec.minReplicas} workers ready for more than "
+        f"spec.belowMinTimeoutSeconds {spec.belowMinTimeoutSeconds}s"
+    )
+    _fail(out, [], "BelowMinTimeout", message, now)
+    return True
+
+
+def _update_phase(
+    out: Plan,
+    spec: ElasticJobSpec,
+    desired: int,
+    pods: list[PodView],
+    now: datetime,
+    observed_round: tuple[int, int] | None,
+) -> None:
+    """Counts, phase and the Ready/Scaling conditions as they are once the plan is applied."""
+    status = out.status
+    after = _pods_after(out, pods)
+    ready = sum(1 for p in after if p.ready and p.phase == "Running")
+    status.replicas = len(after)
+    status.readyReplicas = ready
+    if observed_round is not None:
+        status.generation, status.worldSize = observed_round
+    else:
+        status.worldSize = ready * spec.nprocPerNode
+
+    previous = _condition(status, READY)
+    if ready >= spec.minReplicas:
+        _set(status, READY, "True", MIN_READY, f"{ready} of {desired} workers ready", now)
+    elif previous is not None and (previous.status == "True" or previous.reason == BELOW_MIN):
+        message = f"{ready} workers ready, fewer than spec.minReplicas {spec.minReplicas}"
+        _set(status, READY, "False", BELOW_MIN, message, now)
+        _below_min_timeout(out, spec, now)  # schedules the timeout check
+    else:
+        _set(status, READY, "False", STARTING, f"{ready} of {spec.minReplicas} needed ready", now)
+
+    resizing = ready != desired or len(after) != desired
+    if resizing:
+        _set(status, SCALING, "True", "Resizing", f"{ready} ready, desired {desired}", now)
+    else:
+        _set(status, SCALING, "False", "AtDesiredSize", f"{desired} workers ready", now)
+
+    if ready < spec.minReplicas:
+        phase = Phase.PENDING
+    elif resizing:
+        phase = Phase.SCALING
+    else:
+        phase = Phase.RUNNING
+    if phase != status.phase:
+        out.actions.append(Event("Normal", phase.value, f"phase {status.phase} -> {phase}"))
+        status.phase = phase
+
+
+def _pods_after(out: Plan, pods: list[PodView]) -> list[PodView]:
+    """The non-terminating pods once the plan's deletes and creates are applied."""
+    deleted = {a.name for a in out.of(DeletePod)}
+    after = [p for p in pods if not p.terminating and p.name not in deleted]
+    for create in out.of(CreatePod):
+        after.append(PodView(name=f"#{create.index}", index=create.index, phase="Pending"))
+    return after
+
+
+def _fail_invalid(
+    out: Plan, live: list[PodView], problem: SpecError, now: datetime, announce: bool
+) -> None:
+    status = out.status
+    message = str(problem)
+    invalid = _condition(status, INVALID)
+    if announce or invalid is None or invalid.message != message:
+        text = f"{problem.field}: {problem.problem}; fix: {problem.fix}"
+        out.actions.append(Event("Warning", "InvalidSpec", text))
+    _set(status, INVALID, "True", "InvalidSpec", message, now)
+    _fail(out, live, "InvalidSpec", message, now, event=False)
+
+
+def _fail(
+    out: Plan, live: list[PodView], reason: str, message: str, now: datetime, event: bool = True
+) -> None:
+    status = out.status
+    status.phase = Phase.FAILED
+    _set(status, FAILED, "True", reason, message, now)
+    _set(status, READY, "False", reason, "the job failed", now)
+    _set(status, SCALING, "False", reason, "the job failed", now)
+    if event:
+        out.actions.append(Event("Warning", reason, message[:1024]))
+    _finish(out, live)
+
+
+def _finish(out: Plan, live: list[PodView]) -> None:
+    """A terminal job keeps no workers; its counts say so."""
+    for pod in sorted(live, key=lambda p: p.index or 0, reverse=True):
+        out.actions.append(DeletePod(pod.name, "JobFinished"))
+    out.status.replicas = 0
+    out.status.readyReplicas = 0
+
+
+def _condition(status: ElasticJobStatus, kind: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == kind), None)
+
+
+def _set(
+    status: ElasticJobStatus, kind: str, value: str, reason: str, message: str, now: datetime
+) -> None:
+    new = Condition(type=kind, status=value, reason=reason, message=message)  # type: ignore[arg-type]
+    status.conditions = set_condition(status.conditions, new, now)
+
+
+def utcnow() -> datetime:
+    """The planner's clock (UTC, aware); handlers pass it in so tests can choose theirs."""
+    return datetime.now(UTC)
