@@ -203,9 +203,7 @@ class KernelReclaimPolicySpec(ApiModel):
     cullConnected: bool = Field(
         default=False, description="Also reclaim kernels with open client connections."
     )
-    gpuOnly: bool = Field(
-        default=True, description="Only reclaim kernel pods that request GPUs."
-    )
+    gpuOnly: bool = Field(default=True, description="Only reclaim kernel pods that request GPUs.")
     gpuResourceName: str = Field(
         default=labels.DEFAULT_GPU_RESOURCE, min_length=1, description="Extended resource name."
     )

@@ -1,0 +1,337 @@
+"""kopf handlers of KernelReclaimPolicy: one daemon per policy checks it every ``checkEvery``.
+
+A check reads (the policy, its token Secret, the selected pods, the Jupyter kernels, the GPU
+metrics), lets :mod:`elastic_operator.reclaim.plan` decide, then acts: marks, clears marks,
+reclaims, posts events, counts metrics and writes status. When a read fails the check decides
+nothing and reclaims nothing; the Ready condition says why.
+
+Secrets: the token is read into a local variable, handed to the Jupyter client and dropped; no
+log line, event, condition or exception message built here contains it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from elastic_operator import labels
+from elastic_operator.api.common import Condition
+from elastic_operator.api.kernelreclaim import (
+    KIND,
+    PLURAL,
+    KernelReclaimPolicySpec,
+    KernelReclaimPolicyStatus,
+    ReclaimAction,
+    duration_seconds,
+)
+from elastic_operator.reclaim import gpu_metrics, metrics, plan
+from elastic_operator.reclaim.jupyter import JupyterClient, JupyterError
+from elastic_operator.reclaim.kube import KubeError, ReclaimKube, api_client
+from elastic_operator.reclaim.plan import Outcome, Verdict
+from elastic_operator.reclaim.rule import Action, GpuFacts
+
+log = logging.getLogger(__name__)
+
+# Check interval while the spec is invalid (there is no valid checkEvery to use).
+INVALID_RETRY_SECONDS = 60.0
+
+
+class CheckFailed(Exception):
+    """A read the check depends on failed; ``reason`` becomes the Ready condition's reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@kopf.daemon(labels.GROUP, labels.VERSION, PLURAL, cancellation_timeout=10.0)
+async def reclaim_policy(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Run the policy's checks until it is deleted or the operator stops.
+
+    ``body`` is kopf's live view, so a changed spec (checkEvery included) applies from the next
+    check on.
+    """
+    async with api_client() as api:
+        kube = ReclaimKube(api)
+        while not stopped:
+            interval = await check_policy(kube, body, datetime.now(UTC))
+            await stopped.wait(interval)
+
+
+async def check_policy(kube: ReclaimKube, body: kopf.Body | dict[str, Any], now: datetime) -> float:
+    """One check of a policy; returns the seconds until the next one. Never raises for a
+    failed read: that becomes status, an event when the reason changes, and a metric."""
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace", "default"), meta.get("name", "")
+    try:
+        previous = KernelReclaimPolicyStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        previous = KernelReclaimPolicyStatus()  # an unreadable status is rebuilt, not fatal
+    policy_ref = {"apiVersion": labels.API_VERSION, "kind": KIND, "metadata": dict(meta)}
+    generation = int(meta.get("generation") or 0)
+
+    try:
+        spec = KernelReclaimPolicySpec.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = "spec." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "spec"
+        failure = CheckFailed("Invalid", f"{field}: {first['msg']}")
+        await _report_failure(kube, policy_ref, previous, failure, now, generation)
+        return INVALID_RETRY_SECONDS
+    interval = spec.seconds("checkEvery")
+
+    try:
+        token = await _read_token(kube, namespace, spec)
+        pods = await _list_pods(kube, namespace, spec)
+    except CheckFailed as failure:
+        await _report_failure(kube, policy_ref, previous, failure, now, generation)
+        return interval
+
+    timeout = duration_seconds(spec.jupyter.timeout)
+    async with JupyterClient(spec.jupyter.url, token, timeout) as jupyter:
+        del token  # the client holds it; nothing below needs it
+        try:
+            kernels = await jupyter.list_kernels()
+        except JupyterError as err:
+            failure = CheckFailed(f"Jupyter{err.reason}", f"{err}; nothing reclaimed")
+            await _report_failure(kube, policy_ref, previous, failure, now, generation)
+            return interval
+
+        gpu: dict[str, GpuFacts] = {}
+        gpu_condition = None
+        if spec.gpuIdle is not None:
+            names = plan.candidates_for_gpu_check(pods, spec)
+            gpu, why = await gpu_metrics.probe(spec.gpuIdle, namespace, names, now)
+            gpu_condition = Condition(
+                type=plan.GPU_METRICS,
+                status="False" if why else "True",
+                reason="QueryFailed" if why else "Queried",
+                message=why or f"GPU utilisation of {len(names)} pod(s) queried",
+            )
+
+        verdicts = plan.decide_all(pods, kernels, gpu, spec, now)
+        act = _Actor(kube, jupyter, policy_ref, spec, previous, now)
+        outcomes = [o for v in verdicts if (o := await act(v)) is not None]
+
+    ready = Condition(
+        type=plan.READY,
+        status="True",
+        reason="DryRun" if spec.dryRun else "Checked",
+        message=f"{len(verdicts)} kernel pod(s) checked"
+        + ("; dry run: nothing changed" if spec.dryRun else ""),
+    )
+    status = plan.next_status(
+        previous,
+        now=now,
+        verdicts=verdicts,
+        outcomes=outcomes,
+        ready=ready,
+        gpu_condition=gpu_condition,
+        generation=generation,
+    )
+    await _write_status(kube, namespace, name, status)
+    return interval
+
+
+async def _read_token(
+    kube: ReclaimKube, namespace: str, spec: KernelReclaimPolicySpec
+) -> str | None:
+    ref = spec.jupyter.tokenSecretRef
+    if ref is None:
+        return None
+    try:
+        return await kube.read_secret_key(namespace, ref.name, ref.key)
+    except KubeError as err:
+        raise CheckFailed("TokenUnavailable", f"jupyter.tokenSecretRef: {err}") from None
+
+
+async def _list_pods(
+    kube: ReclaimKube, namespace: str, spec: KernelReclaimPolicySpec
+) -> list[dict[str, Any]]:
+    try:
+        return await kube.list_pods(namespace, spec.selector.query())
+    except KubeError as err:
+        raise CheckFailed("ApiError", str(err)) from None
+
+
+class _Actor:
+    """Carries out one check's decisions; returns what to record for each (None: nothing)."""
+
+    def __init__(
+        self,
+        kube: ReclaimKube,
+        jupyter: JupyterClient,
+        policy_ref: dict[str, Any],
+        spec: KernelReclaimPolicySpec,
+        previous: KernelReclaimPolicyStatus,
+        now: datetime,
+    ) -> None:
+        self.kube, self.jupyter, self.policy_ref = kube, jupyter, policy_ref
+        self.spec, self.now = spec, now
+        self.policy_name = policy_ref["metadata"].get("name", "")
+        # Dry-run findings are reported once per pod, not on every check.
+        self.last_action = {r.pod: r.action for r in previous.recentDecisions}
+
+    async def __call__(self, verdict: Verdict) -> Outcome | None:
+        pod, decision = verdict.pod, verdict.decision
+        action = plan.record_action(decision, self.spec.dryRun)
+        where = f"{pod.namespace}/{pod.name} (kernel {pod.kernel_id})"
+        if action is None:
+            log.debug(
+                "reclaim %s/%s: keep %s: %s",
+                pod.namespace,
+                self.policy_name,
+                where,
+                decision.reason,
+            )
+            return None
+        log.info(
+            "reclaim %s/%s: %s %s: %s",
+            pod.namespace,
+            self.policy_name,
+            action,
+            where,
+            decision.reason,
+        )
+        try:
+            if action == "wouldReclaim":
+                if self.last_action.get(pod.name) == "wouldReclaim":
+                    return None
+                await self._event(
+                    self.policy_ref,
+                    "WouldReclaim",
+                    f"dry run: would reclaim pod {pod.name} (kernel "
+                    f"{pod.kernel_id}, {pod.gpus} GPU): {decision.reason}",
+                )
+            elif decision.action == Action.WARN:
+                await self.kube.set_reclaim_at(pod.namespace, pod.name, decision.reclaim_at)
+                stamp = decision.reclaim_at.isoformat() if decision.reclaim_at else "?"
+                await self._event(
+                    _pod_ref(pod),
+                    "ReclaimScheduled",
+                    f"kernel {pod.kernel_id} will be reclaimed at {stamp} unless "
+                    f"used ({decision.reason}); annotate {labels.RECLAIM}=never "
+                    "to exempt it",
+                    warning=True,
+                )
+            elif decision.action == Action.CLEAR_WARNING:
+                await self.kube.set_reclaim_at(pod.namespace, pod.name, None)
+                await self._event(
+                    _pod_ref(pod),
+                    "ReclaimCancelled",
+                    f"kernel {pod.kernel_id} kept: {decision.reason}",
+                )
+            else:
+                await self._reclaim(pod, decision.reason, decision.idle_seconds)
+        except (KubeError, JupyterError) as err:
+            log.warning(
+                "reclaim %s/%s: %s %s failed: %s",
+                pod.namespace,
+                self.policy_name,
+                action,
+                where,
+                err,
+            )
+            await self._event(
+                _pod_ref(pod), "ReclaimFailed", f"{action} failed: {err}", warning=True, quiet=True
+            )
+            return Outcome(pod, "failed", f"{action} failed: {err}")
+        return Outcome(pod, action, decision.reason)
+
+    async def _reclaim(self, pod: Any, reason: str, idle_seconds: float) -> None:
+        if self.spec.action == ReclaimAction.SHUTDOWN:
+            assert pod.kernel_id is not None  # the rule never reclaims a pod without one
+            await self.jupyter.shutdown(pod.kernel_id)
+            how = "kernel shut down through the Jupyter API"
+        else:
+            await self.kube.delete_pod(pod.namespace, pod.name)
+            how = "kernel pod deleted"
+        metrics.record_reclaim(
+            pod.namespace, self.policy_name, self.spec.action.value, pod.gpus, idle_seconds
+        )
+        message = f"reclaimed kernel {pod.kernel_id} ({pod.gpus} GPU): {how}; {reason}"
+        await self._event(_pod_ref(pod), "Reclaimed", message)
+        await self._event(self.policy_ref, "Reclaimed", f"pod {pod.name}: {message}")
+
+    async def _event(
+        self,
+        ref: dict[str, Any],
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        quiet: bool = False,
+    ) -> None:
+        try:
+            await self.kube.post_event(
+                ref, reason=reason, message=message, warning=warning, now=self.now
+            )
+        except KubeError as err:
+            if not quiet:
+                raise
+            log.warning("reclaim: %s", err)
+
+
+def _pod_ref(pod: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": pod.namespace},
+    }
+
+
+async def _report_failure(
+    kube: ReclaimKube,
+    policy_ref: dict[str, Any],
+    previous: KernelReclaimPolicyStatus,
+    failure: CheckFailed,
+    now: datetime,
+    generation: int,
+) -> None:
+    """Status (Ready False with the reason), an event when the reason changed, and a metric."""
+    meta = policy_ref["metadata"]
+    namespace, name = meta.get("namespace", "default"), meta.get("name", "")
+    log.warning(
+        "reclaim %s/%s: check failed (%s): %s", namespace, name, failure.reason, failure.message
+    )
+    metrics.CHECK_FAILURES.labels(namespace, name, failure.reason).inc()
+    before = next((c for c in previous.conditions if c.type == plan.READY), None)
+    if before is None or before.reason != failure.reason:
+        try:
+            await kube.post_event(
+                policy_ref,
+                reason=f"Check{failure.reason}",
+                message=failure.message,
+                warning=True,
+                now=now,
+            )
+        except KubeError as err:
+            log.warning("reclaim %s/%s: %s", namespace, name, err)
+    ready = Condition(
+        type=plan.READY, status="False", reason=failure.reason, message=failure.message
+    )
+    status = plan.next_status(
+        previous,
+        now=now,
+        verdicts=[],
+        outcomes=[],
+        ready=ready,
+        gpu_condition=None,
+        generation=generation,
+    )
+    await _write_status(kube, namespace, name, status)
+
+
+async def _write_status(
+    kube: ReclaimKube, namespace: str, name: str, status: KernelReclaimPolicyStatus
+) -> None:
+    try:
+        await kube.patch_policy_status(namespace, name, status.wire())
+    except KubeError as err:
+        # The next check writes a fresh status; a lost one only delays what is shown.
+        log.warning("reclaim %s/%s: %s", namespace, name, err)
