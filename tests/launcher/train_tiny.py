@@ -2,7 +2,7 @@
 
 Every step: a 1-element all_reduce, then the heartbeat file gets the step number (what the
 training helpers do), then rank 0 appends ``generation world_size step`` to ``--out/rank0.log``.
-Fault injection (each at most once per ``--out`` dir, via marker files):
+Fault injection (at most once per ``--out`` dir via marker files, unless ``--crash-always``):
 ``--crash-rank R --crash-step S`` exits 3; ``--hang-rank R --hang-step S`` stops making progress.
 """
 
@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--step-time", type=float, default=0.05)
     p.add_argument("--crash-rank", type=int, default=-1)
     p.add_argument("--crash-step", type=int, default=-1)
+    p.add_argument("--crash-always", action="store_true", help="crash in every generation")
     p.add_argument("--hang-rank", type=int, default=-1)
     p.add_argument("--hang-step", type=int, default=-1)
     args = p.parse_args()
@@ -44,7 +45,7 @@ def main() -> None:
                 log.write(f"{generation} {world} {step}\n")
         if rank == args.crash_rank and step == args.crash_step:
             marker = out / "crashed"
-            if not marker.exists():
+            if args.crash_always or not marker.exists():
                 marker.touch()
                 os._exit(3)
         if rank == args.hang_rank and step == args.hang_step:
