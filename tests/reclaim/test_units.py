@@ -1,0 +1,214 @@
+"""Pure parts around the rule: the API model, pod and kernel parsing, the GPU verdict, the
+check plan and the status it produces, and the client's redaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from elastic_operator import labels
+from elastic_operator.api import crd
+from elastic_operator.api.common import Condition
+from elastic_operator.api.kernelreclaim import (
+    GpuIdleSpec,
+    KernelReclaimPolicySpec,
+    KernelReclaimPolicyStatus,
+    duration_seconds,
+)
+from elastic_operator.reclaim import plan
+from elastic_operator.reclaim.gpu_metrics import Series, build_query, judge, parse_matrix
+from elastic_operator.reclaim.jupyter import JupyterClient, kernel_facts
+from elastic_operator.reclaim.rule import GpuState, KernelFacts
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SPEC = {"jupyter": {"url": "http://jupyter:8888"}}
+
+
+def policy(**fields: object) -> KernelReclaimPolicySpec:
+    return KernelReclaimPolicySpec.model_validate({**SPEC, **fields})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("45s", 45), ("30m", 1800), ("1h30m", 5400), ("2.5s", 2.5),
+                          ("500ms", 0.5), ("0s", 0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert duration_seconds(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"idleAfter": "30"}, "idleAfter"),
+        ({"idleAfter": "ten minutes"}, "idleAfter"),
+        ({"checkEvery": "0s"}, "checkEvery"),
+        ({"action": "kill"}, "action"),
+        ({"jupyter": {"url": "jupyter:8888"}}, "url"),
+        ({"jupyter": {"url": "http://j:8888/?token=abc"}}, "url"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "threshold": 101}}, "threshold"),
+        ({"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "needs"),
+        ({"cullbusy": True}, "cullbusy"),
+    ],
+)
+def test_spec_errors_name_the_field(fields: dict, named: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        policy(**fields)
+    assert named in str(info.value)
+
+
+def test_duration_error_says_how_to_fix() -> None:
+    with pytest.raises(ValidationError, match=r'e\.g\. "45s", "30m" or "1h30m"'):
+        policy(warningPeriod="5 min")
+
+
+def test_defaults_select_enterprise_gateway_kernel_pods() -> None:
+    spec = policy()
+    assert spec.selector.query() == "app=enterprise-gateway,component=kernel"
+    assert spec.kernelIdLabel == "kernel_id"
+    assert (spec.cullBusy, spec.cullConnected, spec.gpuOnly, spec.dryRun) == (
+        False, False, True, False)
+    assert spec.action == "shutdown" and spec.gpuResourceName == "nvidia.com/gpu"
+
+
+def test_selector_query_with_expressions() -> None:
+    spec = policy(selector={"matchLabels": {"team": "ml"}, "matchExpressions": [
+        {"key": "tier", "operator": "In", "values": ["a", "b"]},
+        {"key": "skip", "operator": "DoesNotExist"},
+        {"key": "kernel_id", "operator": "Exists"},
+    ]})
+    assert spec.selector.query() == "team=ml,tier in (a,b),!skip,kernel_id"
+
+
+def test_crd_is_generated_with_duration_patterns() -> None:
+    manifest = next(c for c in crd.all_crds() if c["spec"]["names"]["kind"] ==
+                    "KernelReclaimPolicy")
+    assert manifest["spec"]["names"]["shortNames"] == ["krp"]
+    version = manifest["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    props = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert props["idleAfter"]["pattern"].startswith("^(")
+    assert props["action"]["enum"] == ["shutdown", "deletePod"]
+    assert props["gpuIdle"]["properties"]["metric"]["default"] == "DCGM_FI_DEV_GPU_UTIL"
+
+
+def kernel_pod(name: str, kernel_id: str | None, gpus: int = 1, **annotations: str) -> dict:
+    meta: dict = {"name": name, "namespace": "ns", "annotations": annotations,
+                  "labels": {"app": "enterprise-gateway", "component": "kernel"},
+                  "creationTimestamp": "2026-01-01T10:00:00Z"}
+    if kernel_id:
+        meta["labels"]["kernel_id"] = kernel_id
+    resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
+    return {"metadata": meta, "spec": {"containers": [{"name": "k", "resources": resources}]},
+            "status": {"phase": "Running"}}
+
+
+def test_pod_facts() -> None:
+    body = kernel_pod("p", "k1", gpus=2, **{labels.RECLAIM: "never",
+                                              labels.RECLAIM_AT: "2026-01-01T12:05:00Z"})
+    facts = plan.pod_facts(body, policy())
+    assert (facts.name, facts.kernel_id, facts.gpus, facts.exempt) == ("p", "k1", 2, True)
+    assert facts.reclaim_at == NOW + timedelta(minutes=5)
+    assert facts.started_at == NOW - timedelta(hours=2)
+    assert plan.pod_facts(kernel_pod("q", None, gpus=0), policy()).kernel_id is None
+
+
+def test_kernel_facts_parse_and_reject_partial_models() -> None:
+    facts = kernel_facts({"id": "k1", "name": "python3", "execution_state": "idle",
+                          "connections": 1, "last_activity": "2026-01-01T11:00:00.123456Z"})
+    assert facts == KernelFacts("k1", "idle", NOW - timedelta(minutes=59, seconds=59.876544), 1)
+    partial = kernel_facts({"id": "k2", "last_activity": "yesterday", "connections": "1"})
+    assert partial == KernelFacts("k2", None, None, None)
+    assert kernel_facts({"name": "no id"}) is None
+
+
+def test_client_repr_redacts_the_token() -> None:
+    client = JupyterClient("http://user:pw@jupyter:8888/base", "s3cr3t-token")
+    assert "s3cr3t" not in repr(client) and "pw" not in repr(client)
+    assert "<redacted>" in repr(client)
+
+
+GPU = GpuIdleSpec(prometheusUrl="http://prom:9090", window="60s", metricLagGrace="10s",
+                  threshold=5)
+
+
+def series(pod: str, start: float, end: float, value: float, step: float = 5) -> Series:
+    t0 = NOW.timestamp()
+    points, t = [], t0 - start
+    while t <= t0 - end + 1e-9:
+        points.append((t, value))
+        t += step
+    return Series(pod, points)
+
+
+def test_gpu_judge() -> None:
+    data = [
+        series("idle", 58, 2, 1.0),
+        series("busy", 58, 2, 1.0), Series("busy", [(NOW.timestamp() - 30, 70.0)]),
+        series("stale", 58, 30, 0.0),
+        series("short", 20, 2, 0.0),
+        series("two-gpus", 58, 2, 0.0), series("two-gpus", 58, 40, 0.0),
+    ]
+    pods = ["idle", "busy", "stale", "short", "two-gpus", "absent"]
+    verdicts = judge(data, pods, GPU, NOW)
+    assert {p: v.state for p, v in verdicts.items()} == {
+        "idle": GpuState.IDLE, "busy": GpuState.BUSY, "stale": GpuState.UNKNOWN,
+        "short": GpuState.UNKNOWN, "two-gpus": GpuState.UNKNOWN, "absent": GpuState.UNKNOWN,
+    }
+    assert "70%" in verdicts["busy"].detail
+
+
+def test_gpu_query_and_matrix_parsing() -> None:
+    query = build_query(GPU, "ns", ["kernel-a.1", "kernel-b"])
+    assert query == ('DCGM_FI_DEV_GPU_UTIL{namespace="ns",pod=~"kernel\\\\-a\\\\.1|'
+                     'kernel\\\\-b"}[60s]')
+    body = {"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {"pod": "a", "gpu": "0"}, "values": [[1.5, "3"], [2.5, "4"]]},
+        {"metric": {"gpu": "1"}, "values": [[1.5, "3"]]},
+    ]}}
+    assert parse_matrix(body, "pod") == [Series("a", [(1.5, 3.0), (2.5, 4.0)])]
+    with pytest.raises(ValueError, match="bad query"):
+        parse_matrix({"status": "error", "error": "bad query"}, "pod")
+
+
+def test_plan_and_status_counters() -> None:
+    spec = policy(idleAfter="10m", warningPeriod="0s", minRunning="0s")
+    pods = [kernel_pod("a", "ka"), kernel_pod("b", "kb", gpus=2),
+            kernel_pod("c", "kc", **{labels.RECLAIM: "never"}),
+            kernel_pod("d", "kd", **{labels.RECLAIM_AT: "2026-01-01T13:00:00Z"})]
+    pods.append({**kernel_pod("e", "ke"), "status": {"phase": "Succeeded"}})
+    idle = NOW - timedelta(hours=1)
+    kernels = [KernelFacts("ka", "idle", idle, 0), KernelFacts("kb", "idle", idle, 0),
+               KernelFacts("kc", "idle", idle, 0), KernelFacts("kd", "busy", idle, 0)]
+    verdicts = plan.decide_all(pods, kernels, {}, spec, NOW)
+    assert [(v.pod.name, v.decision.action) for v in verdicts] == [
+        ("a", "reclaim"), ("b", "reclaim"), ("c", "keep"), ("d", "clearWarning")]
+    assert plan.candidates_for_gpu_check(pods, spec) == ["a", "b", "d"]
+
+    outcomes = [plan.Outcome(v.pod, str(plan.record_action(v.decision, False)), "r")
+                for v in verdicts if plan.record_action(v.decision, False)]
+    outcomes[0] = plan.Outcome(outcomes[0].pod, "failed", "shutdown failed")
+    previous = KernelReclaimPolicyStatus(reclaimed=3, gpusReclaimed=5)
+    ready = Condition(type=plan.READY, status="True", reason="Checked")
+    status = plan.next_status(previous, now=NOW, verdicts=verdicts, outcomes=outcomes,
+                              ready=ready, gpu_condition=None, generation=4)
+    assert (status.kernelsSeen, status.eligible, status.warned) == (4, 2, 0)
+    assert (status.reclaimed, status.gpusReclaimed) == (4, 7)  # only b succeeded (2 GPUs)
+    assert [r.action for r in status.recentDecisions] == ["failed", "reclaim", "clearWarning"]
+    assert status.observedGeneration == 4 and status.conditions[0].type == "Ready"
+
+    # A failed check keeps the last numbers and says why.
+    down = Condition(type=plan.READY, status="False", reason="JupyterUnreachable")
+    after = plan.next_status(status, now=NOW, verdicts=[], outcomes=[], ready=down,
+                             gpu_condition=None, generation=4)
+    assert (after.kernelsSeen, after.reclaimed) == (4, 4)
+    assert after.conditions[0].reason == "JupyterUnreachable"
+
+
+def test_dry_run_records_would_reclaim_only() -> None:
+    spec = policy(idleAfter="10m", dryRun=True)
+    kernels = [KernelFacts("ka", "idle", NOW - timedelta(hours=1), 0)]
+    (verdict,) = plan.decide_all([kernel_pod("a", "ka")], kernels, {}, spec, NOW)
+    assert verdict.decision.action == "warn"
+    assert plan.record_action(verdict.decision, dry_run=True) == "wouldReclaim"
