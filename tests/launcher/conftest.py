@@ -79,8 +79,8 @@ class LauncherCluster:
         self.out.mkdir(parents=True, exist_ok=True)
         self.agents: dict[str, AgentProc] = {}
 
-    def start(self, node_id: str, nnodes: str, *script_args: str, launcher_args: tuple[str, ...] = (),
-              lease_ttl: int = 2) -> AgentProc:
+    def start(self, node_id: str, nnodes: str, *script_args: str,
+              launcher_args: tuple[str, ...] = (), lease_ttl: int = 2) -> AgentProc:
         log_path = self.workdir / f"agent-{node_id}.log"
         term = self.workdir / f"termination-{node_id}.log"
         cmd = [
@@ -156,10 +156,8 @@ class LauncherCluster:
                     os.killpg(agent.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for agent in self.agents.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 agent.proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                pass
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(agent.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -50,7 +50,7 @@ def test_sigkill_of_an_agent_survivors_resume_smaller(cluster: LauncherCluster) 
     victim = cluster.agents[cluster.round_members()[2]]
     os.kill(victim.proc.pid, signal.SIGKILL)  # its workers die with it (parent-death signal)
     killed_at = time.monotonic()
-    gen, world, _ = cluster.wait_training(2, 60, min_generation=2)
+    _, world, _ = cluster.wait_training(2, 60, min_generation=2)
     resumed_after = time.monotonic() - killed_at
     assert world == 2
     assert resumed_after < 30, f"survivors took {resumed_after:.1f}s to resume"
