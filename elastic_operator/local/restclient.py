@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ import yaml
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+
+
+def timestamp() -> str:
+    """The current UTC time as Kubernetes writes timestamps (RFC 3339, seconds)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ApiError(Exception):
@@ -213,3 +219,27 @@ async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+async def record_event(client: ApiClient, obj: Obj, reason: str, message: str, *,
+                       component: str, event_type: str = "Normal") -> None:
+    """Create a core/v1 Event about ``obj`` as a controller would; failures are only logged
+    (an event is a courtesy to the user, never a reason to stop reconciling)."""
+    meta = obj.get("metadata") or {}
+    stamp = timestamp()
+    namespace = meta.get("namespace") or "default"
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
+        "involvedObject": {"apiVersion": obj.get("apiVersion", "v1"),
+                           "kind": obj.get("kind", "Pod"), "name": meta.get("name"),
+                           "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+        "reason": reason, "message": message, "type": event_type,
+        "source": {"component": component}, "reportingComponent": component,
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+    }
+    try:
+        await client.create(resource_path("events", namespace), event)
+    except (ApiError, aiohttp.ClientError, OSError) as exc:
+        log.warning("could not record event %s on %s/%s: %s", reason, namespace,
+                    meta.get("name"), exc)
