@@ -33,6 +33,25 @@ Cause = dict[str, str]
 _ROOT_KEEP = ("apiVersion", "kind", "metadata")
 
 
+class _Causes(list[Cause]):
+    """Schema causes, with the CEL rule causes kept apart: kube-apiserver does not evaluate
+    rules when the object has type errors, and says so instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rules: list[Cause] = []
+
+    def result(self) -> list[Cause]:
+        blocking = any(c["reason"] in ("FieldValueTypeInvalid", "FieldValueNotSupported")
+                       for c in self)
+        if blocking and self.rules:
+            return [*self, {"reason": "FieldValueInvalid", "field": "",
+                            "message": "some validation rules were not checked because the "
+                                       "object was invalid; correct the existing errors to "
+                                       "complete validation"}]
+        return [*self, *self.rules]
+
+
 def admit_custom_resource(schema: Schema, obj: dict[str, Any]) -> list[Cause]:
     """Prune and default ``obj`` in place, then return its validation errors (empty: valid)."""
     for key in list(obj):
@@ -44,7 +63,7 @@ def admit_custom_resource(schema: Schema, obj: dict[str, Any]) -> list[Cause]:
             elif sub is not None:
                 obj[key] = _prune(value, sub)
     _default(obj, schema)
-    causes: list[Cause] = []
+    causes = _Causes()
     for key, sub in (schema.get("properties") or {}).items():
         if key in obj and key not in _ROOT_KEEP:
             _validate(obj[key], sub, key, causes)
@@ -52,7 +71,7 @@ def admit_custom_resource(schema: Schema, obj: dict[str, Any]) -> list[Cause]:
         if key not in obj:
             causes.append(_required(key))
     _rules(obj, schema, "", causes)
-    return causes
+    return causes.result()
 
 
 def _prune(value: Any, schema: Schema) -> Any:
@@ -145,7 +164,7 @@ def _type_ok(value: Any, schema: Schema) -> bool:
     return wanted == actual
 
 
-def _validate(value: Any, schema: Schema, path: str, causes: list[Cause]) -> None:
+def _validate(value: Any, schema: Schema, path: str, causes: _Causes) -> None:
     if value is None:
         if not schema.get("nullable") and not schema.get("x-kubernetes-preserve-unknown-fields"):
             causes.append({"reason": "FieldValueTypeInvalid", "field": path,
@@ -183,7 +202,7 @@ def _validate(value: Any, schema: Schema, path: str, causes: list[Cause]) -> Non
     _rules(value, schema, path, causes)
 
 
-def _check_number(value: float, schema: Schema, path: str, causes: list[Cause]) -> None:
+def _check_number(value: float, schema: Schema, path: str, causes: _Causes) -> None:
     low, high = schema.get("minimum"), schema.get("maximum")
     if low is not None:
         if schema.get("exclusiveMinimum") and value <= low:
@@ -199,7 +218,7 @@ def _check_number(value: float, schema: Schema, path: str, causes: list[Cause]) 
                                                 f"equal to {high}"))
 
 
-def _check_string(value: str, schema: Schema, path: str, causes: list[Cause]) -> None:
+def _check_string(value: str, schema: Schema, path: str, causes: _Causes) -> None:
     if "minLength" in schema and len(value) < schema["minLength"]:
         causes.append(_invalid(path, value, f"{path} in body should be at least "
                                             f"{schema['minLength']} chars long"))
@@ -213,7 +232,7 @@ def _check_string(value: str, schema: Schema, path: str, causes: list[Cause]) ->
 
 
 def _check_object(value: dict[str, Any], schema: Schema, path: str,
-                  causes: list[Cause]) -> None:
+                  causes: _Causes) -> None:
     props = schema.get("properties") or {}
     for key in schema.get("required") or ():
         if key not in value:
@@ -230,7 +249,7 @@ def _check_object(value: dict[str, Any], schema: Schema, path: str,
             _validate(item, additional, f"{path}.{key}", causes)
 
 
-def _rules(value: Any, schema: Schema, path: str, causes: list[Cause]) -> None:
+def _rules(value: Any, schema: Schema, path: str, causes: _Causes) -> None:
     for rule in schema.get("x-kubernetes-validations") or ():
         failure = evaluate_rule(rule.get("rule", ""), value)
         if failure is None:
@@ -239,6 +258,6 @@ def _rules(value: Any, schema: Schema, path: str, causes: list[Cause]) -> None:
         message = rule.get("message") or f"failed rule: {rule.get('rule')}"
         if failure != "false":
             message = f"{failure} evaluating rule: {rule.get('rule')}"
-        causes.append({"reason": rule.get("reason") or "FieldValueInvalid",
+        causes.rules.append({"reason": rule.get("reason") or "FieldValueInvalid",
                        "field": field.lstrip("."),
                        "message": f"Invalid value: {_go(_json_type(value))}: {message}"})
