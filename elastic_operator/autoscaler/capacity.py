@@ -1,0 +1,361 @@
+"""Free GPUs per node, computed the way kube-scheduler would count them.
+
+A node offers its allocatable GPU resource (``nvidia.com/gpu`` by default, configurable) when it
+is schedulable: not cordoned (``spec.unschedulable``) and its ``Ready`` condition is ``True``.
+A pod holds GPUs on a node from the moment it is bound (``spec.nodeName``) until it reaches
+``Succeeded``/``Failed`` or is gone; a terminating pod (``deletionTimestamp``) still holds them,
+as on a real node, but is reported separately as *releasing* so the policy can count on them.
+
+Whether a job's workers may use a node (:func:`node_admits`) follows the scheduler's filters that
+matter for GPU placement: NoSchedule/NoExecute taints against the template's tolerations, the
+template's ``nodeSelector``, and the ``requiredDuringSchedulingIgnoredDuringExecution`` node
+affinity terms (matchExpressions with In, NotIn, Exists, DoesNotExist, Gt, Lt; terms are ORed,
+expressions ANDed). Preferred affinity, pod (anti-)affinity and topology spread are not
+modelled: a pod they keep Pending is handled by the policy's unschedulable timeout.
+
+:class:`CapacityCache` is fed one watch event at a time and keeps per-node usage incrementally,
+so a decision never lists the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from elastic_operator.labels import DEFAULT_GPU_RESOURCE, JOB_NAME
+
+Obj = Mapping[str, Any]
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+_BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+class QuantityError(ValueError):
+    """A GPU quantity that is not a whole number of devices."""
+
+
+def gpu_quantity(value: Any, where: str) -> int:
+    """A whole number of GPUs from a resource quantity (``2``, ``"2"``, ``"2000m"``).
+
+    Kubernetes only accepts integral extended resources; anything else raises
+    :class:`QuantityError` naming ``where`` and the value.
+    """
+    if isinstance(value, bool):
+        raise QuantityError(f"{where}: {value!r} is not a GPU count; use a whole number like 1")
+    if isinstance(value, int):
+        amount = value
+    elif isinstance(value, float) and value.is_integer():
+        amount = int(value)
+    else:
+        text = str(value).strip()
+        try:
+            if text.endswith("m"):
+                millis = int(text[:-1])
+                if millis % 1000:
+                    raise ValueError(text)
+                amount = millis // 1000
+            else:
+                amount = int(text)
+        except ValueError:
+            raise QuantityError(
+                f"{where}: {value!r} is not a GPU count; use a whole number like 1"
+            ) from None
+    if amount < 0:
+        raise QuantityError(f"{where}: {value!r} is negative; use a whole number >= 0")
+    return amount
+
+
+def pod_gpu_request(pod_spec: Obj, resource: str = DEFAULT_GPU_RESOURCE) -> int:
+    """GPUs one pod (or one worker of a template) needs on a single node.
+
+    A container's request defaults to its limit (GPUs are usually given only as limits); the
+    pod needs the sum over its containers, or the largest init container if that is more, as
+    init containers run one at a time before the others.
+    """
+
+    def amount(container: Obj, kind: str, i: int) -> int:
+        res = container.get("resources") or {}
+        requests, limits = res.get("requests") or {}, res.get("limits") or {}
+        raw = requests.get(resource, limits.get(resource, 0))
+        return gpu_quantity(raw, f"{kind}[{i}].resources[{resource!r}]")
+
+    containers = pod_spec.get("containers") or ()
+    inits = pod_spec.get("initContainers") or ()
+    regular = sum(amount(c, "containers", i) for i, c in enumerate(containers))
+    init = max((amount(c, "initContainers", i) for i, c in enumerate(inits)), default=0)
+    return max(regular, init)
+
+
+def tolerates(tolerations: Iterable[Obj], taint: Obj) -> bool:
+    """Whether some toleration matches the taint (Kubernetes' rules: an empty key with
+    ``Exists`` matches every taint; an empty effect matches every effect)."""
+    for tol in tolerations:
+        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
+            continue
+        operator = tol.get("operator") or "Equal"
+        if not tol.get("key"):
+            if operator == "Exists":
+                return True
+            continue
+        if tol.get("key") != taint.get("key"):
+            continue
+        if operator == "Exists" or (tol.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def _expression_matches(expr: Obj, node_labels: Mapping[str, str]) -> bool:
+    key, operator = expr.get("key", ""), expr.get("operator", "")
+    values = [str(v) for v in expr.get("values") or ()]
+    present = key in node_labels
+    value = node_labels.get(key, "")
+    if operator == "In":
+        return present and value in values
+    if operator == "NotIn":
+        return not present or value not in values
+    if operator == "Exists":
+        return present
+    if operator == "DoesNotExist":
+        return not present
+    if operator in ("Gt", "Lt"):
+        try:
+            have, want = int(value), int(values[0])
+        except (ValueError, IndexError):
+            return False
+        return have > want if operator == "Gt" else have < want
+    return False
+
+
+def _affinity_matches(pod_spec: Obj, node_labels: Mapping[str, str]) -> bool:
+    node_affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = required.get("nodeSelectorTerms") or ()
+    if not terms:
+        return True
+    return any(
+        all(_expression_matches(e, node_labels) for e in term.get("matchExpressions") or ())
+        for term in terms
+    )
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the autoscaler needs of one Node."""
+
+    name: str
+    gpus: int
+    schedulable: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Obj, ...] = ()
+
+    @classmethod
+    def from_object(cls, node: Obj, resource: str = DEFAULT_GPU_RESOURCE) -> NodeInfo:
+        """Read a Node; a malformed GPU quantity makes the node offer none (and never raises),
+        because one odd node must not stop the autoscaler."""
+        meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, \
+            node.get("status") or {}
+        try:
+            gpus = gpu_quantity((status.get("allocatable") or {}).get(resource, 0),
+                                f"node {meta.get('name')} allocatable")
+        except QuantityError:
+            gpus = 0
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in status.get("conditions") or ())
+        return cls(
+            name=str(meta.get("name", "")),
+            gpus=gpus,
+            schedulable=ready and not spec.get("unschedulable"),
+            labels=dict(meta.get("labels") or {}),
+            taints=tuple(spec.get("taints") or ()),
+        )
+
+
+def node_admits(node: NodeInfo, pod_spec: Obj) -> bool:
+    """Whether a pod with this spec may be scheduled onto the node (GPU fit aside)."""
+    if not node.schedulable:
+        return False
+    tolerations = pod_spec.get("tolerations") or ()
+    for taint in node.taints:
+        if taint.get("effect") in _BLOCKING_EFFECTS and not tolerates(tolerations, taint):
+            return False
+    selector = pod_spec.get("nodeSelector") or {}
+    if any(node.labels.get(k) != str(v) for k, v in selector.items()):
+        return False
+    return _affinity_matches(pod_spec, node.labels)
+
+
+def parse_time(text: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 timestamp, None when absent or malformed."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What the autoscaler needs of one Pod: where it is, what it holds, and who owns it."""
+
+    namespace: str
+    name: str
+    node: str | None
+    gpus: int
+    phase: str
+    terminating: bool
+    created: float
+    labels: Mapping[str, str]
+    priority: int
+    spec: Obj
+    # When the scheduler last said it cannot place the pod (PodScheduled=False, Unschedulable).
+    unschedulable_since: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def holds_gpus(self) -> bool:
+        """Bound, not finished, and requesting GPUs: it counts against its node."""
+        return bool(self.node) and self.phase not in TERMINAL_PHASES and self.gpus > 0
+
+    @property
+    def pending(self) -> bool:
+        """Waiting for a node: unbound, not finished, not being deleted."""
+        return not self.node and self.phase not in TERMINAL_PHASES and not self.terminating
+
+    @property
+    def job(self) -> str | None:
+        """``namespace/name`` of the ElasticJob this pod is a worker of, if any."""
+        name = self.labels.get(JOB_NAME)
+        return f"{self.namespace}/{name}" if name else None
+
+    @classmethod
+    def from_object(cls, pod: Obj, resource: str = DEFAULT_GPU_RESOURCE) -> PodInfo:
+        """Read a Pod; a malformed GPU quantity counts as 0 (the API server rejects those)."""
+        meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, \
+            pod.get("status") or {}
+        try:
+            gpus = pod_gpu_request(spec, resource)
+        except QuantityError:
+            gpus = 0
+        unschedulable_since = None
+        for cond in status.get("conditions") or ():
+            if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
+                    and cond.get("reason") == "Unschedulable"):
+                unschedulable_since = parse_time(cond.get("lastTransitionTime"))
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            node=spec.get("nodeName") or None,
+            gpus=gpus,
+            phase=str(status.get("phase") or "Pending"),
+            terminating=bool(meta.get("deletionTimestamp")),
+            created=parse_time(meta.get("creationTimestamp")) or 0.0,
+            labels=dict(meta.get("labels") or {}),
+            priority=int(spec.get("priority") or 0),
+            spec=spec,
+            unschedulable_since=unschedulable_since,
+        )
+
+
+@dataclass(frozen=True)
+class CapacitySnapshot:
+    """Free and releasing GPUs per schedulable node at one moment.
+
+    ``free[n]`` = allocatable - GPUs of every pod holding GPUs on ``n`` (never below 0: an
+    over-committed node offers nothing). ``releasing[n]``: what becomes free in addition once
+    the terminating pods on ``n`` are gone.
+    """
+
+    nodes: Mapping[str, NodeInfo]
+    free: Mapping[str, int]
+    releasing: Mapping[str, int]
+
+    def eligible(self, pod_spec: Obj) -> frozenset[str]:
+        """Schedulable nodes a pod with this spec may use (taints, selector, affinity)."""
+        return frozenset(n.name for n in self.nodes.values() if node_admits(n, pod_spec))
+
+    @property
+    def total_free(self) -> int:
+        return sum(self.free.values())
+
+
+class CapacityCache:
+    """Nodes and GPU-holding pods, kept current from watch events.
+
+    Guarantees: after any sequence of :meth:`apply_node`/:meth:`apply_pod` calls, the snapshot
+    equals what :func:`compute_snapshot` gives for the latest version of every object seen (the
+    usage per node is updated incrementally, so a snapshot costs O(nodes)). Only pods that ask
+    for GPUs or belong to an ElasticJob are kept.
+    """
+
+    def __init__(self, resource: str = DEFAULT_GPU_RESOURCE) -> None:
+        self.resource = resource
+        self.nodes: dict[str, NodeInfo] = {}
+        self.pods: dict[str, PodInfo] = {}
+        self._used: dict[str, int] = {}
+        self._releasing: dict[str, int] = {}
+
+    def apply_node(self, event_type: str, node: Obj) -> None:
+        """Take one watch event (ADDED/MODIFIED/DELETED, or None for a listed object)."""
+        info = NodeInfo.from_object(node, self.resource)
+        if event_type == "DELETED":
+            self.nodes.pop(info.name, None)
+        else:
+            self.nodes[info.name] = info
+
+    def apply_pod(self, event_type: str, pod: Obj) -> None:
+        """Take one watch event of a pod (ADDED/MODIFIED/DELETED, or None for a listed one)."""
+        info = PodInfo.from_object(pod, self.resource)
+        old = self.pods.pop(info.key, None)
+        if old is not None:
+            self._account(old, -1)
+        if event_type == "DELETED" or not (info.gpus > 0 or info.job):
+            return
+        self.pods[info.key] = info
+        self._account(info, +1)
+
+    def _account(self, pod: PodInfo, sign: int) -> None:
+        if not pod.holds_gpus:
+            return
+        node = str(pod.node)
+        self._used[node] = self._used.get(node, 0) + sign * pod.gpus
+        if pod.terminating:
+            self._releasing[node] = self._releasing.get(node, 0) + sign * pod.gpus
+
+    def snapshot(self) -> CapacitySnapshot:
+        """Free GPUs per schedulable node now."""
+        nodes = {n: info for n, info in self.nodes.items() if info.schedulable and info.gpus > 0}
+        return _snapshot(nodes, self._used, self._releasing)
+
+
+def compute_snapshot(nodes: Iterable[Obj], pods: Iterable[Obj],
+                     resource: str = DEFAULT_GPU_RESOURCE) -> CapacitySnapshot:
+    """The snapshot of a full listing, computed directly (the reference that
+    :class:`CapacityCache`, fed the same objects as events, must agree with)."""
+    infos = [NodeInfo.from_object(n, resource) for n in nodes]
+    offered = {i.name: i for i in infos if i.schedulable and i.gpus > 0}
+    used: dict[str, int] = {}
+    releasing: dict[str, int] = {}
+    for pod in pods:
+        info = PodInfo.from_object(pod, resource)
+        if not info.holds_gpus:
+            continue
+        node = str(info.node)
+        used[node] = used.get(node, 0) + info.gpus
+        if info.terminating:
+            releasing[node] = releasing.get(node, 0) + info.gpus
+    return _snapshot(offered, used, releasing)
+
+
+def _snapshot(nodes: Mapping[str, NodeInfo], used: Mapping[str, int],
+              releasing: Mapping[str, int]) -> CapacitySnapshot:
+    free = {n: max(0, i.gpus - used.get(n, 0)) for n, i in nodes.items()}
+    # What is free once the terminating pods are gone, minus what is free already (an
+    # over-committed node may get back less than its terminating pods hold).
+    after = {n: max(0, i.gpus - used.get(n, 0) + releasing.get(n, 0)) for n, i in nodes.items()}
+    return CapacitySnapshot(nodes=nodes, free=free,
+                            releasing={n: after[n] - free[n] for n in nodes})
