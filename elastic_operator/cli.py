@@ -14,6 +14,7 @@ from pathlib import Path
 # name -> (module, one-line help). Each module has configure(parser) and execute(args).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("elastic_operator.cli", "print the CRDs generated from the API models"),
+    "run": ("elastic_operator.operator", "run the ElasticJob operator against a cluster"),
 }
 
 

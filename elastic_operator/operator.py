@@ -1,0 +1,166 @@
+"""``elastic-operator run``: the ElasticJob operator (kopf) against a cluster.
+
+Credentials: ``--kubeconfig`` (or ``$KUBECONFIG``, ``~/.kube/config``), or the in-cluster
+service account when running in a pod. Scope: every namespace, or the ``--namespace`` ones.
+Peering is standalone: run one replica (the Deployment in ``deploy/`` does), so no peering
+CRD and no leader election are needed; a second replica would double the work but not break
+it (every write is idempotent).
+
+The handlers live in the modules of :data:`HANDLER_MODULES`; they find the runtime in kopf's
+``memo``: ``memo.config`` (:class:`OperatorConfig`), and, after startup, ``memo.api`` (an
+async REST client logged in like kopf), ``memo.metrics`` and ``memo.reconciler``.
+
+Managed rendezvous: a job without ``spec.rendezvous.endpoints`` gets
+``--default-rendezvous-endpoints`` (default: the ``elastic-etcd`` that ``deploy/`` installs
+next to the operator). One etcd serves every job; each job's keys live under its own prefix
+(rdzv id ``<namespace>-<name>-<uid[:8]>``). Why one per cluster rather than one per job or
+namespace: no per-job startup latency (an etcd pod takes seconds to schedule and start, added
+to every job's first formation), nothing per job to create, own or clean up, and one small
+etcd easily carries the rendezvous traffic of hundreds of jobs (a few keys and leases per
+worker). Trade-offs: a shared failure domain (agents retry a lost etcd with backoff and
+tolerate its restart; the StatefulSet keeps its data on a volume) and no isolation of keys
+between jobs (any worker could read another job's rendezvous keys; jobs needing isolation set
+their own ``spec.rendezvous.endpoints``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kopf
+
+from elastic_operator.planner import PlannerSettings
+from elastic_operator.reconciler import ReconcilerSettings
+from elastic_operator.workers import DEFAULT_RENDEZVOUS_ENDPOINTS
+
+# Each module registers its kopf handlers on import. The autoscaler and the reclaim
+# controller add their own module here (one line each).
+HANDLER_MODULES: list[str] = [
+    "elastic_operator.handlers",
+]
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything ``run`` was told, as one typed object (``memo.config`` in handlers)."""
+
+    kubeconfig: Path | None = None
+    namespaces: tuple[str, ...] = ()
+    metrics_port: int = 0
+    liveness_endpoint: str | None = None
+    reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Options of ``elastic-operator run``."""
+    parser.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster "
+                        "service account, else $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                        help="watch only this namespace (repeatable; default: all namespaces)")
+    parser.add_argument("--metrics-port", type=int, default=8000,
+                        help="serve Prometheus /metrics on this port (0: off; default 8000)")
+    parser.add_argument("--liveness", metavar="URL", default=None,
+                        help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--default-rendezvous-endpoints", default=DEFAULT_RENDEZVOUS_ENDPOINTS,
+                        help="etcd endpoints for jobs without spec.rendezvous.endpoints "
+                        f"(default {DEFAULT_RENDEZVOUS_ENDPOINTS})")
+    parser.add_argument("--no-read-rounds", action="store_true",
+                        help="do not read the formed round from etcd (status.worldSize is then "
+                        "ready pods x nprocPerNode)")
+    parser.add_argument("--backoff-base", type=float, default=1.0, metavar="SECONDS",
+                        help="first delay before a failed worker is recreated (default 1)")
+    parser.add_argument("--backoff-cap", type=float, default=60.0, metavar="SECONDS",
+                        help="longest delay before a failed worker is recreated (default 60)")
+    parser.add_argument("--resync", type=float, default=10.0, metavar="SECONDS",
+                        help="reconcile every running job at least this often (default 10)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def config_from_args(args: argparse.Namespace) -> OperatorConfig:
+    """The typed configuration of parsed ``run`` arguments (raises ValueError when invalid)."""
+    for flag, value in (("--backoff-base", args.backoff_base), ("--backoff-cap", args.backoff_cap),
+                        ("--resync", args.resync)):
+        if value <= 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
+    if args.backoff_cap < args.backoff_base:
+        raise ValueError(f"--backoff-cap {args.backoff_cap} is below --backoff-base "
+                         f"{args.backoff_base}; raise the cap")
+    return OperatorConfig(
+        kubeconfig=args.kubeconfig,
+        namespaces=tuple(args.namespace),
+        metrics_port=args.metrics_port,
+        liveness_endpoint=args.liveness,
+        reconciler=ReconcilerSettings(
+            planner=PlannerSettings(args.backoff_base, args.backoff_cap),
+            default_rendezvous_endpoints=args.default_rendezvous_endpoints,
+            resync_seconds=args.resync,
+            read_rounds=not args.no_read_rounds,
+        ),
+    )
+
+
+def kopf_settings(verbose: bool = False) -> kopf.OperatorSettings:
+    """kopf's settings for this operator (typed, not globals)."""
+    settings = kopf.OperatorSettings()
+    settings.peering.standalone = True
+    settings.posting.enabled = False  # we record our own, meaningful events
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.batching.worker_limit = 256
+    settings.execution.max_workers = 4
+    if not verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    return settings
+
+
+def register_handlers() -> None:
+    """Import every module of :data:`HANDLER_MODULES` (registering its handlers)."""
+    for module in HANDLER_MODULES:
+        importlib.import_module(module)
+
+
+@kopf.on.login()
+def _login(**_: object) -> kopf.ConnectionInfo:
+    from elastic_operator import k8s
+
+    kubeconfig = os.environ.get("KUBECONFIG")
+    return k8s.login(Path(kubeconfig) if kubeconfig else None)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run the operator until SIGINT/SIGTERM; returns the exit status."""
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        logging.error("%s", exc)
+        return 2
+    if config.kubeconfig is not None:
+        if not config.kubeconfig.is_file():
+            logging.error("--kubeconfig %s: no such file", config.kubeconfig)
+            return 2
+        os.environ["KUBECONFIG"] = str(config.kubeconfig)
+    register_handlers()
+    memo = kopf.Memo(config=config)
+    asyncio.run(
+        kopf.operator(
+            settings=kopf_settings(args.verbose),
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=config.liveness_endpoint,
+            memo=memo,
+        )
+    )
+    return 0

@@ -1,0 +1,379 @@
+"""Reads one ElasticJob and its pods, asks the planner, applies the plan: the I/O half of the
+operator (the decisions are all in :mod:`elastic_operator.planner`).
+
+Guarantees:
+
+- **One reconcile per job at a time.** Requests for a job that is being reconciled only mark
+  it dirty; it is reconciled once more afterwards. So a burst of pod events costs one or two
+  reconciles, and two reconciles never race on the same status.
+- **Fresh reads.** Each reconcile GETs the job and LISTs its pods (label selector), so it
+  never decides on a stale cache; writes are idempotent (deterministic names: 409 and 404
+  are success), which makes a restarted operator converge without duplicates.
+- **Cheap repeats.** The status is patched only when it changed; watch events caused by the
+  operator's own writes (recognised by resourceVersion) do not trigger a reconcile.
+- **Never crash, never hot-loop.** An error is logged, counted in metrics and retried with
+  capped exponential backoff; a bad object becomes a Failed/Invalid status via the planner.
+- **Time-based decisions** (backoff, timeouts) are woken by a timer at the planner's
+  ``requeue_after``; a periodic resync of non-terminal jobs covers anything missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from elastic_operator import k8s, labels, workers
+from elastic_operator.api.common import now_rfc3339
+from elastic_operator.api.elasticjob import KIND, PLURAL, ElasticJobSpec, ElasticJobStatus
+from elastic_operator.metrics import Metrics
+from elastic_operator.planner import (
+    TERMINAL,
+    CreatePod,
+    CreateService,
+    DeletePod,
+    Event,
+    JobView,
+    MarkFailureRecorded,
+    Plan,
+    PlannerSettings,
+    observe_pod,
+    plan,
+    utcnow,
+)
+from elastic_operator.rounds import RoundReader
+
+log = logging.getLogger("elastic_operator.reconciler")
+Key = tuple[str, str]  # (namespace, name)
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    """Operator-wide behaviour of reconciles (from ``elastic-operator run`` flags)."""
+
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    default_rendezvous_endpoints: str = workers.DEFAULT_RENDEZVOUS_ENDPOINTS
+    resync_seconds: float = 10.0
+    read_rounds: bool = True
+    error_backoff_cap_seconds: float = 30.0
+
+
+def job_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    return k8s.path(PLURAL, namespace, name, sub, group=labels.GROUP, version=labels.VERSION)
+
+
+def _controller_uid(obj: Obj) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND:
+            return str(ref.get("uid"))
+    return None
+
+
+def _parse_status(raw: Any) -> ElasticJobStatus:
+    try:
+        return ElasticJobStatus.model_validate(raw or {})
+    except ValidationError as exc:
+        log.warning("unreadable status replaced by a fresh one: %s", exc.errors()[0]["msg"])
+        return ElasticJobStatus()
+
+
+@dataclass
+class _Slot:
+    running: bool = False
+    dirty: bool = False
+    errors: int = 0
+
+
+class Reconciler:
+    """Coalescing reconcile queue for ElasticJobs. Create and use it inside the event loop."""
+
+    def __init__(self, api: k8s.Api, settings: ReconcilerSettings, metrics: Metrics) -> None:
+        self.api = api
+        self.settings = settings
+        self.metrics = metrics
+        self.rounds = RoundReader(self.wake) if settings.read_rounds else None
+        self._slots: dict[Key, _Slot] = {}
+        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
+        self._terminal: set[Key] = set()
+        self._services: set[str] = set()
+        self._own_versions: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._instance = os.environ.get("HOSTNAME", "elastic-operator")
+
+    # ------------------------------------------------------------------ triggers
+
+    def is_own_write(self, resource_version: str | None) -> bool:
+        """Whether a watch event only echoes a write this operator made."""
+        return bool(resource_version) and resource_version in self._own_versions
+
+    def wake(self, key: Key) -> None:
+        """Request a reconcile of ``key`` from synchronous code (timers, callbacks)."""
+        task = asyncio.ensure_future(self.request(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def request(self, key: Key) -> None:
+        """Reconcile ``key`` now, or once more after the reconcile in progress."""
+        slot = self._slots.setdefault(key, _Slot())
+        slot.dirty = True
+        if slot.running:
+            return
+        slot.running = True
+        try:
+            while slot.dirty:
+                slot.dirty = False
+                await self._guarded(key, slot)
+        finally:
+            slot.running = False
+
+    def forget(self, key: Key, uid: str | None = None) -> None:
+        """The job is gone: drop its timers and bookkeeping (its pods go by owner GC)."""
+        self._slots.pop(key, None)
+        self._terminal.discard(key)
+        timer = self._timers.pop(key, None)
+        if timer:
+            timer[1].cancel()
+        if uid:
+            self._services.discard(uid)
+        if self.rounds:
+            self.rounds.forget(key)
+        self.metrics.job_phase(key, None)
+
+    async def resync_forever(self) -> None:
+        """Reconcile every known non-terminal job every ``resync_seconds``."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            for key in list(self._slots):
+                if key not in self._terminal:
+                    self.wake(key)
+
+    async def close(self) -> None:
+        """Cancel timers and background reconciles."""
+        for _, handle in self._timers.values():
+            handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.rounds:
+            await self.rounds.close()
+
+    def _schedule(self, key: Key, delay: float) -> None:
+        when = time.monotonic() + delay
+        current = self._timers.get(key)
+        if current and current[0] <= when and not current[1].cancelled():
+            return
+        if current:
+            current[1].cancel()
+        loop = asyncio.get_running_loop()
+        # A little slack so the planner, at wake-up, sees the deadline as passed.
+        handle = loop.call_later(delay + 0.05, self._fire, key)
+        self._timers[key] = (when, handle)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.wake(key)
+
+    # ------------------------------------------------------------------ one reconcile
+
+    async def _guarded(self, key: Key, slot: _Slot) -> None:
+        started = time.perf_counter()
+        try:
+            await self._reconcile(key)
+            slot.errors = 0
+        except Exception as exc:
+            slot.errors += 1
+            delay = min(self.settings.error_backoff_cap_seconds, 0.5 * 2 ** min(slot.errors, 8))
+            self.metrics.reconcile_errors.inc()
+            log.error("%s/%s: reconcile failed (%s); retrying in %.1fs", *key, exc, delay)
+            self._schedule(key, delay)
+        finally:
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    async def _reconcile(self, key: Key) -> None:
+        namespace, name = key
+        try:
+            body = await self.api.get(job_path(namespace, name))
+        except k8s.ApiError as exc:
+            if exc.code == 404:
+                self.forget(key)
+                return
+            raise
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        if meta.get("deletionTimestamp"):
+            return  # going away: owner GC removes the workers; nothing to decide
+        raw_pods = await self.api.list(
+            k8s.path("pods", namespace), label_selector=f"{labels.JOB_NAME}={name}"
+        )
+        # Pods of an earlier job with the same name still wait for GC: not ours to manage,
+        # but their names block ours, so they count as terminating.
+        pods = []
+        for raw in raw_pods:
+            view = observe_pod(raw)
+            if _controller_uid(raw) != uid:
+                view = dataclasses.replace(view, terminating=True)
+            pods.append(view)
+        old_status = _parse_status(body.get("status"))
+        job = JobView(
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            generation=int(meta.get("generation") or 1),
+            spec=body.get("spec") or {},
+            status=old_status,
+        )
+        observed_round = None
+        endpoints = self._endpoints(job)
+        if self.rounds is not None and endpoints:
+            observed_round = self.rounds.latest(key, endpoints, workers.rdzv_id(*key, uid))
+        result = plan(
+            job,
+            pods,
+            utcnow(),
+            self.settings.planner,
+            service_present=uid in self._services,
+            observed_round=observed_round,
+        )
+        await self._apply(job, body, old_status, result)
+        if result.status.phase in TERMINAL:
+            self._terminal.add(key)
+        else:
+            self._terminal.discard(key)
+        self.metrics.job_phase(key, result.status.phase.value)
+        if result.requeue_after is not None:
+            self._schedule(key, result.requeue_after)
+
+    def _endpoints(self, job: JobView) -> str:
+        configured = (job.spec.get("rendezvous") or {}).get("endpoints") or []
+        if configured and all(isinstance(e, str) for e in configured):
+            return ",".join(configured)
+        return self.settings.default_rendezvous_endpoints
+
+    async def _apply(
+        self, job: JobView, body: Obj, old_status: ElasticJobStatus, result: Plan
+    ) -> None:
+        ns, name = job.namespace, job.name
+        pods_path = k8s.path("pods", ns)
+        for mark in result.of(MarkFailureRecorded):
+            patch = {"metadata": {"annotations": {labels.FAILURE_RECORDED_AT: mark.at}}}
+            with contextlib.suppress(_Missing):
+                await self._write(self.api.merge_patch(f"{pods_path}/{mark.name}", patch))
+        if result.status.wire() != old_status.wire():
+            written = await self.api.merge_patch(
+                job_path(ns, name, "status"), {"status": result.status.wire()}
+            )
+            self._remember(written)
+            restarted = result.status.restarts - old_status.restarts
+            if restarted > 0:
+                self.metrics.restarts.inc(restarted)
+            if result.status.phase != old_status.phase:
+                log.info("%s/%s: phase %s -> %s", ns, name, old_status.phase.value,
+                         result.status.phase.value)
+        for delete in result.of(DeletePod):
+            log.info("%s/%s: deleting pod %s (%s)", ns, name, delete.name, delete.reason)
+            with contextlib.suppress(_Missing):
+                await self._write(self.api.delete(f"{pods_path}/{delete.name}"))
+                self.metrics.pods_deleted.labels(reason=delete.reason).inc()
+        if result.of(CreateService):
+            service = workers.headless_service(ns, name, job.uid)
+            with contextlib.suppress(_Exists):
+                await self._write(self.api.create(k8s.path("services", ns), service))
+            self._services.add(job.uid)
+        creates = result.of(CreatePod)
+        if creates:
+            spec = ElasticJobSpec.model_validate(job.spec)  # valid: the planner checked it
+            for create in creates:
+                await self._create_pod(job, body, spec, create)
+        for event in result.of(Event):
+            log.info("%s/%s: %s: %s", ns, name, event.reason, event.message)
+            await self.post_event(body, event)
+
+    async def _create_pod(
+        self, job: JobView, body: Obj, spec: ElasticJobSpec, create: CreatePod
+    ) -> None:
+        manifest = workers.worker_pod(
+            job.namespace, job.name, job.uid, create.index, spec,
+            self.settings.default_rendezvous_endpoints,
+        )
+        log.info("%s/%s: creating pod %s (%s)", job.namespace, job.name,
+                 manifest["metadata"]["name"], create.reason)
+        try:
+            await self._write(self.api.create(k8s.path("pods", job.namespace), manifest))
+            self.metrics.pods_created.inc()
+        except _Exists:
+            return  # created before a restart, or the old one is still terminating
+        except k8s.ApiError as exc:
+            # e.g. a template the API server refuses, or a quota: say so on the job.
+            message = f"cannot create {manifest['metadata']['name']}: {exc}"[:1024]
+            await self.post_event(body, Event("Warning", "FailedCreatePod", message))
+            raise
+
+    async def _write(self, call: Any) -> Obj:
+        """Await a write; map 404/409 to the idempotence exceptions; remember its version."""
+        try:
+            result: Obj = await call
+        except k8s.ApiError as exc:
+            if exc.code == 404:
+                raise _Missing from exc
+            if exc.code == 409 and exc.reason == "AlreadyExists":
+                raise _Exists from exc
+            raise
+        self._remember(result)
+        return result
+
+    def _remember(self, obj: Obj) -> None:
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            if len(self._own_versions) > 50_000:
+                self._own_versions.clear()  # only an optimisation: forgetting costs a no-op
+            self._own_versions.add(str(version))
+
+    async def post_event(self, body: Obj, event: Event) -> None:
+        """Record a core/v1 Event on the job (failures are logged, never raised)."""
+        meta = body.get("metadata") or {}
+        now = now_rfc3339()
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{meta.get('name')}.",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": labels.API_VERSION,
+                "kind": KIND,
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message,
+            "source": {"component": "elastic-operator"},
+            "reportingComponent": "elastic-operator",
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.api.create(k8s.path("events", meta.get("namespace")), manifest)
+        except (TimeoutError, k8s.ApiError, aiohttp.ClientError, OSError) as exc:
+            log.warning("%s/%s: event %s not recorded: %s", meta.get("namespace"),
+                        meta.get("name"), event.reason, exc)
+
+
+class _Missing(Exception):
+    """404 on a delete or patch: the object is already gone."""
+
+
+class _Exists(Exception):
+    """409 AlreadyExists on a create: the object is already there."""

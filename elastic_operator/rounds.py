@@ -1,0 +1,108 @@
+"""The last formed rendezvous round of each job, read from etcd without blocking reconciles.
+
+The launcher's rank-0 agent writes ``launcher.contract.round_key(rdzv_id)`` after each
+formation. :meth:`RoundReader.latest` answers from a cache at once and refreshes it in a
+worker thread (the etcd3 client is synchronous), so a slow or unreachable etcd never delays
+a reconcile; an unreachable endpoint list is not retried for ``retry_seconds``. When a
+refresh finds a new round, ``on_change`` is called with the job's key so it is reconciled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from launcher.contract import round_key
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+
+
+def parse_round(raw: bytes | None) -> tuple[int, int] | None:
+    """``(generation, worldSize)`` of a round value, or None when absent or unreadable."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        generation = int(data["generation"])
+        world = data.get("worldSize")
+        if world is None:
+            world = data.get("world_size", len(data.get("members") or data.get("nodes") or ()))
+        return generation, int(world)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class RoundReader:
+    """Cached, non-blocking reads of each job's round key."""
+
+    def __init__(
+        self,
+        on_change: Callable[[Key], Any],
+        max_age_seconds: float = 5.0,
+        retry_seconds: float = 30.0,
+        timeout_seconds: float = 2.0,
+    ) -> None:
+        self._on_change = on_change
+        self._max_age = max_age_seconds
+        self._retry = retry_seconds
+        self._timeout = timeout_seconds
+        self._values: dict[Key, tuple[float, tuple[int, int] | None]] = {}
+        self._down_until: dict[str, float] = {}
+        self._clients: dict[str, Any] = {}
+        self._inflight: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def latest(self, key: Key, endpoints: str, rdzv_id: str) -> tuple[int, int] | None:
+        """The cached round (None until first read); schedules a refresh when stale."""
+        stamp, value = self._values.get(key, (0.0, None))
+        now = time.monotonic()
+        stale = now - stamp > self._max_age
+        if stale and key not in self._inflight and self._down_until.get(endpoints, 0) < now:
+            self._inflight.add(key)
+            task = asyncio.create_task(self._refresh(key, endpoints, rdzv_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return value
+
+    def forget(self, key: Key) -> None:
+        """Drop a deleted job's cache entry."""
+        self._values.pop(key, None)
+
+    async def close(self) -> None:
+        """Cancel refreshes and close the etcd clients."""
+        for task in list(self._tasks):
+            task.cancel()
+        for client in self._clients.values():
+            await asyncio.to_thread(client.close)
+        self._clients.clear()
+
+    async def _refresh(self, key: Key, endpoints: str, rdzv_id: str) -> None:
+        try:
+            value = await asyncio.to_thread(self._read, endpoints, rdzv_id)
+        except Exception as exc:  # any client error means: etcd not reachable now
+            self._down_until[endpoints] = time.monotonic() + self._retry
+            log.info("rendezvous etcd %s not readable (%s); status.worldSize estimated from "
+                     "ready pods; retry in %.0fs", endpoints, exc, self._retry)
+            return
+        finally:
+            self._inflight.discard(key)
+        old = self._values.get(key, (0.0, None))[1]
+        self._values[key] = (time.monotonic(), value)
+        if value != old:
+            self._on_change(key)
+
+    def _read(self, endpoints: str, rdzv_id: str) -> tuple[int, int] | None:
+        import etcd3  # imported lazily: only needed when a round is read
+
+        client = self._clients.get(endpoints)
+        if client is None:
+            host, _, port = endpoints.split(",")[0].rpartition(":")
+            client = etcd3.client(host=host, port=int(port), timeout=self._timeout)
+            self._clients[endpoints] = client
+        value, _meta = client.get(round_key(rdzv_id))
+        return parse_round(value)

@@ -1,0 +1,54 @@
+"""Shared fixtures: the emulated API server, a test client, namespaces and the operator
+subprocess. What each fixture gives is documented in :mod:`tests.harness`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Api, Cluster, OperatorProcess, create_namespace, start_cluster
+
+
+@pytest.fixture(scope="module")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The emulator with every CRD applied over HTTP (one per test module)."""
+    cluster = start_cluster(tmp_path_factory.mktemp("apiserver"))
+    try:
+        yield cluster
+    finally:
+        cluster.server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(apiserver: Cluster) -> Api:
+    """A client logged in as the ``tester`` user."""
+    return apiserver.client()
+
+
+@pytest.fixture
+def namespace(api: Api) -> str:
+    """A fresh namespace for one test."""
+    return create_namespace(api, f"t-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def operator_args() -> list[str]:
+    """Extra ``elastic-operator run`` flags; override in a test module to change them."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def operator_process(
+    apiserver: Cluster, operator_args: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """``elastic-operator run`` against the emulator, live; its log is printed at the end."""
+    workdir: Path = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(apiserver, workdir, operator_args)
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+        print(f"----- operator log ({process.log_path}) -----\n{process.log()[-20000:]}")
