@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from launcher.training import CheckpointDir, CorruptCheckpointError, read_verified, verify
+from launcher.training import (
+    CheckpointDir,
+    CorruptCheckpointError,
+    read_verified,
+    verify,
+    write_atomic,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +39,7 @@ def test_roundtrip_and_keep_last_k(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "foreign"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "flip-directory", "empty", "foreign"])
 def test_damaged_newer_file_is_skipped_never_loaded(tmp_path: Path, damage: str) -> None:
     ckpts = CheckpointDir(tmp_path, keep=5)
     ckpts.save(1, _state(1))
@@ -45,6 +51,9 @@ def test_damaged_newer_file_is_skipped_never_loaded(tmp_path: Path, damage: str)
     elif damage == "flip":
         middle = len(data) // 2
         bad.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    elif damage == "flip-directory":
+        at = len(data) - 40  # inside the zip's end records, just before our trailer
+        bad.write_bytes(data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:])
     elif damage == "empty":
         bad.write_bytes(b"")
     else:
@@ -53,6 +62,20 @@ def test_damaged_newer_file_is_skipped_never_loaded(tmp_path: Path, damage: str)
         read_verified(bad)
     found = ckpts.load_latest()
     assert found is not None and found[0].step == 1 and found[1]["step"] == 1
+
+
+def test_payload_crc_mode_when_torch_skips_record_crcs(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils.serialization import config
+
+    monkeypatch.setattr(config.save, "compute_crc32", False)
+    path = tmp_path / "ckpt-000000000001.pt"
+    write_atomic(path, _state(1))
+    assert read_verified(path)["step"] == 1
+    data = path.read_bytes()
+    path.write_bytes(data[:100] + bytes([data[100] ^ 0x10]) + data[101:])
+    with pytest.raises(CorruptCheckpointError, match="CRC32 of payload"):
+        verify(path)
 
 
 def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
@@ -74,12 +97,12 @@ _CHILD = textwrap.dedent("""
     if stage == "fsync":          # every byte written, not yet renamed
         os.fsync = lambda fd: block()
     else:                         # in the middle of writing the payload
-        write = checkpoint._ChecksummingWriter.write
+        write = checkpoint._DurableWriter.write
         def slow(self, data):
             if self.size > 0:
                 block()
             return write(self, data)
-        checkpoint._ChecksummingWriter.write = slow
+        checkpoint._DurableWriter.write = slow
     ckpts.save(2, {"step": 2, "w": torch.zeros(1_000_000)})
 """)
 
