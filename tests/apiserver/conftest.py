@@ -150,3 +150,18 @@ async def crd_api(api: Client) -> Client:
     """The ``api`` client with the Widget CRD installed."""
     await api.ok("POST", CRDS, WIDGET_CRD)
     return api
+
+
+async def eventually(check: Any, timeout: float = 20.0) -> Any:
+    """Poll an async check until it returns a truthy value; generous for loaded CI machines."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {check.__name__}")
+        await asyncio.sleep(0.02)
