@@ -15,6 +15,7 @@ from pathlib import Path
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("elastic_operator.cli", "print the CRDs generated from the API models"),
     "run": ("elastic_operator.operator", "run the ElasticJob operator against a cluster"),
+    "local": ("elastic_operator.local.cli", "embedded cluster: up, apply, get, demo ..."),
 }
 
 

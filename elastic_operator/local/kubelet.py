@@ -42,6 +42,7 @@ from elastic_operator.local.runtime import (
     container_argv,
     container_env,
     map_termination_path,
+    process_groups,
 )
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Kubelet:
         run = self._find(namespace, name)
         groups = {c.process.pid for c in run.containers if c.process and c.process.pid} \
             if run else set()
-        return [pid for pid, pgid in _process_groups() if pgid in groups]
+        return [pid for pid, pgid in process_groups() if pgid in groups]
 
     def kill_pod(self, name: str, sig: int = signal.SIGKILL, namespace: str = "default", *,
                  children_only: bool = False) -> int:
@@ -406,20 +407,3 @@ def _final_phase(run: _PodRun) -> str:
         return "Succeeded"
     return "Failed"
 
-
-def _process_groups() -> list[tuple[int, int]]:
-    """(pid, process group id) of every live process, from /proc (Linux)."""
-    out: list[tuple[int, int]] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        # Fields after the parenthesised command name: state ppid pgrp ...
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[0] != "Z":
-            out.append((int(entry), int(fields[2])))
-    return out

@@ -188,7 +188,7 @@ def _read_tail(path: Path, limit: int = MAX_MESSAGE_BYTES) -> str:
         return ""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL when the cluster process dies (Linux), so a crashed
     or SIGKILLed cluster leaves no orphan pod behind."""
     with contextlib.suppress(OSError, AttributeError):
@@ -229,7 +229,7 @@ class ContainerProcess:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
 
     def signal(self, sig: int) -> bool:
         """Send ``sig`` to the whole group; False when nothing was left to signal."""
@@ -260,3 +260,21 @@ class ContainerProcess:
         except TimeoutError:
             self.signal(signal.SIGKILL)
             await self.process.wait()
+
+
+def process_groups() -> list[tuple[int, int]]:
+    """(pid, process group id) of every live process, from /proc (Linux)."""
+    out: list[tuple[int, int]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state ppid pgrp ...
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[0] != "Z":
+            out.append((int(entry), int(fields[2])))
+    return out
