@@ -1,0 +1,339 @@
+"""Real processes for the reclaim integration tests: a Jupyter server with real ipykernel
+kernels (token auth, private temp dirs), the emulated API server with our CRDs, the reclaim
+handlers in a kopf operator subprocess (its log captured to a file), and Prometheus scraping a
+DCGM-style exporter. Every process is killed by process group when its fixture ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websocket
+import yaml
+
+from elastic_operator.api import crd
+from elastic_operator.local.apiserver import ApiServerThread
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "jt-" + uuid.uuid4().hex  # the Jupyter token; must never show up anywhere
+START_TIMEOUT = 90.0  # generous: 7 helpers share 2 cores
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            result = check()
+            if result:
+                return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, then SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+# -- Jupyter ------------------------------------------------------------------------------
+
+
+class Jupyter:
+    """A running jupyter_server and the few REST/websocket calls the tests make."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.token = token
+        self._sockets: list[websocket.WebSocket] = []
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            text = resp.read()
+        return json.loads(text) if text else None
+
+    def kernels(self) -> dict[str, dict[str, Any]]:
+        return {k["id"]: k for k in self._request("GET", "/api/kernels")}
+
+    def start_kernel(self) -> str:
+        return str(self._request("POST", "/api/kernels", {"name": "python3"})["id"])
+
+    def shutdown(self, kernel_id: str) -> None:
+        """Shut a kernel down (cleanup; a kernel already gone is fine)."""
+        import urllib.error
+
+        with contextlib.suppress(urllib.error.HTTPError):
+            self._request("DELETE", f"/api/kernels/{kernel_id}")
+
+    def connect(self, kernel_id: str) -> websocket.WebSocket:
+        """An open websocket to the kernel's channels (counts as a connection)."""
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/api/kernels/{kernel_id}/channels",
+            header=[f"Authorization: token {self.token}"], timeout=60,
+        )
+        self._sockets.append(ws)
+        return ws
+
+    def execute(self, ws: websocket.WebSocket, code: str, wait: bool = True) -> None:
+        """Send an execute_request; with ``wait``, return once the kernel is idle again."""
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+                       "session": uuid.uuid4().hex, "date": "", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+        }))
+        states = []
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg.get("msg_type") == "status":
+                states.append(msg["content"]["execution_state"])
+                if not wait and "busy" in states:
+                    return
+                if wait and states[-1] == "idle" and "busy" in states:
+                    return
+        raise AssertionError(f"kernel never finished {code!r}: states {states}")
+
+    def use(self, kernel_id: str, code: str = "x = 1 + 1", wait: bool = True,
+            keep_open: bool = False) -> None:
+        """Run ``code`` on a kernel like a notebook would, then disconnect (unless keep_open)."""
+        ws = self.connect(kernel_id)
+        self.execute(ws, code, wait=wait)
+        if not keep_open:
+            ws.close()
+            self._sockets.remove(ws)
+
+    def close_sockets(self) -> None:
+        for ws in self._sockets:
+            with contextlib.suppress(Exception):
+                ws.close()
+        self._sockets.clear()
+
+
+@pytest.fixture(scope="module")
+def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
+    """A jupyter_server on a random port of 127.0.0.1 with token auth and private dirs."""
+    base = tmp_path_factory.mktemp("jupyter")
+    dirs = {name: base / name for name in ("root", "runtime", "config", "data")}
+    for path in dirs.values():
+        path.mkdir()
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
+           "JUPYTER_CONFIG_DIR": str(dirs["config"]), "JUPYTER_DATA_DIR": str(dirs["data"]),
+           "JUPYTER_PLATFORM_DIRS": "1", "IPYTHONDIR": str(base / "ipython")}
+    log = (base / "jupyter.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1",
+         "--ServerApp.port=0", "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}",
+         "--ServerApp.open_browser=False", "--ServerApp.allow_root=True",
+         f"--ServerApp.root_dir={dirs['root']}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        def port() -> int | None:
+            for info in dirs["runtime"].glob("jpserver-*.json"):
+                return int(json.loads(info.read_text())["port"])
+            assert proc.poll() is None, (base / "jupyter.log").read_text()
+            return None
+
+        server = Jupyter(wait_for(port, START_TIMEOUT, "jupyter_server to start"), TOKEN)
+        wait_for(lambda: server.kernels() == {}, START_TIMEOUT, "jupyter_server to answer")
+        yield server
+        server.close_sockets()
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+# -- API emulator and operator ------------------------------------------------------------
+
+
+class Cluster:
+    """The emulated API server, its admin credentials, and the operator's captured log."""
+
+    def __init__(self, server: ApiServerThread, kubeconfig: Path, operator_log: Path) -> None:
+        self.server = server
+        self.kubeconfig = kubeconfig
+        self.operator_log = operator_log
+        config = yaml.safe_load(kubeconfig.read_text())
+        self.token = config["users"][0]["user"]["token"]
+
+    def call(self, method: str, path: str, body: Any = None,
+             content_type: str = "application/json") -> Any:
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.server.url + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"{method} {path}: {err.code} {err.read()[:500]!r}") from None
+
+    def namespace(self, name: str) -> str:
+        self.call("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+        return name
+
+    def pod(self, ns: str, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+
+    def policy(self, ns: str, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/apis/elastic.dev/v1alpha1/namespaces/{ns}/"
+                                f"kernelreclaimpolicies/{name}")
+
+    def events(self, ns: str) -> list[dict[str, Any]]:
+        return self.call("GET", f"/api/v1/namespaces/{ns}/events")["items"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The emulator with our CRDs, and the reclaim handlers running in a kopf subprocess."""
+    base = tmp_path_factory.mktemp("cluster")
+    server = ApiServerThread().start()
+    proc = None
+    log = None
+    try:
+        kubeconfig = server.write_kubeconfig(base / "kubeconfig")
+        operator_log = base / "operator.log"
+        cluster = Cluster(server, kubeconfig, operator_log)
+        for manifest in crd.all_crds():
+            cluster.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                         manifest)
+        log = operator_log.open("wb")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
+             "--verbose", "-m", "elastic_operator.reclaim.handlers"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+        )
+        watching = b"Starting the watch-stream for kernelreclaimpolicies"
+        wait_for(lambda: not _died(proc, operator_log) and watching in operator_log
+                 .read_bytes(), START_TIMEOUT, "the operator to watch policies")
+        yield cluster
+    finally:
+        if proc is not None:
+            stop_group(proc)
+        if log is not None:
+            log.close()
+        server.stop()
+
+
+def _died(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"operator exited: {log.read_text()[-3000:]}")
+    return False
+
+
+# -- Prometheus and a DCGM-style exporter -------------------------------------------------
+
+
+class Exporter:
+    """Serves ``DCGM_FI_DEV_GPU_UTIL`` gauges; ``util[(namespace, pod)]`` sets a pod's value."""
+
+    def __init__(self) -> None:
+        self.util: dict[tuple[str, str], float] = {}
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                lines = ["# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).",
+                         "# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
+                for i, ((ns, pod), value) in enumerate(sorted(exporter.util.items())):
+                    lines.append(f'DCGM_FI_DEV_GPU_UTIL{{gpu="{i}",UUID="GPU-{i}",'
+                                 f'pod="{pod}",namespace="{ns}",container="kernel"}} {value}')
+                body = ("\n".join(lines) + "\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Exporter]]:
+    """A real Prometheus scraping the exporter every second; yields (url, exporter)."""
+    binary = Path("/usr/bin/prometheus")
+    if not binary.exists():
+        pytest.fail("Prometheus is required: apt-get install prometheus (/usr/bin/prometheus)")
+    base = tmp_path_factory.mktemp("prometheus")
+    exporter = Exporter()
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+              "scrape_configs": [{"job_name": "dcgm", "static_configs": [
+                  {"targets": [f"127.0.0.1:{exporter.port}"]}]}]}
+    (base / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (base / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [str(binary), f"--config.file={base / 'prometheus.yml'}",
+         f"--storage.tsdb.path={base / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        def ready() -> bool:
+            assert proc.poll() is None, (base / "prometheus.log").read_text()[-2000:]
+            with urllib.request.urlopen(url + "/-/ready", timeout=5) as resp:
+                return resp.status == 200
+
+        wait_for(ready, START_TIMEOUT, "Prometheus to be ready")
+        yield url, exporter
+    finally:
+        stop_group(proc)
+        log.close()
+        exporter.close()
