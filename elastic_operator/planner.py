@@ -346,7 +346,7 @@ def _record_failures(out: Plan, spec: ElasticJobSpec, live: list[PodView], now: 
         failure = worker_failure(pod, now)
         status.restarts += 1
         status.lastFailure = failure
-        out.actions.append(MarkFailureRecorded(pod.name, now_rfc3339(now)))
+        out.actions.append(MarkFailureRecorded(pod.name, precise_time(now)))
         where = f" (rank {failure.rank})" if failure.rank is not None else ""
         out.actions.append(
             Event(
@@ -559,6 +559,11 @@ def _set(
 ) -> None:
     new = Condition(type=kind, status=value, reason=reason, message=message)  # type: ignore[arg-type]
     status.conditions = set_condition(status.conditions, new, now)
+
+
+def precise_time(now: datetime) -> str:
+    """RFC 3339 with microseconds: backoffs shorter than a second must not be rounded away."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def utcnow() -> datetime:
