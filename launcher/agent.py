@@ -23,6 +23,7 @@ rendezvous (a peer lost, a member re-forming, a newcomer while below max). Then:
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import tempfile
 import time
@@ -32,8 +33,6 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from torch.distributed.elastic.rendezvous import RendezvousClosedError, RendezvousTimeoutError
-
 from launcher import contract
 from launcher.etcd_rendezvous import (
     DEFAULT_JOIN_TIMEOUT,
@@ -41,10 +40,13 @@ from launcher.etcd_rendezvous import (
     DEFAULT_REFORM_TIMEOUT,
     DEFAULT_SETTLE,
     EtcdRendezvous,
+    RendezvousClosedError,
+    RendezvousTimeoutError,
     Round,
 )
 from launcher.etcd_session import EtcdSession, EtcdUnavailableError
 from launcher.monitor import GroupState, GroupStatus, WorkerGroup
+from launcher.prewarm import WarmPool
 from launcher.reports import FailureReporter
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class AgentConfig:
     settle: float = DEFAULT_SETTLE
     reform_timeout: float = DEFAULT_REFORM_TIMEOUT
     join_timeout: float = DEFAULT_JOIN_TIMEOUT
+    prewarm: bool = True  # see launcher.prewarm
     run_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +101,7 @@ class Agent:
         self.rdzv: EtcdRendezvous | None = None
         self.reporter = FailureReporter(config.rdzv_id, config.node_id, config.termination_log)
         self.group: WorkerGroup | None = None
+        self.pool: WarmPool | None = None
         self.run_dir = config.run_dir or Path(tempfile.mkdtemp(prefix="elastic-agent-"))
 
     # -- entry -----------------------------------------------------------------------------
@@ -107,6 +111,12 @@ class Agent:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if cfg.prewarm:
+                env = dict(os.environ, **cfg.extra_env)
+                if cfg.nproc_per_node > 1:
+                    env.setdefault("OMP_NUM_THREADS", "1")
+                self.pool = WarmPool(cfg.nproc_per_node, env)
+                self.pool.maintain()  # imports torch while we rendezvous
             self.session = EtcdSession(
                 cfg.rdzv_endpoint, contract.etcd_prefix(cfg.rdzv_id), cfg.lease_ttl,
                 name=cfg.node_id,
@@ -128,6 +138,8 @@ class Agent:
             return 1
         finally:
             self._stop_group()
+            if self.pool is not None:
+                self.pool.close()
             if self.session is not None:
                 self.session.close(revoke=True)
             for sig, handler in previous.items():
@@ -166,7 +178,7 @@ class Agent:
             })
             self.group = WorkerGroup(
                 cfg.cmd, cfg.nproc_per_node, rnd, self.run_dir, cfg.hang_timeout,
-                previous_world_size=previous_world, extra_env=extra,
+                previous_world_size=previous_world, extra_env=extra, pool=self.pool,
             ).start()
             previous_world = self.group.world_size
             outcome = self._monitor(rnd)
@@ -198,6 +210,8 @@ class Agent:
             reason = self.rdzv.reform_reason(rnd)
             if reason is not None:
                 return Outcome("reform", reason)
+            if self.pool is not None:
+                self.pool.maintain()
             version = self.session.wait_change(version, self.config.monitor_interval)
 
     def _handle_failure(self, rnd: Round, status: GroupStatus) -> bool:

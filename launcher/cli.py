@@ -80,7 +80,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--rdzv-id", "--rdzv_id", dest="rdzv_id", default=default(PodEnv.RDZV_ID, None),
                    help=f"unique job id (env {PodEnv.RDZV_ID})")
     p.add_argument("--rdzv-conf", "--rdzv_conf", dest="rdzv_conf", default="",
-                   help="k=v,...: lease_ttl (3), settle (1.0), reform_timeout (30), "
+                   help="k=v,...: lease_ttl (2), settle (1.0), reform_timeout (30), "
                         "join_timeout (600)")
     p.add_argument("--max-restarts", "--max_restarts", dest="max_restarts", type=int,
                    default=int(default(PodEnv.MAX_RESTARTS, str(contract.DEFAULT_MAX_RESTARTS))
@@ -105,6 +105,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="unique id of this agent (default: hostname-pid-random)")
     p.add_argument("--local-addr", "--local_addr", dest="local_addr", default=None,
                    help="address peers reach this node at (default: hostname)")
+    p.add_argument("--no-prewarm", dest="prewarm", action="store_false",
+                   help="do not keep training processes with torch imported ready for restarts")
     p.add_argument("-m", "--module", action="store_true",
                    help="run the entrypoint as a module (python -m)")
     p.add_argument("--no-python", "--no_python", dest="no_python", action="store_true",
@@ -163,6 +165,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> A
             settle=float(conf.get("settle", DEFAULT_SETTLE)),
             reform_timeout=float(conf.get("reform_timeout", DEFAULT_REFORM_TIMEOUT)),
             join_timeout=float(conf.get("join_timeout", DEFAULT_JOIN_TIMEOUT)),
+            prewarm=ns.prewarm and not ns.no_python,
         )
     except ValueError as exc:
         raise ConfigError(f"--rdzv-conf={ns.rdzv_conf!r}: {exc}") from exc

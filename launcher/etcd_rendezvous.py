@@ -1,15 +1,14 @@
 """Rendezvous on etcd's v3 API: membership by leases, rounds by compare-and-swap, waits by watch.
 
 torch's own etcd backends speak etcd's v2 API (hidden in 3.4, removed in 3.6); this one is v3
-only. ``EtcdRendezvous`` is the protocol; ``EtcdV3RendezvousHandler`` adapts it to torch's
-``RendezvousHandler`` and is registered as backend ``"etcd-v3"`` in torch's
-``rendezvous_handler_registry`` (so ``torchrun --rdzv-backend=etcd-v3`` works once this module
-is imported).
+only. ``EtcdRendezvous`` is the protocol, free of torch imports so the agent starts fast;
+``launcher.torch_rendezvous`` adapts it to torch's ``RendezvousHandler`` and registers it as
+backend ``"etcd-v3"``.
 
 Protocol. All keys live under ``contract.etcd_prefix(run_id)`` = ``P``:
 
-- ``P/nodes/<node_id>`` -- one per participant, bound to the participant's lease (TTL a few
-  seconds, kept alive by ``EtcdSession``). Value: ``{"addr", "port", "after"}``. ``addr:port``
+- ``P/nodes/<node_id>`` -- one per participant, bound to the participant's lease (TTL 2 s by
+  default, kept alive by ``EtcdSession``). Value: ``{"addr", "port", "after"}``. ``addr:port``
   is a free port on the node, used as MASTER_ADDR:MASTER_PORT when the node gets rank 0.
   ``after = g`` means "I want to be in a round whose generation is greater than g". The key
   vanishes when the agent dies (lease expiry), which is how peers learn of a lost node.
@@ -47,28 +46,25 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from etcd3 import transactions as tx
-from torch.distributed import PrefixStore, Store, TCPStore
-from torch.distributed.elastic.rendezvous import (
-    RendezvousClosedError,
-    RendezvousConnectionError,
-    RendezvousHandler,
-    RendezvousInfo,
-    RendezvousParameters,
-    RendezvousStoreInfo,
-    RendezvousTimeoutError,
-    rendezvous_handler_registry,
-)
 
 from launcher import contract
 from launcher.etcd_session import Entry, EtcdSession, EtcdUnavailableError
 
 log = logging.getLogger(__name__)
 
+
+class RendezvousClosedError(Exception):
+    """The job finished (``set_closed``); no further rounds will form."""
+
+
+class RendezvousTimeoutError(Exception):
+    """No round including this node formed in time."""
+
+
 BACKEND_NAME = "etcd-v3"
-DEFAULT_LEASE_TTL = 3
+DEFAULT_LEASE_TTL = 2
 DEFAULT_SETTLE = 1.0
 DEFAULT_REFORM_TIMEOUT = 30.0
 DEFAULT_JOIN_TIMEOUT = 600.0
@@ -369,102 +365,3 @@ class EtcdRendezvous:
         claims = {k.split("/", 1)[1]: t for k, t in snap.faults.items()
                   if k.split("/", 1)[0] == str(generation)}
         return min(claims, key=lambda n: (claims[n], n)) if claims else None
-
-
-class EtcdV3RendezvousHandler(RendezvousHandler):
-    """torch ``RendezvousHandler`` over ``EtcdRendezvous``.
-
-    Each round gets a TCPStore for torch's agent, hosted by group rank 0 on a fresh port it
-    publishes at ``P/stores/<generation>``; ``bootstrap_store_info`` carries the round's
-    MASTER_ADDR/MASTER_PORT for the training processes (a different port).
-    """
-
-    def __init__(self, rdzv: EtcdRendezvous, join_timeout: float) -> None:
-        self._rdzv = rdzv
-        self._join_timeout = join_timeout
-        self._stores: list[Store] = []
-
-    @property
-    def rendezvous(self) -> EtcdRendezvous:
-        return self._rdzv
-
-    def get_backend(self) -> str:
-        return BACKEND_NAME
-
-    def next_rendezvous(self) -> RendezvousInfo:
-        try:
-            rnd = self._rdzv.next_round(self._join_timeout)
-            store = self._round_store(rnd)
-        except EtcdUnavailableError as exc:
-            raise RendezvousConnectionError(str(exc)) from exc
-        info = RendezvousStoreInfo(rnd.master_addr, rnd.master_port)
-        return RendezvousInfo(store, rnd.rank, rnd.world_size, info)
-
-    def _round_store(self, rnd: Round) -> Store:
-        key = f"{self._rdzv.prefix}stores/{rnd.generation}"
-        session = self._rdzv.session
-        timeout = self._join_timeout
-        if rnd.rank == 0:
-            server = TCPStore(self._rdzv.local_addr, 0, rnd.world_size, True,
-                              wait_for_workers=False)
-            self._stores.append(server)
-            session.put(key, json.dumps([self._rdzv.local_addr, server.port]).encode())
-            base: Store = server
-        else:
-            deadline = time.monotonic() + timeout
-            version = -1
-            while (entry := session.view()[1].get(key)) is None:
-                if time.monotonic() > deadline:
-                    raise RendezvousTimeoutError(f"no store published at {key} in {timeout}s")
-                version = session.wait_change(version, 1.0)
-            addr, port = json.loads(entry.value)
-            base = TCPStore(addr, int(port), rnd.world_size, False)
-            self._stores.append(base)
-        return PrefixStore(f"/torchelastic/{rnd.generation}", base)
-
-    def is_closed(self) -> bool:
-        return self._rdzv.is_closed()
-
-    def set_closed(self) -> None:
-        self._rdzv.set_closed()
-
-    def num_nodes_waiting(self) -> int:
-        return self._rdzv.num_nodes_waiting()
-
-    def get_run_id(self) -> str:
-        return self._rdzv.run_id
-
-    def shutdown(self) -> bool:
-        self._rdzv.session.close(revoke=True)
-        return True
-
-
-def create_handler(params: RendezvousParameters) -> EtcdV3RendezvousHandler:
-    """torch registry entry point: ``RendezvousParameters`` -> handler.
-
-    Extra ``--rdzv-conf`` keys: ``lease_ttl`` (s, default 3), ``settle`` (s, default 1),
-    ``reform_timeout`` (s, default 30), ``join_timeout`` (s, default 600), ``node_id``.
-    """
-    import uuid
-
-    conf: dict[str, Any] = params.config
-    local_addr = params.local_addr or socket.gethostname()
-    node_id = str(conf.get("node_id") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
-    session = EtcdSession(
-        params.endpoint, contract.etcd_prefix(params.run_id),
-        lease_ttl=int(conf.get("lease_ttl", DEFAULT_LEASE_TTL)), name=node_id,
-    ).start()
-    rdzv = EtcdRendezvous(
-        session, params.run_id, node_id, params.min_nodes, params.max_nodes, local_addr,
-        settle=float(conf.get("settle", DEFAULT_SETTLE)),
-        reform_timeout=float(conf.get("reform_timeout", DEFAULT_REFORM_TIMEOUT)),
-    )
-    return EtcdV3RendezvousHandler(rdzv, float(conf.get("join_timeout", DEFAULT_JOIN_TIMEOUT)))
-
-
-def register() -> None:
-    """Register ``"etcd-v3"`` with torch's handler registry (idempotent)."""
-    rendezvous_handler_registry.register(BACKEND_NAME, create_handler)
-
-
-register()

@@ -29,16 +29,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.contract import WorkerEnv
 from launcher.etcd_rendezvous import Round
+
+if TYPE_CHECKING:
+    from launcher.prewarm import WarmPool
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: ask Linux to SIGKILL this child when the agent dies (no-op elsewhere)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -83,6 +87,7 @@ class WorkerGroup:
         hang_timeout: float,
         previous_world_size: int = 0,
         extra_env: Mapping[str, str] | None = None,
+        pool: WarmPool | None = None,
     ) -> None:
         self.cmd = list(cmd)
         self.nproc = nproc
@@ -91,6 +96,7 @@ class WorkerGroup:
         self.hang_timeout = hang_timeout
         self.previous_world_size = previous_world_size
         self.extra_env = dict(extra_env or {})
+        self.pool = pool
         self.procs: list[subprocess.Popen[bytes]] = []
         self.exit_times: dict[int, float] = {}
         self._exit_lock = threading.Lock()
@@ -129,17 +135,21 @@ class WorkerGroup:
 
     def start(self) -> WorkerGroup:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        warm = 0
         for local_rank in range(self.nproc):
             self.heartbeat_file(local_rank).unlink(missing_ok=True)
-            proc = subprocess.Popen(
-                self.cmd, env=self.env_for(local_rank), start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            env = self.env_for(local_rank)
+            proc = self.pool.take() if self.pool is not None else None
+            if proc is not None and self.pool is not None and self.pool.launch(proc, env, self.cmd):
+                warm += 1
+            else:
+                proc = subprocess.Popen(self.cmd, env=env, start_new_session=True,
+                                        preexec_fn=die_with_parent)
             self.procs.append(proc)
             threading.Thread(target=self._wait_exit, args=(local_rank, proc),
                              name=f"worker-wait-{local_rank}", daemon=True).start()
-        log.info("generation %d: started %d worker(s) as ranks %d..%d of %d (master %s:%d)",
-                 self.round.generation, self.nproc, self.global_rank(0),
+        log.info("generation %d: started %d worker(s) (%d pre-warmed) as ranks %d..%d of %d "
+                 "(master %s:%d)", self.round.generation, self.nproc, warm, self.global_rank(0),
                  self.global_rank(self.nproc - 1), self.world_size,
                  self.round.master_addr, self.round.master_port)
         return self

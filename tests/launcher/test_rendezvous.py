@@ -9,15 +9,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from torch.distributed.elastic.rendezvous import (
-    RendezvousClosedError,
-    RendezvousParameters,
-    rendezvous_handler_registry,
-)
+from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvous_handler_registry
 
 from elastic_operator.local.etcd import EtcdServer
 from launcher import contract
-from launcher.etcd_rendezvous import BACKEND_NAME, EtcdRendezvous, Round, Snapshot
+from launcher.etcd_rendezvous import (
+    BACKEND_NAME,
+    EtcdRendezvous,
+    RendezvousClosedError,
+    Round,
+    Snapshot,
+)
 from launcher.etcd_session import Entry, EtcdSession
 
 P = contract.etcd_prefix("job")
@@ -140,7 +142,7 @@ def test_closed_rendezvous_turns_late_joiners_away(etcd_server: EtcdServer) -> N
 
 @pytest.mark.slow
 def test_torch_registry_creates_a_working_handler(etcd_server: EtcdServer) -> None:
-    import launcher.etcd_rendezvous  # noqa: F401  (registers the backend on import)
+    import launcher.torch_rendezvous  # noqa: F401  (registers the backend on import)
 
     def make():  # type: ignore[no-untyped-def]
         params = RendezvousParameters(BACKEND_NAME, etcd_server.endpoint, "torch-registry", 2, 2,

@@ -2,6 +2,7 @@
 
 Every step: a 1-element all_reduce, then the heartbeat file gets the step number (what the
 training helpers do), then rank 0 appends ``generation world_size step`` to ``--out/rank0.log``.
+Each rank writes ``<pid> <parent pid>`` to ``--out/rank<R>.pids`` (the benchmark kills by it).
 Fault injection (at most once per ``--out`` dir via marker files, unless ``--crash-always``):
 ``--crash-rank R --crash-step S`` exits 3; ``--hang-rank R --hang-step S`` stops making progress.
 """
@@ -31,15 +32,20 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    generation = os.environ["ELASTIC_RDZV_GENERATION"]
-    heartbeat = Path(os.environ["ELASTIC_HEARTBEAT_FILE"])
+    # Under plain torchrun (the benchmark's baseline) our variables are absent.
+    generation = os.environ.get("ELASTIC_RDZV_GENERATION",
+                                os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    beat = os.environ.get("ELASTIC_HEARTBEAT_FILE")
+    heartbeat = Path(beat) if beat else None
+    (out / f"rank{rank}.pids").write_text(f"{os.getpid()} {os.getppid()}")
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     tensor = torch.ones(1)
     step = 0
     while args.steps == 0 or step < args.steps:
         dist.all_reduce(tensor)
         step += 1
-        heartbeat.write_text(str(step))
+        if heartbeat is not None:
+            heartbeat.write_text(str(step))
         if rank == 0:
             with open(out / "rank0.log", "a") as log:
                 log.write(f"{generation} {world} {step}\n")

@@ -1,0 +1,229 @@
+"""Rescale benchmark: torchrun (c10d, defaults and tuned) against our launcher, in one run.
+
+Same training script for all (tests/launcher/train_tiny.py: a 1-element gloo all_reduce every
+50 ms), ``--nnodes=1:3``, one process per node, all on 127.0.0.1. For each launcher:
+
+- formation: two agents started together -> first training step at world size 2;
+- shrink: one of the two agents SIGKILLed together with its training process (a pod killed)
+  -> first step at world size 1;
+- grow: a fresh job of two agents, a third agent started -> first step at world size 3
+  (includes the newcomer's own interpreter start, the same for every launcher).
+
+A scenario that does not recover within ``--limit`` seconds counts as ``--limit`` and is marked
+``(cap)``. The last line is machine-readable, ours over torchrun with its defaults:
+``shrink_ratio=<ours/torchrun> grow_ratio=<ours/torchrun>``.
+
+    .venv/bin/python bench/rescale.py [--limit 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from elastic_operator.local.etcd import EtcdServer  # noqa: E402
+
+SCRIPT = REPO / "tests" / "launcher" / "train_tiny.py"
+TUNED_CONF = "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Variant:
+    name: str
+    command: Callable[[str, Path, str], list[str]]  # (job id, out dir, node name) -> argv
+
+
+class Job:
+    """Agents of one job, each in its own process group; progress read from rank0.log."""
+
+    def __init__(self, variant: Variant, workdir: Path, job_id: str) -> None:
+        self.variant = variant
+        self.out = workdir / job_id
+        self.out.mkdir(parents=True)
+        self.job_id = job_id
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, node: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO), GRPC_VERBOSITY="ERROR",
+                   LOGLEVEL="WARNING")
+        with open(self.out / f"agent-{node}.log", "wb") as log:
+            self.agents[node] = subprocess.Popen(
+                self.variant.command(self.job_id, self.out, node), cwd=REPO, env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def rows(self) -> list[tuple[int, int]]:
+        """(line number, world size) of every step logged by global rank 0."""
+        try:
+            lines = (self.out / "rank0.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [(i, int(line.split()[1])) for i, line in enumerate(lines)
+                if len(line.split()) == 3]
+
+    def wait_world(self, world: int, limit: float, after_row: int = -1) -> float | None:
+        """Seconds until a step at ``world`` after line ``after_row``; None past ``limit``."""
+        start = time.monotonic()
+        while time.monotonic() - start < limit:
+            if any(i > after_row and w == world for i, w in self.rows()):
+                return time.monotonic() - start
+            time.sleep(0.05)
+        return None
+
+    def kill_node_of_rank(self, rank: int) -> None:
+        """SIGKILL the agent that runs global ``rank`` and that process (a pod killed)."""
+        pid, ppid = map(int, (self.out / f"rank{rank}.pids").read_text().split())
+        for node, proc in self.agents.items():
+            if proc.pid == ppid or _is_ancestor(proc.pid, ppid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                del self.agents[node]
+                return
+        raise RuntimeError(f"no agent owns rank {rank} (pid {pid}, parent {ppid})")
+
+    def close(self) -> None:
+        for proc in self.agents.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # Orphaned training processes of torchrun die with their broken collectives; make sure.
+        for pids in self.out.glob("rank*.pids"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pids.read_text().split()[0]), signal.SIGKILL)
+
+
+def _is_ancestor(ancestor: int, pid: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def run_variant(variant: Variant, workdir: Path, limit: float) -> dict[str, float | None]:
+    """formation, shrink, grow seconds for one launcher (None: not within ``limit``)."""
+    results: dict[str, float | None] = {}
+    job = Job(variant, workdir, f"{variant.name}-shrink")
+    try:
+        job.start("a")
+        job.start("b")
+        results["formation"] = job.wait_world(2, limit)
+        if results["formation"] is None:
+            results["shrink"] = None
+        else:
+            time.sleep(1.0)  # a few steady steps
+            rows_before = len(job.rows())
+            job.kill_node_of_rank(1)
+            results["shrink"] = job.wait_world(1, limit, after_row=rows_before - 1)
+    finally:
+        job.close()
+    job = Job(variant, workdir, f"{variant.name}-grow")
+    try:
+        job.start("a")
+        job.start("b")
+        if job.wait_world(2, limit) is None:
+            results["grow"] = None
+        else:
+            time.sleep(1.0)
+            rows_before = len(job.rows())
+            job.start("c")
+            results["grow"] = job.wait_world(3, limit, after_row=rows_before - 1)
+    finally:
+        job.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=float, default=120.0,
+                        help="seconds a scenario may take before it counts as not recovered")
+    parser.add_argument("--only", choices=["torchrun", "torchrun-tuned", "ours"], action="append",
+                        help="run only these launchers (ratios need torchrun and ours)")
+    parser.add_argument("--keep", action="store_true", help="keep the agents' logs (printed)")
+    args = parser.parse_args()
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-rescale-"))
+    script = [str(SCRIPT), "--step-time", "0.05"]
+    c10d_port = {}
+
+    def torchrun_cmd(conf: str) -> Callable[[str, Path, str], list[str]]:
+        def cmd(job: str, out: Path, node: str) -> list[str]:
+            port = c10d_port.setdefault(job, free_port())
+            extra = [f"--rdzv-conf={conf}"] if conf else []
+            return [torchrun, "--nnodes=1:3", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={job}",
+                    "--max-restarts=3", *extra, *script, "--out", str(out)]
+        return cmd
+
+    with EtcdServer() as etcd:
+        def ours_cmd(job: str, out: Path, node: str) -> list[str]:
+            return [sys.executable, "-m", "launcher", "--nnodes=1:3", "--nproc-per-node=1",
+                    f"--rdzv-endpoint={etcd.endpoint}", f"--rdzv-id={job}",
+                    "--max-restarts=3", "--local-addr=127.0.0.1", f"--node-id={job}-{node}",
+                    f"--termination-log={out}/termination-{node}", *script, "--out", str(out)]
+
+        variants = [Variant("torchrun", torchrun_cmd("")),
+                    Variant("torchrun-tuned", torchrun_cmd(TUNED_CONF)),
+                    Variant("ours", ours_cmd)]
+        selected = [v for v in variants if not args.only or v.name in args.only]
+        results = {}
+        for variant in selected:
+            started = time.monotonic()
+            results[variant.name] = run_variant(variant, workdir, args.limit)
+            print(f"# {variant.name}: done in {time.monotonic() - started:.0f}s", flush=True)
+
+    def shown(value: float | None) -> str:
+        return f"{args.limit:.1f} (cap)" if value is None else f"{value:.1f}"
+
+    def capped(value: float | None) -> float:
+        return args.limit if value is None else value
+
+    print(f"\nrescale benchmark, seconds (limit {args.limit:.0f} s; '(cap)': did not recover)")
+    print(f"{'launcher':<16}{'formation':>14}{'shrink':>14}{'grow':>14}")
+    for name, res in results.items():
+        print(f"{name:<16}{shown(res['formation']):>14}{shown(res['shrink']):>14}"
+              f"{shown(res['grow']):>14}")
+    if args.keep:
+        print(f"# logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if "ours" not in results or "torchrun" not in results:
+        return 0
+    ours = results["ours"]
+    if "torchrun-tuned" in results:
+        tuned = results["torchrun-tuned"]
+        print(f"vs tuned torchrun: shrink {capped(ours['shrink']) / capped(tuned['shrink']):.2f} "
+              f"grow {capped(ours['grow']) / capped(tuned['grow']):.2f}")
+    base = results["torchrun"]
+    print(f"shrink_ratio={capped(ours['shrink']) / capped(base['shrink']):.3f} "
+          f"grow_ratio={capped(ours['grow']) / capped(base['grow']):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
