@@ -21,7 +21,8 @@ from aiohttp import web
 from elastic_operator.local import apidiscovery, apierrors, patching
 from elastic_operator.local.apiresources import POD_KEY, ResourceInfo
 from elastic_operator.local.apiscale import read_scale, write_scale
-from elastic_operator.local.apistore import Obj, now_rfc3339
+from elastic_operator.local.apistore import Obj
+from elastic_operator.local.apistrategy import now_rfc3339
 from elastic_operator.local.selectors import FieldSelector, LabelSelector, SelectorError
 
 if TYPE_CHECKING:
@@ -213,18 +214,18 @@ class _Handler:
         sub = "status" if req.subresource in ("status", "finalize") else None
         if verb == "get":
             return _json(self.store.get(info, ns, name or ""))
+        write = {"dry_run": bool(query.get("dryRun")),
+                 "field_validation": query.get("fieldValidation")}
         if verb == "create":
             body = await self._body(request)
-            if query.get("dryRun"):
-                return _json(body, 201)
-            return _json(self.store.create(info, ns, body or {}), 201)
+            return _json(self.store.create(info, ns, body or {}, **write), 201)
         if verb == "update":
             body = await self._body(request)
             if req.subresource == "finalize":
                 return _json(self._finalize(req, body or {}))
-            return _json(self.store.update(info, ns, name or "", body or {}, sub))
+            return _json(self.store.update(info, ns, name or "", body or {}, sub, **write))
         if verb == "patch":
-            return _json(await self._patch(request, req, sub))
+            return _json(await self._patch(request, req, sub, write))
         options = await self._body(request) or {}
         for key in ("gracePeriodSeconds", "propagationPolicy", "orphanDependents"):
             if key in query:
@@ -232,6 +233,8 @@ class _Handler:
                 options[key] = int(value) if key == "gracePeriodSeconds" else (
                     value == "true" if key == "orphanDependents" else value)
         if verb == "delete":
+            if write["dry_run"]:
+                return _json(self.store.get(info, ns, name or ""))
             return _json(self.store.delete(info, ns, name or "", options))
         return self._delete_collection(req, query, options)
 
@@ -304,12 +307,14 @@ class _Handler:
             "kind": info.kind, "apiVersion": info.api_version,
             "metadata": {"resourceVersion": self.store.resource_version}}}
 
-    async def _patch(self, request: web.Request, req: _Request, sub: str | None) -> Obj:
+    async def _patch(self, request: web.Request, req: _Request, sub: str | None,
+                     write: dict[str, Any]) -> Obj:
         content_type = request.content_type
         patch = await self._body(request)
         current = self.store.get(req.info, req.namespace, req.name or "")
         return self.store.update(req.info, req.namespace, req.name or "",
-                                 self._apply_patch(req.info, content_type, current, patch), sub)
+                                 self._apply_patch(req.info, content_type, current, patch), sub,
+                                 **write)
 
     def _apply_patch(self, info: ResourceInfo, content_type: str, current: Obj,
                      patch: Any) -> Obj:

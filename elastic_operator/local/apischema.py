@@ -52,16 +52,22 @@ class _Causes(list[Cause]):
         return [*self, *self.rules]
 
 
-def admit_custom_resource(schema: Schema, obj: dict[str, Any]) -> list[Cause]:
-    """Prune and default ``obj`` in place, then return its validation errors (empty: valid)."""
+def admit_custom_resource(schema: Schema, obj: dict[str, Any],
+                          pruned: list[str] | None = None) -> list[Cause]:
+    """Prune and default ``obj`` in place, then return its validation errors (empty: valid).
+
+    The paths of pruned fields are appended to ``pruned`` (for ``fieldValidation=Strict``).
+    """
+    pruned = [] if pruned is None else pruned
     for key in list(obj):
         if key not in _ROOT_KEEP:
             value = obj[key]
             sub = (schema.get("properties") or {}).get(key)
             if sub is None and not schema.get("x-kubernetes-preserve-unknown-fields"):
                 del obj[key]
+                pruned.append(key)
             elif sub is not None:
-                obj[key] = _prune(value, sub)
+                obj[key] = _prune(value, sub, key, pruned)
     _default(obj, schema)
     causes = _Causes()
     for key, sub in (schema.get("properties") or {}).items():
@@ -74,7 +80,7 @@ def admit_custom_resource(schema: Schema, obj: dict[str, Any]) -> list[Cause]:
     return causes.result()
 
 
-def _prune(value: Any, schema: Schema) -> Any:
+def _prune(value: Any, schema: Schema, path: str, pruned: list[str]) -> Any:
     if isinstance(value, dict) and not schema.get("x-kubernetes-int-or-string"):
         props = schema.get("properties")
         additional = schema.get("additionalProperties")
@@ -83,14 +89,17 @@ def _prune(value: Any, schema: Schema) -> Any:
         out = {}
         for key, item in value.items():
             if props is not None and key in props:
-                out[key] = _prune(item, props[key])
+                out[key] = _prune(item, props[key], f"{path}.{key}", pruned)
             elif isinstance(additional, dict):
-                out[key] = _prune(item, additional)
+                out[key] = _prune(item, additional, f"{path}.{key}", pruned)
             elif preserve or additional is True or (embedded and key in _ROOT_KEEP):
                 out[key] = item
+            else:
+                pruned.append(f"{path}.{key}")
         return out
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [_prune(item, schema["items"]) for item in value]
+        return [_prune(item, schema["items"], f"{path}[{n}]", pruned)
+                for n, item in enumerate(value)]
     return value
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 
 from elastic_operator.local.apiresources import CRD_KEY, NAMESPACE_KEY, resources_from_crd
-from elastic_operator.local.apistore import FOREGROUND, ObjectStore, ObjKey, StorageKey
+from elastic_operator.local.apistore import ObjectStore, ObjKey, StorageKey
+from elastic_operator.local.apistrategy import FOREGROUND
 
 CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
 

@@ -214,3 +214,24 @@ def test_unsupported_cel_rule_warns_once(caplog: pytest.LogCaptureFixture) -> No
     evaluate_rule("self.items.exists(i, i == 1)", {})
     warnings = [r for r in caplog.records if "outside the emulator's CEL subset" in r.message]
     assert len(warnings) == 1 and "NOT checked" in warnings[0].message
+
+
+async def test_strict_field_validation_refuses_unknown_fields(crd_api: Client) -> None:
+    body = widget("w", unknownField=1)
+    status, result = await crd_api.post(f"{WIDGETS}?fieldValidation=Strict", body)
+    assert (status, result["reason"]) == (400, "BadRequest")
+    assert result["message"] == 'strict decoding error: unknown field "spec.unknownField"'
+    assert (await crd_api.ok("GET", WIDGETS))["items"] == []
+
+
+async def test_dry_run_validates_without_storing(crd_api: Client) -> None:
+    preview = await crd_api.ok("POST", f"{WIDGETS}?dryRun=All", widget("w"))
+    assert preview["spec"]["minReplicas"] == 1  # defaults applied
+    assert "resourceVersion" not in preview["metadata"]
+    status, _ = await crd_api.post(f"{WIDGETS}?dryRun=All", widget("w", minReplicas=0))
+    assert status == 422
+    assert (await crd_api.ok("GET", WIDGETS))["items"] == []
+    await crd_api.ok("POST", WIDGETS, widget("w"))
+    await crd_api.ok("PATCH", f"{WIDGETS}/w?dryRun=All", {"spec": {"maxReplicas": 9}}, MERGE)
+    await crd_api.ok("DELETE", f"{WIDGETS}/w?dryRun=All")
+    assert (await crd_api.ok("GET", f"{WIDGETS}/w"))["spec"]["maxReplicas"] == 3

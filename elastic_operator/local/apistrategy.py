@@ -1,0 +1,172 @@
+"""Per-resource rules of the emulated API server (what kube-apiserver calls strategies).
+
+What a create or update does beyond storing the body: the body's kind and namespace must
+fit the URL; names are RFC 1123 subdomains; namespaces start Active with the ``kubernetes``
+finalizer; pods start Pending with defaults for ``terminationGracePeriodSeconds`` and
+``restartPolicy``; custom resources with a status subresource drop status on create and are
+admitted against their schema (with ``fieldValidation=Strict`` unknown fields are an error
+instead of being pruned); CRDs are checked and become Established. Deletion rules decide the
+grace period (graceful only for bound, unfinished pods) and when a deleting object is gone.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from elastic_operator.local import apierrors
+from elastic_operator.local.apiresources import (
+    CRD_KEY,
+    NAMESPACE_KEY,
+    POD_KEY,
+    ResourceInfo,
+    validate_crd,
+)
+from elastic_operator.local.apischema import admit_custom_resource
+
+Obj = dict[str, Any]
+
+FOREGROUND = "foregroundDeletion"
+DEFAULT_POD_GRACE = 30
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def now_rfc3339(offset_seconds: int = 0) -> str:
+    """The current UTC time in the RFC 3339 form Kubernetes timestamps use."""
+    moment = datetime.now(UTC) + timedelta(seconds=offset_seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_body_kind(info: ResourceInfo, body: Any) -> None:
+    """400 unless ``body`` is an object whose kind/apiVersion (when given) fit ``info``."""
+    if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+        raise apierrors.bad_request("the request body must be a JSON object with a "
+                                    "'metadata' object")
+    kind = body.get("kind")
+    if kind not in (None, "", info.kind):
+        raise apierrors.bad_request(
+            f"the body's kind {kind!r} does not match the resource {info.qualified} "
+            f"(kind {info.kind!r})")
+    api_version = body.get("apiVersion")
+    group = api_version.rpartition("/")[0] if isinstance(api_version, str) else ""
+    if api_version not in (None, "") and group != info.group:
+        raise apierrors.bad_request(
+            f"the body's apiVersion {api_version!r} does not match {info.api_version!r}")
+
+
+def place_namespace(info: ResourceInfo, namespace: str | None, body: Obj) -> str:
+    """Set the body's namespace from the URL (400 on a mismatch); "" for cluster scope."""
+    meta = body.setdefault("metadata", {})
+    if not info.namespaced:
+        meta.pop("namespace", None)
+        return ""
+    if not namespace:
+        raise apierrors.bad_request(f"{info.plural} is namespaced: the request needs a "
+                                    "namespace (/namespaces/NAMESPACE/...)")
+    if meta.get("namespace") not in (None, "", namespace):
+        raise apierrors.bad_request(
+            "the namespace of the provided object does not match the namespace sent on "
+            f"the request ({meta.get('namespace')!r} != {namespace!r})")
+    meta["namespace"] = namespace
+    return namespace
+
+
+def _invalid(info: ResourceInfo, name: str, causes: list[dict[str, str]]) -> apierrors.ApiError:
+    return apierrors.invalid(info.kind_qualified, name, info.group, info.plural, causes)
+
+
+def admit(info: ResourceInfo, obj: Obj, field_validation: str | None = None) -> None:
+    """Validate (and for custom resources prune and default) ``obj`` in place; 422 if bad."""
+    name = obj["metadata"].get("name", "")
+    if info.storage_key == CRD_KEY:
+        problems = validate_crd(obj)
+        if problems:
+            raise _invalid(info, name, [{"reason": "FieldValueInvalid", "field": f,
+                                         "message": m} for f, m in problems])
+    if info.schema is not None:
+        pruned: list[str] = []
+        causes = admit_custom_resource(info.schema, obj, pruned)
+        if pruned and (field_validation or "").lower() == "strict":
+            unknown = ", ".join(f'unknown field "{p}"' for p in pruned)
+            raise apierrors.bad_request(f"strict decoding error: {unknown}")
+        if causes:
+            raise _invalid(info, name, causes)
+    if not _NAME_RE.match(name) or len(name) > 253:
+        raise _invalid(info, name, [{
+            "reason": "FieldValueInvalid", "field": "metadata.name",
+            "message": f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist '
+                       "of lower case alphanumeric characters, '-' or '.', and must start and "
+                       "end with an alphanumeric character"}])
+
+
+def prepare_create(info: ResourceInfo, obj: Obj) -> None:
+    """Initial status and defaults of a new object, per resource."""
+    if info.storage_key == NAMESPACE_KEY:
+        obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+        obj["status"] = {"phase": "Active"}
+    elif info.storage_key == POD_KEY:
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("terminationGracePeriodSeconds", DEFAULT_POD_GRACE)
+        spec.setdefault("restartPolicy", "Always")
+        obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+    elif info.schema is not None and info.status:
+        obj.pop("status", None)  # custom resources ignore status on create
+    elif info.storage_key == CRD_KEY:
+        obj["status"] = crd_status(obj)
+
+
+def crd_status(crd: Obj) -> Obj:
+    """The status the apiextensions controllers give an accepted CRD (Established at once)."""
+    now = now_rfc3339()
+    conditions = [
+        {"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": now}
+        for t, r, m in (("NamesAccepted", "NoConflicts", "no conflicts found"),
+                        ("Established", "InitialNamesAccepted",
+                         "the initial names have been accepted"))
+    ]
+    spec = crd.get("spec") or {}
+    storage = [v.get("name") for v in spec.get("versions") or () if v.get("storage")]
+    return {"conditions": conditions, "acceptedNames": dict(spec.get("names") or {}),
+            "storedVersions": storage}
+
+
+def deletion_grace(info: ResourceInfo, obj: Obj, options: Obj, pods_graceful: bool) -> int:
+    """Seconds a delete waits before the object may go: 0 except for bound, unfinished pods
+    (the request's ``gracePeriodSeconds``, else the pod's ``terminationGracePeriodSeconds``)."""
+    if info.storage_key != POD_KEY or not pods_graceful:
+        return 0
+    spec = obj.get("spec") or {}
+    if not spec.get("nodeName"):
+        return 0
+    if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return 0
+    requested = options.get("gracePeriodSeconds")
+    if requested is not None:
+        return max(0, int(requested))
+    return int(spec.get("terminationGracePeriodSeconds", DEFAULT_POD_GRACE))
+
+
+def finalized(info: ResourceInfo, obj: Obj) -> bool:
+    """Whether a deleting object has nothing left holding it (finalizers, a grace period, and
+    for namespaces the ``spec.finalizers`` the namespace controller clears)."""
+    meta = obj["metadata"]
+    if not meta.get("deletionTimestamp") or meta.get("finalizers"):
+        return False
+    if meta.get("deletionGracePeriodSeconds"):
+        return False
+    return not (info.storage_key == NAMESPACE_KEY and (obj.get("spec") or {}).get("finalizers"))
+
+
+def spec_changed(old: Obj, new: Obj, has_status: bool) -> bool:
+    """Whether anything outside metadata (and status, with a status subresource) changed:
+    the rule for bumping ``metadata.generation``."""
+    skip = {"metadata", "apiVersion", "kind"} | ({"status"} if has_status else set())
+    return ({k: v for k, v in old.items() if k not in skip}
+            != {k: v for k, v in new.items() if k not in skip})
+
+
+def same_content(old: Obj, new: Obj) -> bool:
+    """Whether an update changes nothing (then no new resourceVersion and no event)."""
+    return ({k: v for k, v in old.items() if k not in ("apiVersion", "kind")}
+            == {k: v for k, v in new.items() if k not in ("apiVersion", "kind")})
