@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +129,49 @@ async def test_kopf_operator_over_kubeconfig(crd_api: Client, tmp_path: Path,
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 30)
+
+
+OPERATOR_SOURCE = '''
+import kopf
+
+@kopf.on.create("example.test", "v1", "widgets", id="seen")
+def seen(name, **_):
+    return {"by": "kopf-run", "name": name}
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", [["--all-namespaces"], ["--namespace", "default"]])
+async def test_kopf_run_cli_with_kubeconfig(crd_api: Client, tmp_path: Path,
+                                            scope: list[str]) -> None:
+    """`kopf run` in its own process, configured only by $KUBECONFIG (http, token)."""
+    api = crd_api
+    kubeconfig = api.server.write_kubeconfig(tmp_path / "kubeconfig", user="kopf-cli")
+    (tmp_path / "op.py").write_text(OPERATOR_SOURCE)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kopf", "run", "--standalone", *scope, str(tmp_path / "op.py"),
+        env=env, cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        await api.ok("POST", WIDGETS, widget("cli"))
+
+        async def handled() -> Any:
+            _, obj = await api.get(f"{WIDGETS}/cli")
+            return obj.get("status", {}).get("seen")
+
+        try:
+            assert await _eventually(handled, timeout=60) == {"by": "kopf-run", "name": "cli"}
+        except AssertionError:
+            process.kill()
+            _, stderr = await process.communicate()
+            raise AssertionError(stderr.decode()[-3000:]) from None
+        assert ("example.test", "widgets", "watch") in api.server.audit_rules("kopf-cli")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
