@@ -78,6 +78,8 @@ class Progress:
     chaos: list[str] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
 
+    generations: set[int] = field(default_factory=set)
+
     @property
     def resizes(self) -> int:
         """How often the world size changed after the first formation."""
@@ -97,6 +99,7 @@ class Progress:
             self.epoch = int(event.get("epoch", self.epoch))
             self.loss = float(event["loss"]) if "loss" in event else self.loss
             self.generation = int(event.get("generation", self.generation))
+            self.generations.add(self.generation)
             self._world(int(event.get("world_size", self.world_size)))
         elif event.get("event") == "start":
             self._world(int(event.get("world_size", self.world_size)))
@@ -215,7 +218,8 @@ class Demo:
         sizes = " -> ".join(str(s) for s in p.world_sizes) or "-"
         return (f"job {self.namespace}/{self.name}: {p.phase}\n"
                 f"  steps: {p.step}\n"
-                f"  resizes: {p.resizes} (world size {sizes})\n"
+                f"  resizes: {p.resizes} (world size {sizes}); rendezvous rounds: "
+                f"{len(p.generations)}\n"
                 f"  worker restarts: {p.restarts}\n"
                 f"  wall time: {time.monotonic() - self.started:.1f}s\n"
                 f"  final loss: {'-' if loss is None else f'{loss:.4f}'}")

@@ -95,22 +95,28 @@ class NodePool:
         return name
 
     async def remove_gpus(self, count: int, name: str | None = None) -> list[str]:
-        """Remove up to ``count`` GPUs from node ``name`` (default: the node with the most).
+        """Remove up to ``count`` GPUs from node ``name`` (default: the node whose pods use
+        the most GPUs, then the one with the most GPUs; ties by name).
 
         GPUs that pods are using are taken too: like a failed device, the pods that no longer
         fit are deleted (gracefully, newest first) and the names of those pods are returned.
         """
         nodes = (await self.client.get(resource_path("nodes")))["items"]
+        pods = [p for p in (await self.client.get(resource_path("pods")))["items"]
+                if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES
+                and not p["metadata"].get("deletionTimestamp")]
         if name is None:
-            name = max(nodes, key=lambda n: (parse_quantity(
-                n["status"].get("allocatable", {}).get(self.resource, 0)),
-                n["metadata"]["name"]))["metadata"]["name"]
+            def key(node: Obj) -> tuple[float, float, str]:
+                node_name_ = node["metadata"]["name"]
+                used = sum(pod_requests(p, [self.resource])[self.resource] for p in pods
+                           if (p.get("spec") or {}).get("nodeName") == node_name_)
+                alloc = parse_quantity(((node.get("status") or {}).get("allocatable") or {})
+                                       .get(self.resource, 0))
+                return used, alloc, node_name_
+            name = max(nodes, key=key)["metadata"]["name"]
         left = max(0, await self.gpus(name) - count)
         await self.set_gpus(name, left)
-        pods = (await self.client.get(resource_path("pods"),
-                                      fieldSelector=f"spec.nodeName={name}"))["items"]
-        live = [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES
-                and not p["metadata"].get("deletionTimestamp")]
+        live = [p for p in pods if (p.get("spec") or {}).get("nodeName") == name]
         live.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
         used = sum(pod_requests(p, [self.resource])[self.resource] for p in live)
         evicted = []
