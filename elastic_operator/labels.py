@@ -22,3 +22,7 @@ DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
 # Worker pod annotation: when the operator counted this failed pod in status.restarts (RFC 3339).
 # Keeps counting exactly-once across operator restarts and dates the restart backoff.
 FAILURE_RECORDED_AT: Final = f"{GROUP}/failure-recorded-at"
+
+# Pod label: "true" marks a pending pod of a protected class; the autoscaler shrinks elastic
+# jobs (never below their minReplicas) to make room for it.
+PROTECTED: Final = f"{GROUP}/protected"

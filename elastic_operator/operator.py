@@ -43,6 +43,7 @@ from elastic_operator.workers import DEFAULT_RENDEZVOUS_ENDPOINTS
 # controller add their own module here (one line each).
 HANDLER_MODULES: list[str] = [
     "elastic_operator.handlers",
+    "elastic_operator.autoscaler.handlers",
 ]
 
 

@@ -9,10 +9,11 @@ Rules, in the order they are applied (:func:`allocate`):
    worker get targets; every other job's pods still count as usage and as demand.
 2. **Pool.** A node offers its free GPUs, plus those of terminating pods and of workers above
    their job's current ``spec.replicas`` (the operator is removing them).
-3. **Give-back.** An enabled job whose worker pods above ``minReplicas`` have waited for a node
-   longer than ``unschedulableTimeoutSeconds`` drops that many replicas (never below min), and
-   does not grow again for ``max(window, timeout)``, so a constraint the autoscaler does not
-   model cannot cause a grow/give-back loop.
+3. **Give-back.** An enabled job whose worker pods above ``minReplicas`` have been
+   Unschedulable (as the scheduler reported) longer than ``unschedulableTimeoutSeconds``
+   drops that many replicas (never below min), and does not grow again for
+   ``max(window, timeout)``, so a constraint the autoscaler does not model cannot cause a
+   grow/give-back loop.
 4. **Demand first.** Every wanted-but-unbound worker (pending, or not created yet) of every
    job, and every pending *protected* pod, is fitted into the pool before anything grows, in
    order: priority (protected pods above all jobs), then the job's first ``minReplicas``
@@ -53,7 +54,9 @@ class Worker:
 
     index: int
     node: str | None = None  # bound node; None while pending
-    pending_since: float | None = None  # when it started waiting for a node
+    pending_since: float | None = None  # when it started waiting for a node (its creation)
+    # When the scheduler said it fits no node (PodScheduled=False, reason Unschedulable).
+    unschedulable_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -213,8 +216,8 @@ class _Allocator:
                 continue
             stuck = [w for w in job.workers
                      if w.node is None and job.min_replicas <= w.index < job.replicas
-                     and w.pending_since is not None
-                     and self.now - w.pending_since >= job.unschedulable_timeout_s]
+                     and w.unschedulable_since is not None
+                     and self.now - w.unschedulable_since >= job.unschedulable_timeout_s]
             if not stuck:
                 continue
             new = max(job.min_replicas, job.replicas - len(stuck))

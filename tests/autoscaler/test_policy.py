@@ -31,7 +31,8 @@ def job(key: str, *, replicas: int, on: list[str | None] | None = None, min_r: i
         pending_since: float = OLD, eligible: frozenset[str] = ALL) -> JobState:
     """A job whose worker ``i`` is bound to ``on[i]`` (None: pending since ``pending_since``)."""
     placed = on if on is not None else []
-    workers = tuple(Worker(i, n, None if n else pending_since) for i, n in enumerate(placed))
+    workers = tuple(Worker(i, n, None if n else pending_since, None if n else pending_since)
+                    for i, n in enumerate(placed))
     return JobState(key, min_r, max_r, replicas, gpus, priority, created, enabled, eligible,
                     workers, window, timeout)
 
@@ -165,8 +166,8 @@ def test_unschedulable_replicas_are_given_back_and_growth_waits() -> None:
     shrunk = job("ns/a", replicas=6, on=["n1"] * 6)
     assert decide([shrunk], [], cap(n1=2), d.memory, NOW + 10).targets == {}
     assert decide([shrunk], [], cap(n1=2), d.memory, NOW + 121).targets["ns/a"].replicas == 8
-    young = replace(a, workers=(*a.workers[:6], Worker(6, None, NOW - 60),
-                                Worker(7, None, NOW - 60)))
+    young = replace(a, workers=(*a.workers[:6], Worker(6, None, OLD, NOW - 60),
+                                Worker(7, None, OLD, NOW - 60)))
     assert "ns/a" not in decide([young], [], cap(n1=0), {}, NOW).targets
 
 
@@ -228,7 +229,8 @@ def clusters(draw: st.DrawFn) -> Case:
                 free[node] -= g
             else:
                 node = None
-            workers.append(Worker(i, node, None if node else NOW - draw(st.integers(0, 300))))
+            since = None if node else NOW - draw(st.integers(0, 300))
+            workers.append(Worker(i, node, since, since if draw(st.booleans()) else None))
         jobs.append(JobState(f"ns/j{k}", lo, hi, reps, g, draw(st.integers(0, 2)),
                              float(k), draw(st.booleans()), eligible, tuple(workers),
                              0.0, 120.0))

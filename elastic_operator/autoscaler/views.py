@@ -1,0 +1,98 @@
+"""From cached API objects to the policy's inputs (pure: no I/O, no clock).
+
+Kept apart from the kopf wiring so that how an ElasticJob, its worker pods and foreign pods
+are read is unit-tested with plain dicts:
+
+- a job is *skipped* (no view: neither touched nor counted as demand) when its spec does not
+  validate, or it is Succeeded/Failed; its bound pods still count as usage in the capacity;
+- a job's current replicas are ``spec.replicas`` clamped to [min, max] (minReplicas when
+  unset), the same number the operator keeps pods for;
+- a job's workers are its pods that are neither terminating nor finished; a Failed worker
+  is about to be replaced, so its index counts as wanted-but-unbound;
+- a pending pod that is not an ElasticJob worker is *protected demand* when it carries the
+  label ``elastic.dev/protected: "true"`` or its ``spec.priority`` (the value of its
+  PriorityClass, filled in by the API server) is at least ``protected_priority``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from elastic_operator import labels
+from elastic_operator.api.elasticjob import ElasticJobSpec, Phase
+from elastic_operator.autoscaler.capacity import (
+    TERMINAL_PHASES,
+    CapacitySnapshot,
+    PodInfo,
+    QuantityError,
+    parse_time,
+    pod_gpu_request,
+)
+from elastic_operator.autoscaler.policy import Capacity, Demand, JobState, Worker
+from elastic_operator.planner import desired_replicas
+
+Obj = Mapping[str, Any]
+
+
+def job_key(job: Obj) -> str:
+    meta = job.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def job_state(job: Obj, pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
+              resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobState | None:
+    """The policy's view of one ElasticJob and its worker pods, or None when it is skipped."""
+    status = job.get("status") or {}
+    if status.get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
+        return None
+    try:
+        spec = ElasticJobSpec.model_validate(job.get("spec") or {})
+        pod_spec = spec.template.get("spec") or {}
+        gpus = pod_gpu_request(pod_spec, resource)
+    except (ValidationError, QuantityError, AttributeError):
+        return None
+    workers = []
+    for pod in pods:
+        index = pod.labels.get(labels.REPLICA_INDEX, "")
+        if pod.terminating or pod.phase in TERMINAL_PHASES or not str(index).isdigit():
+            continue
+        workers.append(Worker(int(index), pod.node, None if pod.node else pod.created,
+                              None if pod.node else pod.unschedulable_since))
+    meta = job.get("metadata") or {}
+    return JobState(
+        key=job_key(job),
+        min_replicas=spec.minReplicas,
+        max_replicas=spec.maxReplicas,
+        replicas=desired_replicas(spec),
+        gpus_per_worker=gpus,
+        priority=spec.priority,
+        created=parse_time(meta.get("creationTimestamp")) or 0.0,
+        enabled=spec.autoscale.enabled,
+        eligible=snapshot.eligible(pod_spec),
+        workers=tuple(sorted(workers, key=lambda w: w.index)),
+        window_s=float(spec.autoscale.stabilizationWindowSeconds),
+        unschedulable_timeout_s=float(spec.autoscale.unschedulableTimeoutSeconds),
+    )
+
+
+def is_protected(pod: PodInfo, protected_priority: int | None) -> bool:
+    """Whether a pod belongs to the protected class (see the module docstring)."""
+    if pod.labels.get(labels.PROTECTED) == "true":
+        return True
+    return protected_priority is not None and pod.priority >= protected_priority
+
+
+def protected_demands(pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
+                      protected_priority: int | None) -> list[Demand]:
+    """Pending protected pods that ask for GPUs and are not ElasticJob workers."""
+    return [Demand(p.key, p.gpus, snapshot.eligible(p.spec), p.created) for p in pods
+            if p.pending and p.gpus > 0 and p.job is None and is_protected(p, protected_priority)]
+
+
+def policy_capacity(snapshot: CapacitySnapshot) -> Capacity:
+    """The policy's capacity input from a cache snapshot."""
+    return Capacity(free=dict(snapshot.free), releasing=dict(snapshot.releasing),
+                    size={n: info.gpus for n, info in snapshot.nodes.items()})
