@@ -10,6 +10,7 @@ refresh finds a new round, ``on_change`` is called with the job's key so it is r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -85,9 +86,15 @@ class RoundReader:
         try:
             value = await asyncio.to_thread(self._read, endpoints, rdzv_id)
         except Exception as exc:  # any client error means: etcd not reachable now
+            was_down = self._down_until.get(endpoints, 0) > time.monotonic()
             self._down_until[endpoints] = time.monotonic() + self._retry
-            log.info("rendezvous etcd %s not readable (%s); status.worldSize estimated from "
-                     "ready pods; retry in %.0fs", endpoints, exc, self._retry)
+            client = self._clients.pop(endpoints, None)  # reconnect from scratch next time
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(client.close)
+            if not was_down:
+                log.info("rendezvous etcd %s not readable (%s); status.worldSize estimated "
+                         "from ready pods; retry in %.0fs", endpoints, exc, self._retry)
             return
         finally:
             self._inflight.discard(key)

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from elastic_operator import k8s, labels
 from elastic_operator.api import crd
 from elastic_operator.api.elasticjob import PLURAL
@@ -188,6 +190,20 @@ def events_for(api: Api, namespace: str, name: str) -> list[Obj]:
     """core/v1 Events whose involvedObject is ``name`` in ``namespace``."""
     return [e for e in api.list(k8s.path("events", namespace))
             if e.get("involvedObject", {}).get("name") == name]
+
+
+def rbac_rules(path: Path) -> set[tuple[str, str, str]]:
+    """(verb, group, resource[/subresource]) triples a ClusterRole file allows."""
+    allowed = set()
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc or doc.get("kind") not in ("ClusterRole", "Role"):
+            continue
+        for rule in doc.get("rules") or []:
+            for group in rule.get("apiGroups") or []:
+                for resource in rule.get("resources") or []:
+                    for verb in rule.get("verbs") or []:
+                        allowed.add((verb, group, resource))
+    return allowed
 
 
 def free_port() -> int:

@@ -15,13 +15,17 @@ from elastic_operator import labels
 from elastic_operator.api.common import Condition
 from launcher.contract import FailureReport, PodEnv
 from tests.harness import (
+    OPERATOR_USER,
+    ROOT,
     Api,
+    Cluster,
     HttpError,
     OperatorProcess,
     elastic_job,
     events_for,
     jobs_path,
     pods_path,
+    rbac_rules,
     set_pod_phase,
     worker_pods,
 )
@@ -297,3 +301,15 @@ def test_metrics_are_served(operator_process: OperatorProcess) -> None:
     assert "elastic_operator_pods_created_total" in text
     assert "elastic_operator_reconcile_duration_seconds_bucket" in text
     assert 'elastic_operator_jobs{phase="Running"}' in text
+
+
+def test_rbac_allows_every_call_the_operator_made(
+    apiserver: Cluster, operator_process: OperatorProcess
+) -> None:
+    """Runs last in the module, so the audit holds every scenario above."""
+    allowed = rbac_rules(ROOT / "deploy" / "rbac.yaml")
+    calls = {(r.verb, r.group, f"{r.resource}/{r.subresource}" if r.subresource else r.resource)
+             for r in apiserver.audit(OPERATOR_USER)}
+    assert ("create", "", "pods") in calls  # the audit did see the operator's work
+    missing = sorted(call for call in calls if call not in allowed)
+    assert not missing, f"deploy/rbac.yaml does not allow: {missing}"
