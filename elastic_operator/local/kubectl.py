@@ -117,35 +117,49 @@ def load_manifests(text: str, source: str) -> list[Obj]:
 async def apply(client: ApiClient, docs: list[Obj], namespace: str) -> list[str]:
     """Create or update every document; returns kubectl-style lines (``x created``).
 
-    Raises ApiError from the first refused object after deleting what this call created.
+    Every object is first sent with ``dryRun=All`` (and, like kubectl, strict field
+    validation, so a misspelt field is an error naming it); only when the server accepts all
+    of them are they written. Should a write still be refused (a race), what this call
+    created is deleted again before the ApiError propagates.
     """
     kinds = await discover(client)
+    plan: list[tuple[Kind, str | None, Obj, Obj | None]] = []
+    for doc in docs:
+        kind = by_api_version(kinds, doc["apiVersion"], doc["kind"])
+        meta = doc.setdefault("metadata", {})
+        ns = meta.setdefault("namespace", namespace) if kind.namespaced else None
+        current = None
+        if meta.get("name"):
+            try:
+                current = await client.get(kind.path(ns, meta["name"]))
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+        plan.append((kind, ns, doc, current))
+    for dry_run in (True, False):
+        lines = await _write(client, plan, dry_run)
+    return lines
+
+
+async def _write(client: ApiClient, plan: list[tuple[Kind, str | None, Obj, Obj | None]],
+                 dry_run: bool) -> list[str]:
+    params = {"fieldValidation": "Strict", **({"dryRun": "All"} if dry_run else {})}
     created: list[str] = []
     lines = []
     try:
-        for doc in docs:
-            kind = by_api_version(kinds, doc["apiVersion"], doc["kind"])
-            meta = doc.setdefault("metadata", {})
-            ns = meta.setdefault("namespace", namespace) if kind.namespaced else None
-            name = meta.get("name")
-            label = f"{kind.qualified}/{name or meta.get('generateName')}"
-            current = None
-            if name:
-                try:
-                    current = await client.get(kind.path(ns, name))
-                except ApiError as exc:
-                    if exc.code != 404:
-                        raise
+        for kind, ns, doc, current in plan:
             if current is None:
-                obj = await client.create(kind.path(ns), doc)
-                created.append(kind.path(ns, obj["metadata"]["name"]))
-                lines.append(f"{kind.qualified}/{obj['metadata']['name']} created")
+                obj = await client.create(kind.path(ns), doc, **params)
+                if not dry_run:
+                    created.append(kind.path(ns, obj["metadata"]["name"]))
+                lines.append(f"{kind.qualified}/{obj['metadata'].get('name')} created")
                 continue
+            name = doc["metadata"]["name"]
             patch = {k: v for k, v in doc.items() if k != "status"}
-            updated = await client.patch(kind.path(ns, name), patch)
+            updated = await client.patch(kind.path(ns, name), patch, **params)
             same = updated["metadata"].get("resourceVersion") == \
                 current["metadata"].get("resourceVersion")
-            lines.append(f"{label} {'unchanged' if same else 'configured'}")
+            lines.append(f"{kind.qualified}/{name} {'unchanged' if same else 'configured'}")
     except ApiError:
         for path in reversed(created):
             try:

@@ -130,14 +130,16 @@ class ApiClient:
         assert isinstance(result, dict)
         return result
 
-    async def create(self, path: str, body: Obj) -> Obj:
-        """POST ``body`` to a collection (or a subresource such as pods/binding)."""
-        result = await self.request("POST", path, body=body)
+    async def create(self, path: str, body: Obj, **params: str) -> Obj:
+        """POST ``body`` to a collection (or a subresource such as pods/binding); ``params``
+        e.g. ``dryRun="All"``, ``fieldValidation="Strict"``."""
+        result = await self.request("POST", path, body=body, params=params or None)
         return result if isinstance(result, dict) else {}
 
-    async def patch(self, path: str, body: Obj) -> Obj:
-        """A JSON merge patch."""
-        result = await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+    async def patch(self, path: str, body: Obj, **params: str) -> Obj:
+        """A JSON merge patch (``params`` as for :meth:`create`)."""
+        result = await self.request("PATCH", path, body=body, content_type=MERGE_PATCH,
+                                    params=params or None)
         assert isinstance(result, dict)
         return result
 

@@ -118,6 +118,9 @@ def test_up_apply_get_logs_delete_down(cluster: Path, tmp_path: Path) -> None:
     assert "nothing was created" in refused.stderr
     assert "No resources found" in local(state, "get", "configmaps").stderr
     assert "No resources found" in local(state, "get", "ej").stderr
+    bad.write_text(INVALID_YAML.replace("minReplicas: 0", "minReplicas: 1\n  maxReplica: 3"))
+    typo = local(state, "apply", "-f", str(bad))
+    assert typo.returncode == 1 and "maxReplica" in typo.stderr, typo.stderr
     unknown = local(state, "get", "widgets")
     assert unknown.returncode == 1 and 'resource type "widgets"' in unknown.stderr
 
