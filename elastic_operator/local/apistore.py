@@ -14,14 +14,16 @@ Guarantees, as kube-apiserver gives them:
   last finalizer is removed) and the graceful deletion of bound pods (see :meth:`delete`);
 - every change is published to the watch hub (:mod:`~elastic_operator.local.apiwatch`).
 
-Per-resource rules live in :mod:`~elastic_operator.local.apistrategy`. All mutations happen
-on the server's event loop; a lock makes the read-only helpers used by tests from other
-threads (:meth:`ObjectStore.get`, :meth:`ObjectStore.list`) safe.
+Stored objects are never mutated in place: every write stores a new dict, so the watch
+history and watch events can share them without copying. Per-resource rules live in
+:mod:`~elastic_operator.local.apistrategy`. All mutations happen on the server's event loop;
+a lock makes the read-only helpers used by tests from other threads
+(:meth:`ObjectStore.get`, :meth:`ObjectStore.list`) safe.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import random
 import threading
 import uuid
@@ -55,6 +57,11 @@ Obj = dict[str, Any]
 StorageKey = tuple[str, str]
 ObjKey = tuple[str, str]  # (namespace or "", name)
 
+def clone(value: Any) -> Any:
+    """An independent copy of a JSON value (several times faster than copy.deepcopy)."""
+    return json.loads(json.dumps(value))
+
+
 _GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 _MODIFIED = ("the object has been modified; please apply your changes to the latest version "
              "and try again")
@@ -71,7 +78,7 @@ class ObjectStore:
         self._uids: dict[str, tuple[StorageKey, ObjKey]] = {}
         self._dependents: dict[str, set[tuple[StorageKey, ObjKey]]] = {}
         self._rv = 0
-        self._hub = WatchHub(history_size, self._out)
+        self._hub = WatchHub(history_size, self._view)
         self.on_change: Callable[[], None] = lambda: None
         self.gc_candidates: set[tuple[StorageKey, ObjKey]] = set()
         for info in BUILTIN_RESOURCES:
@@ -127,9 +134,15 @@ class ObjectStore:
 
     def _out(self, info: ResourceInfo, obj: Obj) -> Obj:
         result = {"apiVersion": info.api_version, "kind": info.kind}
-        result.update((k, copy.deepcopy(v)) for k, v in obj.items()
+        result.update((k, clone(v)) for k, v in obj.items()
                       if k not in ("apiVersion", "kind"))
         return result
+
+    def _view(self, info: ResourceInfo, obj: Obj) -> Obj:
+        """A read-only view of a stored object at ``info``'s version (shares nested values;
+        only for serialising, e.g. watch events)."""
+        return {"apiVersion": info.api_version, "kind": info.kind,
+                **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}}
 
     def get(self, info: ResourceInfo, namespace: str | None, name: str) -> Obj:
         """A copy of one object, or 404 NotFound."""
@@ -198,7 +211,7 @@ class ObjectStore:
         with ``dry_run`` return what would be stored without storing it."""
         with self.lock:
             check_body_kind(info, body)
-            obj = copy.deepcopy(body)
+            obj = clone(body)
             ns = place_namespace(info, namespace, obj)
             meta = obj["metadata"]
             if ns:
@@ -258,7 +271,7 @@ class ObjectStore:
         with self.lock:
             check_body_kind(info, body)
             old = self._stored(info, namespace, name)
-            new = copy.deepcopy(body)
+            new = clone(body)
             ns = place_namespace(info, namespace, new)
             meta = new["metadata"]
             if meta.get("name") not in (None, name):
@@ -269,7 +282,7 @@ class ObjectStore:
             if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
                 raise apierrors.conflict(info.group, info.plural, name, _MODIFIED)
             if subresource == "status":
-                merged = copy.deepcopy(old)
+                merged = clone(old)
                 if "status" in new:
                     merged["status"] = new["status"]
                 else:
@@ -287,7 +300,7 @@ class ObjectStore:
                     meta.pop("namespace")
                 if info.status:
                     if "status" in old:
-                        new["status"] = copy.deepcopy(old["status"])
+                        new["status"] = clone(old["status"])
                     else:
                         new.pop("status", None)
             new["apiVersion"], new["kind"] = info.api_version, info.kind
@@ -338,13 +351,13 @@ class ObjectStore:
             old = self.raw(key, okey)
             if info is None or old is None:
                 return
-            self._commit(info, okey, old, copy.deepcopy(new), validate=False)
+            self._commit(info, okey, old, clone(new), validate=False)
 
     def _remove(self, key: StorageKey, okey: ObjKey, obj: Obj, *, bump: bool = True) -> None:
         self._objects[key].pop(okey, None)
         self._forget(key, okey, obj)
         if bump:
-            obj = copy.deepcopy(obj)
+            obj = clone(obj)
             obj["metadata"]["resourceVersion"] = str(self._next_rv())
         for ref in obj["metadata"].get("ownerReferences") or ():
             owner = self._uids.get(ref.get("uid", ""))
@@ -391,7 +404,7 @@ class ObjectStore:
                 raise apierrors.bad_request(
                     f"propagationPolicy {policy!r} is invalid: use Background, Foreground "
                     "or Orphan")
-            new = copy.deepcopy(obj)
+            new = clone(obj)
             finalizers = list(new["metadata"].get("finalizers") or ())
             if policy == "Orphan":
                 self._orphan_dependents(meta["uid"])
@@ -428,7 +441,7 @@ class ObjectStore:
             dep = self.raw(key, okey)
             if dep is None:
                 continue
-            new = copy.deepcopy(dep)
+            new = clone(dep)
             refs = [r for r in new["metadata"].get("ownerReferences") or ()
                     if r.get("uid") != owner_uid]
             if refs:

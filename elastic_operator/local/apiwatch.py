@@ -11,7 +11,6 @@ matching as DELETED, as kube-apiserver's watch cache does.
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -66,9 +65,8 @@ class Watcher:
         if now:
             return ("ADDED", event.obj)
         if before and event.old is not None:
-            gone = copy.deepcopy(event.old)
-            gone["metadata"]["resourceVersion"] = str(event.rv)
-            return ("DELETED", gone)
+            meta = {**event.old["metadata"], "resourceVersion": str(event.rv)}
+            return ("DELETED", {**event.old, "metadata": meta})
         return None
 
 
@@ -82,11 +80,12 @@ class WatchHub:
         self._render = render
 
     def publish(self, key: StorageKey, kind: str, obj: Obj, old: Obj | None) -> None:
-        """Record a change (``obj`` carries its new resourceVersion) and deliver it."""
+        """Record a change (``obj`` carries its new resourceVersion) and deliver it.
+
+        ``obj`` and ``old`` are kept by reference: the store never mutates stored objects."""
         if len(self._history) == self._history.maxlen:
             self._compacted_rv = self._history[0].rv
-        event = WatchEvent(int(obj["metadata"]["resourceVersion"]), key, kind,
-                           copy.deepcopy(obj), copy.deepcopy(old) if old else None)
+        event = WatchEvent(int(obj["metadata"]["resourceVersion"]), key, kind, obj, old)
         self._history.append(event)
         for watcher in list(self._watchers):
             if watcher.info.storage_key == key:

@@ -19,10 +19,8 @@ one loop turn, where the real controllers take milliseconds to seconds.
 
 from __future__ import annotations
 
-import copy
-
 from elastic_operator.local.apiresources import CRD_KEY, NAMESPACE_KEY, resources_from_crd
-from elastic_operator.local.apistore import ObjectStore, ObjKey, StorageKey
+from elastic_operator.local.apistore import ObjectStore, ObjKey, StorageKey, clone
 from elastic_operator.local.apistrategy import FOREGROUND
 
 CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
@@ -65,7 +63,7 @@ class GarbageCollector:
         if len(absent) == len(refs):
             self._delete(key, okey)
         elif absent:
-            new = copy.deepcopy(obj)
+            new = clone(obj)
             new["metadata"]["ownerReferences"] = [r for r in refs if r not in absent]
             self.store.replace_raw(key, okey, new)
         else:
@@ -96,7 +94,7 @@ class GarbageCollector:
                     for r in dep["metadata"].get("ownerReferences") or ()):
                 blocking = True
         if not blocking:
-            new = copy.deepcopy(obj)
+            new = clone(obj)
             new["metadata"]["finalizers"] = [
                 f for f in new["metadata"].get("finalizers") or () if f != FOREGROUND]
             self.store.replace_raw(key, okey, new)
@@ -109,7 +107,7 @@ class GarbageCollector:
         if key == NAMESPACE_KEY:
             remaining = self._delete_namespace_content(okey[1])
             if not remaining:
-                new = copy.deepcopy(obj)
+                new = clone(obj)
                 new.setdefault("spec", {})["finalizers"] = []
                 self.store.replace_raw(key, okey, new)
         else:
@@ -121,7 +119,7 @@ class GarbageCollector:
                     if item is not None and not item["metadata"].get("deletionTimestamp"):
                         self._delete(info.storage_key, item_key)
             if not remaining:
-                new = copy.deepcopy(obj)
+                new = clone(obj)
                 new["metadata"]["finalizers"] = [
                     f for f in new["metadata"].get("finalizers") or () if f != CRD_CLEANUP]
                 self.store.replace_raw(key, okey, new)
