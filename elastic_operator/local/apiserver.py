@@ -24,13 +24,17 @@ import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiohttp import web
 
+from elastic_operator.local.apierrors import ApiError
 from elastic_operator.local.apihandlers import AuditRecord, build_app
+from elastic_operator.local.apiresources import ResourceInfo
 from elastic_operator.local.apistore import ObjectStore
 from elastic_operator.local.garbage import GarbageCollector
+from elastic_operator.local.selectors import LabelSelector
 
 __all__ = ["ApiServer", "ApiServerThread", "AuditRecord", "write_kubeconfig"]
 
@@ -83,6 +87,27 @@ class ApiServer:
         """(group, resource[/subresource], verb) triples called, optionally by one user."""
         return {(r.group, f"{r.resource}/{r.subresource}" if r.subresource else r.resource,
                  r.verb) for r in self.audit if user is None or r.user == user}
+
+    def objects(self, api_version: str, plural: str, namespace: str | None = None,
+                label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Copies of the stored objects of a resource (for test assertions; thread-safe).
+
+        ``api_version`` is ``v1`` or ``group/version``; ``namespace`` None means all."""
+        info = self._info(api_version, plural)
+        items, _ = self.store.list(info, namespace, LabelSelector.parse(label_selector))
+        return items
+
+    def object(self, api_version: str, plural: str, namespace: str | None,
+               name: str) -> dict[str, Any] | None:
+        """A copy of one stored object, or None (for test assertions; thread-safe)."""
+        try:
+            return self.store.get(self._info(api_version, plural), namespace, name)
+        except ApiError:
+            return None
+
+    def _info(self, api_version: str, plural: str) -> ResourceInfo:
+        group, _, version = api_version.rpartition("/")
+        return self.store.resource(group, version, plural)
 
     async def start(self) -> None:
         """Listen; returns once the port is bound (``url`` is then final)."""
@@ -148,8 +173,12 @@ class ApiServerThread:
     thread. ``server`` gives access to the audit trail and the read-only store helpers.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: object) -> None:
-        self.server = ApiServer(host, port, **options)  # type: ignore[arg-type]
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, pods_graceful: bool = True,
+                 history_size: int = 2000, bookmark_interval: float = 5.0,
+                 log_source: LogSource | None = None) -> None:
+        self.server = ApiServer(host, port, pods_graceful=pods_graceful,
+                                history_size=history_size,
+                                bookmark_interval=bookmark_interval, log_source=log_source)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()

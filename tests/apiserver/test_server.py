@@ -165,3 +165,17 @@ async def test_kubernetes_asyncio_client_via_kubeconfig(crd_api: Client, tmp_pat
         assert scale["spec"]["replicas"] == 2
     assert ("example.test", "widgets/scale", "patch") in crd_api.server.audit_rules("client")
     assert (await crd_api.ok("GET", CRDS))["items"]
+
+
+async def test_python_side_read_helpers(api: Client) -> None:
+    await api.ok("POST", PODS, pod("a", {"job": "j1"}))
+    await api.ok("POST", PODS, pod("b", {"job": "j2"}))
+    server = api.server
+    assert [p["metadata"]["name"] for p in server.objects("v1", "pods", "default",
+                                                          "job=j1")] == ["a"]
+    copy = server.object("v1", "pods", "default", "a")
+    assert copy is not None and copy["kind"] == "Pod"
+    copy["spec"]["nodeName"] = "mutated"  # a copy: the stored object is unaffected
+    assert "nodeName" not in (await api.ok("GET", f"{PODS}/a"))["spec"]
+    assert server.object("v1", "pods", "default", "ghost") is None
+    assert server.objects("apiextensions.k8s.io/v1", "customresourcedefinitions") == []
