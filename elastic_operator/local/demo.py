@@ -201,9 +201,9 @@ class Demo:
         """The live view."""
         p = self.progress
         table = Table(title=f"ElasticJob {self.namespace}/{self.name}", expand=False)
-        for column in ("phase", "world size", "workers ready/desired", "step", "epoch",
-                       "loss", "restarts", "elapsed"):
-            table.add_column(column, justify="right")
+        # Short headers, no wrapping: the table must fit an 80-column terminal.
+        for column in ("phase", "world", "ready", "step", "epoch", "loss", "restarts", "time"):
+            table.add_column(column, justify="right", no_wrap=True)
         table.add_row(p.phase, str(p.world_size), f"{p.ready}/{p.desired}", str(p.step),
                       str(p.epoch), "-" if p.loss is None else f"{p.loss:.4f}", str(p.restarts),
                       f"{time.monotonic() - self.started:.0f}s")
