@@ -6,14 +6,17 @@ never run (no kubelet): the tests play the kubelet by patching pod ``/status``.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import etcd3
 import pytest
 
 from elastic_operator import labels
 from elastic_operator.api.common import Condition
-from launcher.contract import FailureReport, PodEnv
+from elastic_operator.local.etcd import EtcdServer
+from launcher.contract import FailureReport, PodEnv, round_key
 from tests.harness import (
     OPERATOR_USER,
     ROOT,
@@ -301,6 +304,39 @@ def test_metrics_are_served(operator_process: OperatorProcess) -> None:
     assert "elastic_operator_pods_created_total" in text
     assert "elastic_operator_reconcile_duration_seconds_bucket" in text
     assert 'elastic_operator_jobs{phase="Running"}' in text
+
+
+def test_below_min_for_too_long_fails_the_job(
+    api: Api, namespace: str, operator_process: OperatorProcess
+) -> None:
+    api.create(jobs_path(namespace), elastic_job("low", 1, 1, belowMinTimeoutSeconds=1))
+    (pod,) = wait_workers(api, namespace, "low", 1)
+    make_ready(api, namespace, [pod])
+    wait_status(api, namespace, "low", lambda s: s.get("phase") == "Running", "Running")
+    set_pod_phase(api, namespace, "low-worker-0", "Running", ready=False)
+    status = wait_status(api, namespace, "low", lambda s: s.get("phase") == "Failed",
+                         "phase Failed after the below-min timeout")
+    assert condition(status, "Failed").reason == "BelowMinTimeout"  # type: ignore[union-attr]
+    wait_workers(api, namespace, "low", 0)
+
+
+def test_world_size_and_generation_come_from_the_rendezvous_round(
+    api: Api, namespace: str, operator_process: OperatorProcess
+) -> None:
+    with EtcdServer() as etcd:
+        job = api.create(jobs_path(namespace), elastic_job(
+            "rd", 1, 2, rendezvous={"endpoints": [etcd.endpoint]}))
+        pods = wait_workers(api, namespace, "rd", 1)
+        env = {e["name"]: e["value"] for e in pods[0]["spec"]["containers"][0]["env"]}
+        assert env[PodEnv.RDZV_ENDPOINT] == etcd.endpoint
+        client = etcd3.client(*etcd.endpoint.split(":"))
+        key = round_key(env[PodEnv.RDZV_ID])
+        assert env[PodEnv.RDZV_ID].endswith(job["metadata"]["uid"][:8])
+        client.put(key, json.dumps({"generation": 3, "worldSize": 8, "nodes": ["a", "b"]}))
+        client.close()
+        status = wait_status(api, namespace, "rd", lambda s: s.get("generation") == 3,
+                             "generation from etcd")
+        assert status["worldSize"] == 8
 
 
 def test_rbac_allows_every_call_the_operator_made(
