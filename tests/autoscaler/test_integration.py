@@ -29,6 +29,7 @@ from elastic_operator.local.restclient import ApiClient
 from elastic_operator.local.scheduler import Scheduler
 from tests.harness import (
     OPERATOR_USER,
+    ROOT,
     Api,
     Cluster,
     OperatorProcess,
@@ -36,6 +37,7 @@ from tests.harness import (
     events_for,
     jobs_path,
     pods_path,
+    rbac_rules,
     worker_pods,
 )
 
@@ -257,9 +259,16 @@ def test_flapping_capacity_does_not_resize_repeatedly(
     api.wait_for(lambda: replicas(api, namespace, "train") == 8, 40, "spec.replicas 8")
 
 
-def test_capacity_uses_only_the_watch_not_relisting(
+def test_rbac_allows_every_call_and_nodes_are_watched_not_relisted(
         apiserver: Cluster, operator_process: OperatorProcess) -> None:
-    # After start-up the operator never lists nodes again; it only watches them.
-    lists = [r for r in apiserver.audit(OPERATOR_USER)
-             if r.resource == "nodes" and r.verb == "list"]
-    assert len(lists) <= operator_process.starts
+    """Runs last in the module, so the audit holds every scenario above."""
+    calls = [r for r in apiserver.audit(OPERATOR_USER)]
+    assert any(r.resource == "elasticjobs" and r.subresource == "scale" for r in calls)
+    # Decisions never list the cluster: nodes are listed once per start (then watched).
+    node_lists = [r for r in calls if r.resource == "nodes" and r.verb == "list"]
+    assert len(node_lists) <= operator_process.starts
+    allowed = rbac_rules(ROOT / "deploy" / "rbac.yaml")
+    made = {(r.verb, r.group, f"{r.resource}/{r.subresource}" if r.subresource else r.resource)
+            for r in calls}
+    missing = sorted(call for call in made if call not in allowed)
+    assert not missing, f"deploy/rbac.yaml does not allow: {missing}"
