@@ -33,64 +33,49 @@ Guarantees the tests check:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from elastic_operator import labels
+from elastic_operator.actions import (
+    Action,
+    CreatePod,
+    CreateService,
+    DeletePod,
+    Event,
+    MarkFailureRecorded,
+    Plan,
+)
 from elastic_operator.api.common import Condition, now_rfc3339, set_condition
 from elastic_operator.api.elasticjob import (
     ElasticJobSpec,
     ElasticJobStatus,
     Phase,
     SpecError,
-    WorkerFailure,
     validate_spec,
 )
-from launcher.contract import FailureReport
+from elastic_operator.observed import (
+    JobView,
+    PodView,
+    observe_pod,
+    parse_time,
+    precise_time,
+    worker_failure,
+)
+
+__all__ = [
+    "Action", "CreatePod", "CreateService", "DeletePod", "Event", "JobView",
+    "MarkFailureRecorded", "Plan", "PlannerSettings", "PodView", "desired_replicas",
+    "observe_pod", "plan", "precise_time", "utcnow", "worker_failure",
+]
 
 TERMINAL = (Phase.FAILED, Phase.SUCCEEDED)
 
 # Condition types and the reasons the planner writes.
 READY, SCALING, FAILED, INVALID, SUCCEEDED = "Ready", "Scaling", "Failed", "Invalid", "Succeeded"
 STARTING, MIN_READY, BELOW_MIN = "Starting", "MinReplicasReady", "BelowMinReplicas"
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True)
-class PodView:
-    """What the planner needs to know about one worker pod."""
-
-    name: str
-    index: int | None  # None: the replica-index label is missing or not a number
-    phase: str  # Pending | Running | Succeeded | Failed | Unknown
-    ready: bool = False
-    terminating: bool = False  # has a deletionTimestamp: going away, its name still taken
-    failure_recorded_at: datetime | None = None
-    termination_message: str = ""
-    termination_reason: str = ""  # the kubelet's reason, e.g. Error, OOMKilled
-    exit_code: int | None = None
-
-
-@dataclass(frozen=True)
-class JobView:
-    """One ElasticJob as read from the API; ``spec`` stays raw so the planner validates it."""
-
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    spec: dict[str, Any]
-    status: ElasticJobStatus
-
-    @property
-    def selector(self) -> str:
-        """Label selector of the job's workers (status.selector, used by /scale)."""
-        return f"{labels.JOB_NAME}={self.name}"
 
 
 @dataclass(frozen=True)
@@ -106,147 +91,6 @@ class PlannerSettings:
         if exponent >= 64:  # 2**64 * base is past any cap; avoids float overflow
             return self.backoff_cap_seconds
         return min(self.backoff_cap_seconds, self.backoff_base_seconds * 2**exponent)
-
-
-# --------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class CreatePod:
-    """Create worker ``index`` (deterministic name: a 409 means it is already there)."""
-
-    index: int
-    reason: str  # ScaleUp | Restart
-
-
-@dataclass(frozen=True)
-class DeletePod:
-    """Delete a worker pod gracefully (its grace period is honoured; 404 means done)."""
-
-    name: str
-    reason: str  # ScaleDown | Restart | JobFinished | Orphan
-
-
-@dataclass(frozen=True)
-class MarkFailureRecorded:
-    """Annotate a failed pod with the time its failure was counted (restart-safe counting)."""
-
-    name: str
-    at: str  # RFC 3339
-
-
-@dataclass(frozen=True)
-class CreateService:
-    """Create the job's headless Service for peer DNS (409 means it is already there)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event on the job."""
-
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-Action = CreatePod | DeletePod | MarkFailureRecorded | CreateService | Event
-
-
-@dataclass
-class Plan:
-    """What to do for one job now. ``status`` is the full new status; ``requeue_after`` is
-    how many seconds until a time-based decision (backoff, timeout) is due, if any."""
-
-    actions: list[Action] = field(default_factory=list)
-    status: ElasticJobStatus = field(default_factory=ElasticJobStatus)
-    requeue_after: float | None = None
-
-    def of(self, kind: type) -> list[Any]:
-        """The actions of one type, in order."""
-        return [a for a in self.actions if isinstance(a, kind)]
-
-    def due(self, seconds: float) -> None:
-        """Ask to be planned again in ``seconds`` (the earliest request wins)."""
-        seconds = max(seconds, 0.0)
-        if self.requeue_after is None or seconds < self.requeue_after:
-            self.requeue_after = seconds
-
-
-# --------------------------------------------------------------------------- observing
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def observe_pod(pod: dict[str, Any]) -> PodView:
-    """The planner's view of a worker pod API object (never raises on odd content)."""
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    raw_index = (meta.get("labels") or {}).get(labels.REPLICA_INDEX, "")
-    index = int(raw_index) if str(raw_index).isdigit() else None
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-    message = reason = ""
-    exit_code = None
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
-            "terminated"
-        )
-        if not term:
-            continue
-        # The first container that failed explains the failure best.
-        if term.get("exitCode", 0) != 0 or not exit_code:
-            message = term.get("message") or message
-            reason = term.get("reason") or reason
-            exit_code = term.get("exitCode", exit_code)
-            if exit_code:
-                break
-    annotations = meta.get("annotations") or {}
-    return PodView(
-        name=str(meta.get("name", "")),
-        index=index,
-        phase=str(status.get("phase") or "Pending"),
-        ready=ready,
-        terminating=bool(meta.get("deletionTimestamp")),
-        failure_recorded_at=_parse_time(annotations.get(labels.FAILURE_RECORDED_AT)),
-        termination_message=message or status.get("message") or "",
-        termination_reason=reason or status.get("reason") or "",
-        exit_code=exit_code,
-    )
-
-
-def worker_failure(pod: PodView, now: datetime) -> WorkerFailure:
-    """The failure a pod reports: its FailureReport JSON if parseable, else its raw text."""
-    try:
-        report = FailureReport.from_json(pod.termination_message)
-    except ValueError:
-        report = None
-    if report is not None and report.reason:
-        return WorkerFailure(
-            pod=pod.name,
-            replicaIndex=pod.index or 0,
-            reason=report.reason,
-            message=report.message[-1024:],
-            rank=report.rank if report.rank >= 0 else None,
-            exitCode=report.exit_code,
-            time=now_rfc3339(now),
-        )
-    return WorkerFailure(
-        pod=pod.name,
-        replicaIndex=pod.index or 0,
-        reason=pod.termination_reason or "Failed",
-        message=pod.termination_message[-1024:] or "the pod failed without a termination message",
-        exitCode=pod.exit_code,
-        time=now_rfc3339(now),
-    )
 
 
 def desired_replicas(spec: ElasticJobSpec) -> int:
@@ -448,7 +292,7 @@ def _below_min_timeout(out: Plan, spec: ElasticJobSpec, now: datetime) -> bool:
     ready = _condition(out.status, READY)
     if ready is None or ready.status != "False" or ready.reason != BELOW_MIN:
         return False
-    since = _parse_time(ready.lastTransitionTime) or now
+    since = parse_time(ready.lastTransitionTime) or now
     left = (since + timedelta(seconds=spec.belowMinTimeoutSeconds) - now).total_seconds()
     if left > 0:
         out.due(left)
@@ -559,11 +403,6 @@ def _set(
 ) -> None:
     new = Condition(type=kind, status=value, reason=reason, message=message)  # type: ignore[arg-type]
     status.conditions = set_condition(status.conditions, new, now)
-
-
-def precise_time(now: datetime) -> str:
-    """RFC 3339 with microseconds: backoffs shorter than a second must not be rounded away."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def utcnow() -> datetime:

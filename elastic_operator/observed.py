@@ -1,0 +1,129 @@
+"""What the planner observes: worker pods and the job, as plain values (no I/O).
+
+:func:`observe_pod` turns a Pod API object into a :class:`PodView` and never raises on odd
+content (a missing label or status becomes a neutral value), so one malformed pod cannot stop
+its job's reconcile. :func:`worker_failure` reads the launcher's FailureReport from a pod's
+termination message, falling back to the raw text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from elastic_operator import labels
+from elastic_operator.api.common import now_rfc3339
+from elastic_operator.api.elasticjob import ElasticJobStatus, WorkerFailure
+from launcher.contract import FailureReport
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the planner needs to know about one worker pod."""
+
+    name: str
+    index: int | None  # None: the replica-index label is missing or not a number
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    ready: bool = False
+    terminating: bool = False  # has a deletionTimestamp: going away, its name still taken
+    failure_recorded_at: datetime | None = None
+    termination_message: str = ""
+    termination_reason: str = ""  # the kubelet's reason, e.g. Error, OOMKilled
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One ElasticJob as read from the API; ``spec`` stays raw so the planner validates it."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: dict[str, Any]
+    status: ElasticJobStatus
+
+    @property
+    def selector(self) -> str:
+        """Label selector of the job's workers (status.selector, used by /scale)."""
+        return f"{labels.JOB_NAME}={self.name}"
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def observe_pod(pod: dict[str, Any]) -> PodView:
+    """The planner's view of a worker pod API object (never raises on odd content)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    raw_index = (meta.get("labels") or {}).get(labels.REPLICA_INDEX, "")
+    index = int(raw_index) if str(raw_index).isdigit() else None
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    message = reason = ""
+    exit_code = None
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+            "terminated"
+        )
+        if not term:
+            continue
+        # The first container that failed explains the failure best.
+        if term.get("exitCode", 0) != 0 or not exit_code:
+            message = term.get("message") or message
+            reason = term.get("reason") or reason
+            exit_code = term.get("exitCode", exit_code)
+            if exit_code:
+                break
+    annotations = meta.get("annotations") or {}
+    return PodView(
+        name=str(meta.get("name", "")),
+        index=index,
+        phase=str(status.get("phase") or "Pending"),
+        ready=ready,
+        terminating=bool(meta.get("deletionTimestamp")),
+        failure_recorded_at=parse_time(annotations.get(labels.FAILURE_RECORDED_AT)),
+        termination_message=message or status.get("message") or "",
+        termination_reason=reason or status.get("reason") or "",
+        exit_code=exit_code,
+    )
+
+
+def worker_failure(pod: PodView, now: datetime) -> WorkerFailure:
+    """The failure a pod reports: its FailureReport JSON if parseable, else its raw text."""
+    try:
+        report = FailureReport.from_json(pod.termination_message)
+    except ValueError:
+        report = None
+    if report is not None and report.reason:
+        return WorkerFailure(
+            pod=pod.name,
+            replicaIndex=pod.index or 0,
+            reason=report.reason,
+            message=report.message[-1024:],
+            rank=report.rank if report.rank >= 0 else None,
+            exitCode=report.exit_code,
+            time=now_rfc3339(now),
+        )
+    return WorkerFailure(
+        pod=pod.name,
+        replicaIndex=pod.index or 0,
+        reason=pod.termination_reason or "Failed",
+        message=pod.termination_message[-1024:] or "the pod failed without a termination message",
+        exitCode=pod.exit_code,
+        time=now_rfc3339(now),
+    )
+
+
+def precise_time(now: datetime) -> str:
+    """RFC 3339 with microseconds: backoffs shorter than a second must not be rounded away."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
