@@ -22,7 +22,6 @@ from elastic_operator.local import apidiscovery, apierrors, patching
 from elastic_operator.local.apiresources import POD_KEY, ResourceInfo
 from elastic_operator.local.apiscale import read_scale, write_scale
 from elastic_operator.local.apistore import Obj
-from elastic_operator.local.apistrategy import now_rfc3339
 from elastic_operator.local.selectors import FieldSelector, LabelSelector, SelectorError
 
 if TYPE_CHECKING:
@@ -359,20 +358,7 @@ class _Handler:
         target = (body.get("target") or {}).get("name")
         if not target:
             raise apierrors.bad_request("Binding target.name is required (the node's name)")
-        pod = self.store.get(req.info, req.namespace, req.name or "")
-        if (pod.get("spec") or {}).get("nodeName"):
-            raise apierrors.conflict("", "pods", req.name or "",
-                                     f"pod {req.name} is already assigned to node "
-                                     f"{pod['spec']['nodeName']}")
-        pod["spec"]["nodeName"] = target
-        pod = self.store.update(req.info, req.namespace, req.name or "", pod)
-        status = dict(pod.get("status") or {})
-        conditions = [c for c in status.get("conditions") or () if c.get("type") != "PodScheduled"]
-        conditions.append({"type": "PodScheduled", "status": "True",
-                           "lastTransitionTime": now_rfc3339()})
-        status["conditions"] = conditions
-        pod["status"] = status
-        self.store.update(req.info, req.namespace, req.name or "", pod, "status")
+        self.store.bind(req.info, req.namespace, req.name or "", target)
         return _json({"kind": "Status", "apiVersion": "v1", "metadata": {},
                       "status": "Success", "code": 201}, 201)
 

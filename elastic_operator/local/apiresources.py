@@ -134,6 +134,7 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
 CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_KEY = ("", "namespaces")
 POD_KEY = ("", "pods")
+SERVICE_KEY = ("", "services")
 
 
 def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:

@@ -42,6 +42,7 @@ from elastic_operator.local.apistrategy import (
     FOREGROUND,
     admit,
     check_body_kind,
+    check_update,
     deletion_grace,
     finalized,
     now_rfc3339,
@@ -78,6 +79,7 @@ class ObjectStore:
         self._uids: dict[str, tuple[StorageKey, ObjKey]] = {}
         self._dependents: dict[str, set[tuple[StorageKey, ObjKey]]] = {}
         self._rv = 0
+        self._next_service_ip = 1
         self._hub = WatchHub(history_size, self._view)
         self.on_change: Callable[[], None] = lambda: None
         self.gc_candidates: set[tuple[StorageKey, ObjKey]] = set()
@@ -231,7 +233,7 @@ class ObjectStore:
             meta["creationTimestamp"] = now_rfc3339()
             meta["generation"] = 1
             obj["apiVersion"], obj["kind"] = info.api_version, info.kind
-            prepare_create(info, obj)
+            prepare_create(info, obj, self._service_ip)
             admit(info, obj, field_validation)
             if dry_run:
                 return self._out(info, obj)
@@ -303,9 +305,33 @@ class ObjectStore:
                         new["status"] = clone(old["status"])
                     else:
                         new.pop("status", None)
+                check_update(info, old, new)
             new["apiVersion"], new["kind"] = info.api_version, info.kind
             return self._commit(info, (ns, name), old, new, dry_run=dry_run,
                                 field_validation=field_validation)
+
+    def _service_ip(self) -> str:
+        number = self._next_service_ip
+        self._next_service_ip += 1
+        return f"10.96.{number // 254}.{number % 254 + 1}"
+
+    def bind(self, info: ResourceInfo, namespace: str | None, name: str, node: str) -> Obj:
+        """Bind an unbound pod to ``node`` in one write: ``spec.nodeName`` and the
+        ``PodScheduled=True`` condition (the ``pods/binding`` subresource); 409 if bound."""
+        with self.lock:
+            old = self._stored(info, namespace, name)
+            bound = (old.get("spec") or {}).get("nodeName")
+            if bound:
+                raise apierrors.conflict(info.group, info.plural, name,
+                                         f"pod {name} is already assigned to node {bound}")
+            new = clone(old)
+            new.setdefault("spec", {})["nodeName"] = node
+            status = new.setdefault("status", {})
+            status["conditions"] = [
+                c for c in status.get("conditions") or () if c.get("type") != "PodScheduled"
+            ] + [{"type": "PodScheduled", "status": "True",
+                  "lastTransitionTime": now_rfc3339()}]
+            return self._commit(info, (namespace or "", name), old, new, validate=False)
 
     def _commit(self, info: ResourceInfo, okey: ObjKey, old: Obj, new: Obj, *,
                 validate: bool = True, dry_run: bool = False,

@@ -3,15 +3,21 @@
 What a create or update does beyond storing the body: the body's kind and namespace must
 fit the URL; names are RFC 1123 subdomains; namespaces start Active with the ``kubernetes``
 finalizer; pods start Pending with defaults for ``terminationGracePeriodSeconds`` and
-``restartPolicy``; custom resources with a status subresource drop status on create and are
-admitted against their schema (with ``fieldValidation=Strict`` unknown fields are an error
-instead of being pruned); CRDs are checked and become Established. Deletion rules decide the
-grace period (graceful only for bound, unfinished pods) and when a deleting object is gone.
+``restartPolicy``, and their spec is immutable afterwards (but for images, tolerations and
+deadlines); services get a clusterIP from 10.96.0.0/16 (unless ``None``: headless); custom
+resources with a status subresource drop status on create and are admitted against their
+schema (with ``fieldValidation=Strict`` unknown fields are an error instead of being
+pruned); CRDs are checked and become Established. Deletion rules decide the grace period
+(graceful only for bound, unfinished pods) and when a deleting object is gone.
+
+Not emulated (documented differences): the rest of pod and service validation (a pod without
+``image`` is accepted, since the local runtime ignores images), resource quotas, limit ranges.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +26,7 @@ from elastic_operator.local.apiresources import (
     CRD_KEY,
     NAMESPACE_KEY,
     POD_KEY,
+    SERVICE_KEY,
     ResourceInfo,
     validate_crd,
 )
@@ -100,8 +107,9 @@ def admit(info: ResourceInfo, obj: Obj, field_validation: str | None = None) -> 
                        "end with an alphanumeric character"}])
 
 
-def prepare_create(info: ResourceInfo, obj: Obj) -> None:
-    """Initial status and defaults of a new object, per resource."""
+def prepare_create(info: ResourceInfo, obj: Obj, service_ip: Callable[[], str]) -> None:
+    """Initial status and defaults of a new object, per resource (``service_ip`` allocates
+    a Service's clusterIP)."""
     if info.storage_key == NAMESPACE_KEY:
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj["status"] = {"phase": "Active"}
@@ -110,10 +118,56 @@ def prepare_create(info: ResourceInfo, obj: Obj) -> None:
         spec.setdefault("terminationGracePeriodSeconds", DEFAULT_POD_GRACE)
         spec.setdefault("restartPolicy", "Always")
         obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+    elif info.storage_key == SERVICE_KEY:
+        _default_service(obj, service_ip)
     elif info.schema is not None and info.status:
         obj.pop("status", None)  # custom resources ignore status on create
     elif info.storage_key == CRD_KEY:
         obj["status"] = crd_status(obj)
+
+
+def _default_service(obj: Obj, service_ip: Callable[[], str]) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    if not spec.get("clusterIP"):
+        spec["clusterIP"] = service_ip()
+    spec.setdefault("clusterIPs", [spec["clusterIP"]])
+    for port in spec.get("ports") or ():
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            if "port" in port:
+                port.setdefault("targetPort", port["port"])
+    obj["status"] = {"loadBalancer": {}}
+
+
+# What kube-apiserver lets an update change in a pod's spec (validation.ValidatePodUpdate).
+_POD_MUTABLE = ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds")
+_POD_FORBIDDEN = (
+    "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,"
+    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only "
+    "additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be "
+    "set to 1 if it was previously negative)")
+
+
+def _pod_spec_essence(spec: Obj) -> Obj:
+    essence = {k: v for k, v in spec.items() if k not in _POD_MUTABLE}
+    for key in ("containers", "initContainers"):
+        if isinstance(essence.get(key), list):
+            essence[key] = [{k: v for k, v in c.items() if k != "image"}
+                            if isinstance(c, dict) else c for c in essence[key]]
+    return essence
+
+
+def check_update(info: ResourceInfo, old: Obj, new: Obj) -> None:
+    """422 for updates kube-apiserver forbids: a pod's spec is immutable except for images,
+    activeDeadlineSeconds, tolerations and terminationGracePeriodSeconds (``spec.nodeName``
+    is set through the ``pods/binding`` subresource)."""
+    if info.storage_key != POD_KEY:
+        return
+    if _pod_spec_essence(old.get("spec") or {}) != _pod_spec_essence(new.get("spec") or {}):
+        raise _invalid(info, old["metadata"]["name"], [
+            {"reason": "FieldValueForbidden", "field": "spec", "message": _POD_FORBIDDEN}])
 
 
 def crd_status(crd: Obj) -> Obj:

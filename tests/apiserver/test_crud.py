@@ -114,7 +114,7 @@ async def test_generation_moves_only_on_spec_changes(api: Client) -> None:
     labelled = await api.ok("PATCH", f"{PODS}/a", {"metadata": {"labels": {"x": "y"}}},
                             "application/merge-patch+json")
     assert labelled["metadata"]["generation"] == 1
-    respec = await api.ok("PATCH", f"{PODS}/a", {"spec": {"nodeName": "n1"}},
+    respec = await api.ok("PATCH", f"{PODS}/a", {"spec": {"activeDeadlineSeconds": 60}},
                           "application/merge-patch+json")
     assert respec["metadata"]["generation"] == 2
     assert created["metadata"]["uid"] == respec["metadata"]["uid"]
@@ -132,11 +132,11 @@ async def test_status_subresource_separates_spec_and_status(api: Client) -> None
     # ... and a write to /status changes only the status.
     after_main["status"] = {"phase": "Running"}
     after_main["metadata"]["labels"] = {"via": "status"}
-    after_main["spec"]["nodeName"] = "ignored"
+    after_main["spec"]["activeDeadlineSeconds"] = 5
     after_status = await api.ok("PUT", f"{PODS}/a/status", after_main)
     assert after_status["status"] == {"phase": "Running"}
     assert after_status["metadata"]["labels"] == {"via": "main"}
-    assert "nodeName" not in after_status["spec"]
+    assert "activeDeadlineSeconds" not in after_status["spec"]
     assert after_status["metadata"]["generation"] == 1
     status, body = await api.get(f"{PODS}/a/status")
     assert status == 200 and body["status"] == {"phase": "Running"}
@@ -177,3 +177,28 @@ async def test_all_namespaces_list_and_leases_and_secrets(api: Client) -> None:
     secret = await api.ok("POST", "/api/v1/namespaces/default/secrets",
                           {"metadata": {"name": "s"}, "data": {"k": "dg=="}})
     assert secret["data"] == {"k": "dg=="}
+
+
+async def test_pod_spec_is_immutable_but_for_images_and_deadlines(api: Client) -> None:
+    await api.ok("POST", PODS, pod("a"))
+    image = {"spec": {"containers": [{"name": "main", "image": "y"}]}}
+    assert (await api.ok("PATCH", f"{PODS}/a", image, "application/strategic-merge-patch+json")
+            )["spec"]["containers"][0]["image"] == "y"
+    status, body = await api.patch(f"{PODS}/a", {"spec": {"nodeName": "n1"}},
+                                   "application/merge-patch+json")
+    assert (status, body["reason"]) == (422, "Invalid")
+    assert body["details"]["causes"][0]["field"] == "spec"
+    assert "pod updates may not change fields" in body["message"]
+
+
+async def test_service_gets_cluster_ip_and_port_defaults(api: Client) -> None:
+    svc_url = "/api/v1/namespaces/default/services"
+    svc = await api.ok("POST", svc_url, {"metadata": {"name": "s"},
+                                         "spec": {"ports": [{"port": 80}]}})
+    assert svc["spec"]["clusterIP"].startswith("10.96.") and svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"port": 80, "protocol": "TCP", "targetPort": 80}]
+    headless = await api.ok("POST", svc_url, {"metadata": {"name": "h"},
+                                              "spec": {"clusterIP": "None"}})
+    assert headless["spec"]["clusterIP"] == "None"
+    other = await api.ok("POST", svc_url, {"metadata": {"name": "o"}, "spec": {}})
+    assert other["spec"]["clusterIP"] != svc["spec"]["clusterIP"]

@@ -96,10 +96,14 @@ async def test_patch_types_over_http(api: Client) -> None:
     status, body = await api.patch(f"{PODS}/a", [
         {"op": "test", "path": "/metadata/resourceVersion", "value": rv}], JSONPATCH)
     assert (status, body["reason"]) == (422, "Invalid")
-    strategic = await api.ok("PATCH", f"{PODS}/a",
-                             {"spec": {"containers": [{"name": "side", "image": "s"}]}},
+    two = pod("b")
+    two["spec"]["containers"].append({"name": "side", "image": "s"})
+    await api.ok("POST", PODS, two)
+    strategic = await api.ok("PATCH", f"{PODS}/b",
+                             {"spec": {"containers": [{"name": "side", "image": "s2"}]}},
                              STRATEGIC)
-    assert [c["name"] for c in strategic["spec"]["containers"]] == ["main", "side"]
+    assert [(c["name"], c["image"]) for c in strategic["spec"]["containers"]] == [
+        ("main", "x"), ("side", "s2")]  # merged by name, not replaced
 
 
 async def test_patch_with_stale_resource_version_conflicts(api: Client) -> None:

@@ -73,6 +73,9 @@ async def test_binding_assigns_node_once(api: Client) -> None:
     assert bound["spec"]["nodeName"] == "n1"
     assert {"type": "PodScheduled", "status": "True"}.items() <= bound["status"][
         "conditions"][0].items()
+    assert bound["status"]["phase"] == "Pending"
+    assert int(bound["metadata"]["resourceVersion"]) == int(
+        api.server.store.resource_version)  # one write for node and condition
     status, body = await api.post(f"{PODS}/a/binding", binding)
     assert (status, body["reason"]) == (409, "Conflict")
 
