@@ -3,9 +3,10 @@
 Same training script for all (tests/launcher/train_tiny.py: a 1-element gloo all_reduce every
 50 ms), ``--nnodes=1:3``, one process per node, all on 127.0.0.1. For each launcher:
 
-- formation: two agents started together -> first training step at world size 2;
-- shrink: one of the two agents SIGKILLed together with its training process (a pod killed)
-  -> first step at world size 1;
+- formation: two agents started together (torchrun: the second once the first's c10d store
+  listens) -> first training step at world size 2;
+- shrink: the second agent SIGKILLed together with its training process (a pod killed; not the
+  first, which hosts torchrun's c10d store) -> first step at world size 1;
 - grow: a fresh job of two agents, a third agent started -> first step at world size 3
   (includes the newcomer's own interpreter start, the same for every launcher).
 
@@ -51,6 +52,8 @@ def free_port() -> int:
 class Variant:
     name: str
     command: Callable[[str, Path, str], list[str]]  # (job id, out dir, node name) -> argv
+    # Blocks until the first agent can host the job (torchrun c10d: its store port listens).
+    first_ready: Callable[[str], None] = lambda job: None
 
 
 class Job:
@@ -89,18 +92,20 @@ class Job:
             time.sleep(0.05)
         return None
 
-    def kill_node_of_rank(self, rank: int) -> None:
-        """SIGKILL the agent that runs global ``rank`` and that process (a pod killed)."""
-        pid, ppid = map(int, (self.out / f"rank{rank}.pids").read_text().split())
-        for node, proc in self.agents.items():
-            if proc.pid == ppid or _is_ancestor(proc.pid, ppid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                del self.agents[node]
-                return
-        raise RuntimeError(f"no agent owns rank {rank} (pid {pid}, parent {ppid})")
+    def kill_node(self, node: str) -> None:
+        """SIGKILL agent ``node`` and its training processes together (a pod killed)."""
+        proc = self.agents.pop(node)
+        workers = []
+        for pids in self.out.glob("rank*.pids"):
+            pid, ppid = map(int, pids.read_text().split())
+            if _is_ancestor(proc.pid, ppid):
+                workers.append(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
 
     def close(self) -> None:
         for proc in self.agents.values():
@@ -130,21 +135,27 @@ def run_variant(variant: Variant, workdir: Path, limit: float) -> dict[str, floa
     results: dict[str, float | None] = {}
     job = Job(variant, workdir, f"{variant.name}-shrink")
     try:
+        started = time.monotonic()
         job.start("a")
+        variant.first_ready(job.job_id)
         job.start("b")
-        results["formation"] = job.wait_world(2, limit)
-        if results["formation"] is None:
+        formed = job.wait_world(2, limit)
+        results["formation"] = None if formed is None else time.monotonic() - started
+        if formed is None:
             results["shrink"] = None
         else:
             time.sleep(1.0)  # a few steady steps
             rows_before = len(job.rows())
-            job.kill_node_of_rank(1)
+            # Not the first agent: under torchrun it hosts the c10d store, and killing it
+            # always ends the job; this gives torchrun its best case.
+            job.kill_node("b")
             results["shrink"] = job.wait_world(1, limit, after_row=rows_before - 1)
     finally:
         job.close()
     job = Job(variant, workdir, f"{variant.name}-grow")
     try:
         job.start("a")
+        variant.first_ready(job.job_id)
         job.start("b")
         if job.wait_world(2, limit) is None:
             results["grow"] = None
@@ -166,10 +177,20 @@ def main() -> int:
                         help="run only these launchers (ratios need torchrun and ours)")
     parser.add_argument("--keep", action="store_true", help="keep the agents' logs (printed)")
     args = parser.parse_args()
+    # A SIGTERM (e.g. from a CI timeout) still runs the cleanup in the finally blocks.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     workdir = Path(tempfile.mkdtemp(prefix="bench-rescale-"))
     script = [str(SCRIPT), "--step-time", "0.05"]
     c10d_port = {}
+
+    def c10d_listening(job: str) -> None:
+        deadline = time.monotonic() + args.limit
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", c10d_port.setdefault(job, free_port()))) == 0:
+                    return
+            time.sleep(0.05)
 
     def torchrun_cmd(conf: str) -> Callable[[str, Path, str], list[str]]:
         def cmd(job: str, out: Path, node: str) -> list[str]:
@@ -187,8 +208,8 @@ def main() -> int:
                     "--max-restarts=3", "--local-addr=127.0.0.1", f"--node-id={job}-{node}",
                     f"--termination-log={out}/termination-{node}", *script, "--out", str(out)]
 
-        variants = [Variant("torchrun", torchrun_cmd("")),
-                    Variant("torchrun-tuned", torchrun_cmd(TUNED_CONF)),
+        variants = [Variant("torchrun", torchrun_cmd(""), c10d_listening),
+                    Variant("torchrun-tuned", torchrun_cmd(TUNED_CONF), c10d_listening),
                     Variant("ours", ours_cmd)]
         selected = [v for v in variants if not args.only or v.name in args.only]
         results = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -102,7 +103,9 @@ class Agent:
         self.reporter = FailureReporter(config.rdzv_id, config.node_id, config.termination_log)
         self.group: WorkerGroup | None = None
         self.pool: WarmPool | None = None
+        self._owns_run_dir = config.run_dir is None
         self.run_dir = config.run_dir or Path(tempfile.mkdtemp(prefix="elastic-agent-"))
+        self._shutting_down = False
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -142,10 +145,15 @@ class Agent:
                 self.pool.close()
             if self.session is not None:
                 self.session.close(revoke=True)
+            if self._owns_run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._shutting_down:
+            return  # a second SIGTERM must not interrupt the orderly stop
+        self._shutting_down = True
         raise ShutdownRequested(signal.Signals(signum).name)
 
     def _stop_group(self) -> None:
@@ -229,13 +237,14 @@ class Agent:
         rank = self.group_rank_of(rnd, status.local_rank)
         self.reporter.report(status.reason, status.message, rank=rank,
                              exit_code=status.exit_code, generation=rnd.generation)
+        if closed:
+            return True  # the job is finished: no round to restart into
         self.restarts += 1
-        if self.restarts > cfg.max_restarts or closed:
+        if self.restarts > cfg.max_restarts:
             self.reporter.report(
                 "MaxRestartsExceeded",
                 f"{status.reason}: {status.message}; restart {self.restarts} exceeds "
-                f"--max-restarts={cfg.max_restarts}" if not closed else
-                f"{status.reason} after the job finished: {status.message}",
+                f"--max-restarts={cfg.max_restarts}",
                 rank=rank, exit_code=status.exit_code, generation=rnd.generation,
             )
             return True

@@ -52,7 +52,7 @@ class EtcdV3RendezvousHandler(RendezvousHandler):
     def __init__(self, rdzv: EtcdRendezvous, join_timeout: float) -> None:
         self._rdzv = rdzv
         self._join_timeout = join_timeout
-        self._stores: list[Store] = []
+        self._store: Store | None = None  # the current round's; the previous one is released
 
     @property
     def rendezvous(self) -> EtcdRendezvous:
@@ -81,7 +81,7 @@ class EtcdV3RendezvousHandler(RendezvousHandler):
         if rnd.rank == 0:
             server = TCPStore(self._rdzv.local_addr, 0, rnd.world_size, True,
                               wait_for_workers=False)
-            self._stores.append(server)
+            self._store = server
             session.put(key, json.dumps([self._rdzv.local_addr, server.port]).encode())
             base: Store = server
         else:
@@ -93,7 +93,7 @@ class EtcdV3RendezvousHandler(RendezvousHandler):
                 version = session.wait_change(version, 1.0)
             addr, port = json.loads(entry.value)
             base = TCPStore(addr, int(port), rnd.world_size, False)
-            self._stores.append(base)
+            self._store = base
         return PrefixStore(f"/torchelastic/{rnd.generation}", base)
 
     def is_closed(self) -> bool:

@@ -83,16 +83,22 @@ def test_hung_process_is_detected_and_replaced(cluster: LauncherCluster) -> None
     assert "no progress" in report.message  # type: ignore[attr-defined]
 
 
-def test_new_agent_joins_and_world_grows(cluster: LauncherCluster) -> None:
+def test_new_agent_joins_then_one_is_scaled_down(cluster: LauncherCluster) -> None:
     cluster.start("n0", "2:3")
     cluster.start("n1", "2:3")
     cluster.wait_training(2, JOIN)
-    joined_at = time.monotonic()
     cluster.start("n2", "2:3")
-    _, world, _ = cluster.wait_training(3, JOIN, min_generation=2)
+    gen, world, _ = cluster.wait_training(3, JOIN, min_generation=2)
     assert world == 3
-    assert time.monotonic() - joined_at < JOIN
     assert all(agent.proc.poll() is None for agent in cluster.agents.values())
+    # Scale-down: SIGTERM (pod deletion). The agent stops its workers, leaves the rendezvous
+    # (lease revoked, no TTL wait) and exits 0 with a Shutdown note; the others re-form.
+    leaving = cluster.agents[cluster.round_members()[2]]
+    leaving.proc.send_signal(signal.SIGTERM)
+    assert leaving.proc.wait(30) == 0, cluster.logs_tail()
+    report = leaving.report()
+    assert report is not None and report.reason == "Shutdown"
+    cluster.wait_training(2, JOIN, min_generation=gen + 1)
 
 
 def test_etcd_restart_does_not_fail_the_job(cluster: LauncherCluster) -> None:
