@@ -33,7 +33,8 @@ log = logging.getLogger("elastic_operator.handlers")
 async def start(memo: kopf.Memo, **_: Any) -> None:
     """Log in, start metrics and the reconciler with its periodic resync."""
     config = memo.config
-    memo.api = k8s.Api(k8s.login(config.kubeconfig))
+    memo.api = k8s.Api(k8s.login(config.kubeconfig),
+                       relogin=lambda: k8s.login(config.kubeconfig))
     memo.metrics = Metrics()
     memo.metrics.serve(config.metrics_port)
     memo.reconciler = Reconciler(memo.api, config.reconciler, memo.metrics)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,24 @@ def ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 
 
 class Api:
-    """JSON CRUD over one aiohttp session. Create it inside the running loop."""
+    """JSON CRUD over one aiohttp session. Create it inside the running loop.
 
-    def __init__(self, info: kopf.ConnectionInfo, timeout: float = 30.0) -> None:
+    ``relogin`` (optional) is called after a 401 to fetch fresh credentials (e.g. a rotated
+    service-account token); the request is then retried once.
+    """
+
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        timeout: float = 30.0,
+        relogin: Callable[[], kopf.ConnectionInfo] | None = None,
+    ) -> None:
+        self._relogin = relogin
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._connect(info)
+
+    def _connect(self, info: kopf.ConnectionInfo) -> None:
         headers = {"Accept": "application/json", "User-Agent": "elastic-operator"}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
@@ -95,19 +111,36 @@ class Api:
         self._session = aiohttp.ClientSession(
             headers=headers,
             auth=auth,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
             connector=aiohttp.TCPConnector(limit=32),
         )
 
     async def close(self) -> None:
         """Close the session (idempotent)."""
-        await self._session.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def request(
         self, method: str, url_path: str, body: Any = None, content_type: str | None = None,
         params: dict[str, str] | None = None,
     ) -> Obj:
         """One request; returns the decoded JSON body or raises :class:`ApiError`."""
+        try:
+            return await self._request(method, url_path, body, content_type, params)
+        except ApiError as exc:
+            if exc.code != 401 or self._relogin is None:
+                raise
+        old = self._session
+        self._connect(self._relogin())
+        if old is not None:
+            await old.close()
+        return await self._request(method, url_path, body, content_type, params)
+
+    async def _request(
+        self, method: str, url_path: str, body: Any, content_type: str | None,
+        params: dict[str, str] | None,
+    ) -> Obj:
+        assert self._session is not None
         headers = {"Content-Type": content_type or "application/json"}
         async with self._session.request(
             method, self.server + url_path, json=body, headers=headers, params=params,

@@ -56,6 +56,8 @@ class RoundReader:
         self._down_until: dict[str, float] = {}
         self._clients: dict[str, Any] = {}
         self._inflight: set[Key] = set()
+        self._probing: set[str] = set()  # endpoints with a first read in flight
+        self._good: set[str] = set()  # endpoints that answered at least once
         self._tasks: set[asyncio.Task[None]] = set()
 
     def latest(self, key: Key, endpoints: str, rdzv_id: str) -> tuple[int, int] | None:
@@ -63,8 +65,13 @@ class RoundReader:
         stamp, value = self._values.get(key, (0.0, None))
         now = time.monotonic()
         stale = now - stamp > self._max_age
-        if stale and key not in self._inflight and self._down_until.get(endpoints, 0) < now:
+        untried_busy = endpoints not in self._good and endpoints in self._probing
+        if (stale and key not in self._inflight and not untried_busy
+                and self._down_until.get(endpoints, 0) < now):
+            # Until an etcd has answered once, one read at a time probes it: a hundred jobs
+            # on an unreachable etcd cost one timeout, not a hundred blocked threads.
             self._inflight.add(key)
+            self._probing.add(endpoints)
             task = asyncio.create_task(self._refresh(key, endpoints, rdzv_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -87,6 +94,7 @@ class RoundReader:
             value = await asyncio.to_thread(self._read, endpoints, rdzv_id)
         except Exception as exc:  # any client error means: etcd not reachable now
             was_down = self._down_until.get(endpoints, 0) > time.monotonic()
+            self._good.discard(endpoints)
             self._down_until[endpoints] = time.monotonic() + self._retry
             client = self._clients.pop(endpoints, None)  # reconnect from scratch next time
             if client is not None:
@@ -98,6 +106,8 @@ class RoundReader:
             return
         finally:
             self._inflight.discard(key)
+            self._probing.discard(endpoints)
+        self._good.add(endpoints)
         old = self._values.get(key, (0.0, None))[1]
         self._values[key] = (time.monotonic(), value)
         if value != old:
