@@ -188,9 +188,10 @@ class Autoscaler:
             written = await api.merge_patch(path, scale)
         except k8s.ApiError as exc:
             if exc.code in (404, 409):
+                # Most often a status write of the operator raced ours: the memory (growth
+                # streak) stays valid, and the next round decides from the fresh object.
                 log.info("%s: resize %d->%d skipped (%s); deciding again", key,
                          target.previous, target.replicas, exc.reason or exc.code)
-                self.memory.pop(key, None)
                 self._wake.set()
                 return False
             raise
