@@ -4,7 +4,7 @@ subprocess. What each fixture gives is documented in :mod:`tests.harness`."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,11 +44,31 @@ def operator_args() -> list[str]:
 def operator_process(
     apiserver: Cluster, operator_args: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """``elastic-operator run`` against the emulator, live; its log is printed at the end."""
+    """``elastic-operator run`` against the emulator, live; its log is printed under every
+    failing test that used it."""
     workdir: Path = tmp_path_factory.mktemp("operator")
     process = OperatorProcess(apiserver, workdir, operator_args)
     try:
         yield process.start()
     finally:
         process.stop()
-        print(f"----- operator log ({process.log_path}) -----\n{process.log()[-20000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator:
+    """Keep each phase's report on the test item (for :func:`_operator_log_on_failure`)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the operator's log under a failing test that used ``operator_process``."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is None or not report.failed or "operator_process" not in request.fixturenames:
+        return
+    process: OperatorProcess = request.getfixturevalue("operator_process")
+    print(f"----- operator log ({process.log_path}), last 15000 chars -----\n"
+          f"{process.log()[-15000:]}")

@@ -12,8 +12,8 @@ Fixtures (``tests/conftest.py``):
 - ``namespace`` (function scope) -> ``str``: a fresh namespace per test, for isolation.
 - ``operator_process`` (module scope) -> :class:`OperatorProcess`: ``elastic-operator run``
   as a subprocess against the emulator, started and ready. ``.kill()`` (SIGKILL),
-  ``.stop()`` (SIGTERM), ``.start(*extra_args)``, ``.restart()``, ``.log()``; its log is
-  printed when the module's tests finish (pytest shows it for failing tests). Override the
+  ``.stop()`` (SIGTERM), ``.start(*extra_args)``, ``.restart()``, ``.log()``, ``.metrics()``;
+  its log is printed under every failing test that used it. Override the
   ``operator_args`` fixture (module scope, a list of CLI flags) to pass flags, e.g.
   ``["--backoff-base", "0.2"]``.
 
