@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -54,6 +54,12 @@ from elastic_operator.planner import Event
 
 log = logging.getLogger("elastic_operator.autoscaler")
 PostEvent = Callable[[dict[str, Any], Event], Awaitable[None]]
+
+
+class Patcher(Protocol):
+    """What :meth:`Autoscaler.apply` needs of an API client (:class:`k8s.Api` has it)."""
+
+    async def merge_patch(self, url_path: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 EVENT_REASONS: Mapping[Kind, str] = {
     Kind.GROW: "AutoscaleUp",
@@ -172,7 +178,7 @@ class Autoscaler:
         self.metrics.decisions.inc()
         return decision
 
-    async def apply(self, api: k8s.Api, post_event: PostEvent, key: str,
+    async def apply(self, api: Patcher, post_event: PostEvent, key: str,
                     target: Target) -> bool:
         """Write one resize; False when the job changed meanwhile or is gone."""
         job = self.jobs.get(key)
