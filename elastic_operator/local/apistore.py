@@ -103,6 +103,7 @@ class ObjectStore:
                 del self._resources[key]
             for okey, obj in self._objects.pop((group, plural), {}).items():
                 self._forget((group, plural), okey, obj)
+            self._hub.close_resource((group, plural))
 
     def resources(self) -> list[ResourceInfo]:
         """Every served resource."""

@@ -124,6 +124,12 @@ class WatchHub:
         """Stop delivering to ``watcher``."""
         self._watchers.discard(watcher)
 
+    def close_resource(self, key: StorageKey) -> None:
+        """End the watches of a resource that stopped being served (its CRD is gone)."""
+        for watcher in [w for w in self._watchers if w.info.storage_key == key]:
+            watcher.queue.put_nowait(None)
+            self._watchers.discard(watcher)
+
     def close_all(self) -> None:
         """End every watch stream (server shutdown)."""
         for watcher in self._watchers:

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from elastic_operator.local.apiserver import ApiServer
-from tests.apiserver.conftest import MERGE, PODS, Client, pod
+from tests.apiserver.conftest import CRDS, MERGE, PODS, WIDGETS, Client, pod
 
 
 @asynccontextmanager
@@ -143,3 +143,19 @@ async def test_server_stop_ends_watch_streams() -> None:
         async with stream(api, f"resourceVersion={server.store.resource_version}") as ev:
             await server.stop()
             assert (await next_event(ev))["type"] == "CLOSED"
+
+
+async def test_watch_ends_when_its_crd_is_deleted(crd_api: Client) -> None:
+    api = crd_api
+    rv = api.server.store.resource_version
+    events: list[dict[str, Any]] = []
+    async with api.session.get(f"{api.server.url}{WIDGETS}?watch=true&resourceVersion={rv}"
+                               ) as rsp:
+        await api.ok("DELETE", f"{CRDS}/widgets.example.test")
+
+        async def read() -> None:
+            async for line in rsp.content:
+                events.append(json.loads(line))
+
+        await asyncio.wait_for(read(), 10)  # the stream ends instead of hanging
+    assert events == []
