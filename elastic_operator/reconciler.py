@@ -270,7 +270,10 @@ class Reconciler:
             written = await self.api.merge_patch(
                 job_path(ns, name, "status"), {"status": result.status.wire()}
             )
-            self._remember(written)
+            # Its watch event is an echo only if nobody changed the spec meanwhile; kopf may
+            # merge a user's edit and this write into one event, which must not be skipped.
+            if (written.get("metadata") or {}).get("generation") == job.generation:
+                self._remember(written)
             restarted = result.status.restarts - old_status.restarts
             if restarted > 0:
                 self.metrics.restarts.inc(restarted)
