@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from elastic_operator.local.apiserver import ApiServer
 
 _NAMESPACE_SUBRESOURCES = ("status", "finalize")
+_SUBRESOURCE_VERBS: dict[str, tuple[str, ...]] = {
+    "status": ("get", "update", "patch"),
+    "scale": ("get", "update", "patch"),
+    "log": ("get",),
+    "binding": ("create",),
+    "finalize": ("update",),
+}
 
 
 class AuditRecord(NamedTuple):
@@ -164,26 +171,29 @@ class _Handler:
         return _Request(info, namespace, name, sub)
 
     def _verb(self, method: str, req: _Request, query: Any) -> str:
-        if method == "GET":
-            if req.name is not None:
-                return "get"
-            return "watch" if query.get("watch") in ("true", "1") else "list"
         verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-        if method not in verbs:
+        if method == "GET":
+            verb = "get" if req.name is not None else (
+                "watch" if query.get("watch") in ("true", "1") else "list")
+        elif method in verbs:
+            verb = verbs[method]
+            if method == "DELETE" and req.name is None:
+                verb = "deletecollection"
+        else:
             raise apierrors.method_not_allowed(f"the server does not allow method {method}")
-        verb = verbs[method]
-        if method == "DELETE" and req.name is None:
-            verb = "deletecollection"
-        if method == "POST" and req.subresource is not None:
-            return "create"
-        if method == "POST" and req.name is not None:
+        if req.subresource is not None:
+            allowed = _SUBRESOURCE_VERBS.get(req.subresource, ())
+        elif method == "POST" and req.name is not None:
             raise apierrors.method_not_allowed(
                 f"the server does not allow this method on the requested resource: POST to "
                 f"{req.info.qualified}/{req.name}; create with POST to the collection")
-        if req.subresource is None and verb not in req.info.verbs:
+        else:
+            allowed = req.info.verbs
+        if verb not in allowed:
+            target = req.info.qualified + (f"/{req.subresource}" if req.subresource else "")
             raise apierrors.method_not_allowed(
                 f"the server does not allow this method on the requested resource "
-                f"({verb} {req.info.qualified})")
+                f"({verb} {target})")
         return verb
 
     async def _body(self, request: web.Request) -> Any:

@@ -202,3 +202,14 @@ async def test_service_gets_cluster_ip_and_port_defaults(api: Client) -> None:
     assert headless["spec"]["clusterIP"] == "None"
     other = await api.ok("POST", svc_url, {"metadata": {"name": "o"}, "spec": {}})
     assert other["spec"]["clusterIP"] != svc["spec"]["clusterIP"]
+
+
+async def test_subresources_only_take_their_verbs(api: Client) -> None:
+    await api.ok("POST", PODS, pod("a"))
+    for method, path in (("DELETE", f"{PODS}/a/status"), ("POST", f"{PODS}/a/status"),
+                         ("GET", f"{PODS}/a/binding"), ("PUT", f"{PODS}/a/log")):
+        status, body = await api.call(method, path, {} if method != "GET" else None)
+        assert (status, body["reason"]) == (405, "MethodNotAllowed"), (method, path)
+    assert (await api.get(f"{PODS}/a"))[0] == 200  # the DELETE on /status deleted nothing
+    status, _ = await api.get(f"{PODS}/a/scale")  # pods have no scale subresource
+    assert status == 404
