@@ -453,3 +453,57 @@ def test_failure_report_round_trip_through_pod_status() -> None:
     p = plan(job(), [observe_pod(raw)], NOW)
     assert p.status.lastFailure is not None
     assert json.loads(report.to_json())["reason"] == p.status.lastFailure.reason
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[JobView, list[tuple[str, int, int]]]:
+    minimum = draw(st.integers(1, 3))
+    j = job(replicas=draw(st.integers(0, 6)), minReplicas=minimum,
+            maxReplicas=draw(st.integers(minimum, 6)), maxRestarts=draw(st.integers(0, 4)),
+            belowMinTimeoutSeconds=draw(st.integers(1, 30)))
+    kinds = st.sampled_from(["ready", "fail", "succeed", "scale", "tick"])
+    steps = draw(st.lists(st.tuples(kinds, st.integers(0, 6), st.integers(0, 40)),
+                          min_size=1, max_size=25))
+    return j, steps
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_property_histories_keep_invariants(
+    history: tuple[JobView, list[tuple[str, int, int]]],
+) -> None:
+    """Random kubelet/user histories: restarts never drop and match the failures seen, no
+    index is ever doubled, terminal jobs end with no workers, and plans always converge."""
+    j, steps = history
+    now = NOW
+    pods: list[PodView] = []
+    failures = 0
+    generation = 1
+    for kind, arg, seconds in steps:
+        now += timedelta(seconds=seconds)
+        target = next((p for p in pods if p.index == arg % max(len(pods), 1)), None)
+        if kind == "ready" and target and target.phase == "Pending":
+            pods = [dataclasses.replace(p, phase="Running", ready=True) if p is target else p
+                    for p in pods]
+        elif kind == "fail" and target and target.phase in ("Pending", "Running"):
+            failures += 1
+            pods = [dataclasses.replace(p, phase="Failed", ready=False) if p is target else p
+                    for p in pods]
+        elif kind == "succeed" and target and target.phase == "Running":
+            pods = [dataclasses.replace(p, phase="Succeeded", ready=False) if p is target else p
+                    for p in pods]
+        elif kind == "scale":
+            generation += 1
+            j = dataclasses.replace(j, generation=generation, spec={**j.spec, "replicas": arg})
+        before = j.status.restarts
+        for _ in range(3):  # a few reconciles per step, as events would trigger
+            p, j = step(j, pods, now)
+            pods = apply(p, pods, now)
+            assert j.status.restarts >= before
+            indices = [x.index for x in pods]
+            assert len(indices) == len(set(indices))
+            assert len(pods) <= j.spec["maxReplicas"]
+        assert j.status.restarts <= failures
+        if j.status.phase in (Phase.FAILED, Phase.SUCCEEDED):
+            assert pods == []
+        assert plan(j, pods, now).of(CreatePod) == []  # converged for this instant
