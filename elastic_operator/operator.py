@@ -44,6 +44,7 @@ from elastic_operator.workers import DEFAULT_RENDEZVOUS_ENDPOINTS
 HANDLER_MODULES: list[str] = [
     "elastic_operator.handlers",
     "elastic_operator.autoscaler.handlers",
+    "elastic_operator.reclaim.handlers",
 ]
 
 

@@ -28,9 +28,10 @@ from elastic_operator.api.kernelreclaim import (
     ReclaimAction,
     duration_seconds,
 )
-from elastic_operator.reclaim import gpu_metrics, metrics, plan
+from elastic_operator.reclaim import gpu_metrics, plan
 from elastic_operator.reclaim.jupyter import JupyterClient, JupyterError
-from elastic_operator.reclaim.kube import KubeError, ReclaimKube, api_client
+from elastic_operator.reclaim.kube import KubeError, ReclaimKube
+from elastic_operator.reclaim.metrics import ReclaimMetrics, reclaim_metrics
 from elastic_operator.reclaim.plan import Outcome, Verdict
 from elastic_operator.reclaim.rule import Action, GpuFacts
 
@@ -50,20 +51,24 @@ class CheckFailed(Exception):
 
 
 @kopf.daemon(labels.GROUP, labels.VERSION, PLURAL, cancellation_timeout=10.0)
-async def reclaim_policy(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def reclaim_policy(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     """Run the policy's checks until it is deleted or the operator stops.
 
     ``body`` is kopf's live view, so a changed spec (checkEvery included) applies from the next
-    check on.
+    check on. ``memo.api`` and ``memo.metrics`` come from the operator's startup handler.
     """
-    async with api_client() as api:
-        kube = ReclaimKube(api)
-        while not stopped:
-            interval = await check_policy(kube, body, datetime.now(UTC))
-            await stopped.wait(interval)
+    kube = ReclaimKube(memo.api)
+    metrics = reclaim_metrics(memo.metrics.registry)
+    while not stopped:
+        interval = await check_policy(kube, metrics, body, datetime.now(UTC))
+        await stopped.wait(interval)
 
 
-async def check_policy(kube: ReclaimKube, body: kopf.Body | dict[str, Any], now: datetime) -> float:
+async def check_policy(
+    kube: ReclaimKube, metrics: ReclaimMetrics, body: kopf.Body | dict[str, Any], now: datetime
+) -> float:
     """One check of a policy; returns the seconds until the next one. Never raises for a
     failed read: that becomes status, an event when the reason changes, and a metric."""
     meta = body.get("metadata") or {}
@@ -81,7 +86,7 @@ async def check_policy(kube: ReclaimKube, body: kopf.Body | dict[str, Any], now:
         first = err.errors()[0]
         field = "spec." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "spec"
         failure = CheckFailed("Invalid", f"{field}: {first['msg']}")
-        await _report_failure(kube, policy_ref, previous, failure, now, generation)
+        await _report_failure(kube, metrics, policy_ref, previous, failure, now, generation)
         return INVALID_RETRY_SECONDS
     interval = spec.seconds("checkEvery")
 
@@ -89,7 +94,7 @@ async def check_policy(kube: ReclaimKube, body: kopf.Body | dict[str, Any], now:
         token = await _read_token(kube, namespace, spec)
         pods = await _list_pods(kube, namespace, spec)
     except CheckFailed as failure:
-        await _report_failure(kube, policy_ref, previous, failure, now, generation)
+        await _report_failure(kube, metrics, policy_ref, previous, failure, now, generation)
         return interval
 
     timeout = duration_seconds(spec.jupyter.timeout)
@@ -99,7 +104,7 @@ async def check_policy(kube: ReclaimKube, body: kopf.Body | dict[str, Any], now:
             kernels = await jupyter.list_kernels()
         except JupyterError as err:
             failure = CheckFailed(f"Jupyter{err.reason}", f"{err}; nothing reclaimed")
-            await _report_failure(kube, policy_ref, previous, failure, now, generation)
+            await _report_failure(kube, metrics, policy_ref, previous, failure, now, generation)
             return interval
 
         gpu: dict[str, GpuFacts] = {}
@@ -115,7 +120,7 @@ async def check_policy(kube: ReclaimKube, body: kopf.Body | dict[str, Any], now:
             )
 
         verdicts = plan.decide_all(pods, kernels, gpu, spec, now)
-        act = _Actor(kube, jupyter, policy_ref, spec, previous, now)
+        act = _Actor(kube, metrics, jupyter, policy_ref, spec, previous, now)
         outcomes = [o for v in verdicts if (o := await act(v)) is not None]
 
     ready = Condition(
@@ -165,13 +170,15 @@ class _Actor:
     def __init__(
         self,
         kube: ReclaimKube,
+        metrics: ReclaimMetrics,
         jupyter: JupyterClient,
         policy_ref: dict[str, Any],
         spec: KernelReclaimPolicySpec,
         previous: KernelReclaimPolicyStatus,
         now: datetime,
     ) -> None:
-        self.kube, self.jupyter, self.policy_ref = kube, jupyter, policy_ref
+        self.kube, self.metrics, self.jupyter = kube, metrics, jupyter
+        self.policy_ref = policy_ref
         self.spec, self.now = spec, now
         self.policy_name = policy_ref["metadata"].get("name", "")
         # Dry-run findings are reported once per pod, not on every check.
@@ -181,11 +188,13 @@ class _Actor:
         pod, decision = verdict.pod, verdict.decision
         action = plan.record_action(decision, self.spec.dryRun)
         where = f"{pod.namespace}/{pod.name} (kernel {pod.kernel_id})"
-        if action is None:
+        repeat = action == "wouldReclaim" and self.last_action.get(pod.name) == action
+        if action is None or repeat:
             log.debug(
-                "reclaim %s/%s: keep %s: %s",
+                "reclaim %s/%s: %s %s: %s",
                 pod.namespace,
                 self.policy_name,
+                action or "keep",
                 where,
                 decision.reason,
             )
@@ -200,8 +209,6 @@ class _Actor:
         )
         try:
             if action == "wouldReclaim":
-                if self.last_action.get(pod.name) == "wouldReclaim":
-                    return None
                 await self._event(
                     self.policy_ref,
                     "WouldReclaim",
@@ -251,7 +258,7 @@ class _Actor:
         else:
             await self.kube.delete_pod(pod.namespace, pod.name)
             how = "kernel pod deleted"
-        metrics.record_reclaim(
+        self.metrics.reclaimed(
             pod.namespace, self.policy_name, self.spec.action.value, pod.gpus, idle_seconds
         )
         message = f"reclaimed kernel {pod.kernel_id} ({pod.gpus} GPU): {how}; {reason}"
@@ -287,6 +294,7 @@ def _pod_ref(pod: Any) -> dict[str, Any]:
 
 async def _report_failure(
     kube: ReclaimKube,
+    metrics: ReclaimMetrics,
     policy_ref: dict[str, Any],
     previous: KernelReclaimPolicyStatus,
     failure: CheckFailed,
@@ -299,7 +307,7 @@ async def _report_failure(
     log.warning(
         "reclaim %s/%s: check failed (%s): %s", namespace, name, failure.reason, failure.message
     )
-    metrics.CHECK_FAILURES.labels(namespace, name, failure.reason).inc()
+    metrics.check_failures.labels(namespace, name, failure.reason).inc()
     before = next((c for c in previous.conditions if c.type == plan.READY), None)
     if before is None or before.reason != failure.reason:
         try:

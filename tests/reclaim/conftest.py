@@ -1,7 +1,7 @@
-"""Real processes for the reclaim integration tests: a Jupyter server with real ipykernel
-kernels (token auth, private temp dirs), the emulated API server with our CRDs, the reclaim
-handlers in a kopf operator subprocess (its log captured to a file), and Prometheus scraping a
-DCGM-style exporter. Every process is killed by process group when its fixture ends.
+"""Real processes for the reclaim integration tests, next to the shared harness
+(``tests/harness.py``: the emulator with our CRDs and ``elastic-operator run`` as a subprocess):
+a Jupyter server with real ipykernel kernels (token auth, private temp dirs) and Prometheus
+scraping a DCGM-style exporter. Every process is killed by process group when its fixture ends.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,10 +24,8 @@ import pytest
 import websocket
 import yaml
 
-from elastic_operator.api import crd
-from elastic_operator.local.apiserver import ApiServerThread
+from tests.harness import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "jt-" + uuid.uuid4().hex  # the Jupyter token; must never show up anywhere
 START_TIMEOUT = 90.0  # generous: 7 helpers share 2 cores
 
@@ -44,12 +41,6 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -181,89 +172,6 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
     finally:
         stop_group(proc)
         log.close()
-
-
-# -- API emulator and operator ------------------------------------------------------------
-
-
-class Cluster:
-    """The emulated API server, its admin credentials, and the operator's captured log."""
-
-    def __init__(self, server: ApiServerThread, kubeconfig: Path, operator_log: Path) -> None:
-        self.server = server
-        self.kubeconfig = kubeconfig
-        self.operator_log = operator_log
-        config = yaml.safe_load(kubeconfig.read_text())
-        self.token = config["users"][0]["user"]["token"]
-
-    def call(self, method: str, path: str, body: Any = None,
-             content_type: str = "application/json") -> Any:
-        import urllib.error
-        import urllib.request
-
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.server.url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            raise AssertionError(f"{method} {path}: {err.code} {err.read()[:500]!r}") from None
-
-    def namespace(self, name: str) -> str:
-        self.call("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-        return name
-
-    def pod(self, ns: str, name: str) -> dict[str, Any]:
-        return self.call("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
-
-    def policy(self, ns: str, name: str) -> dict[str, Any]:
-        return self.call("GET", f"/apis/elastic.dev/v1alpha1/namespaces/{ns}/"
-                                f"kernelreclaimpolicies/{name}")
-
-    def events(self, ns: str) -> list[dict[str, Any]]:
-        return self.call("GET", f"/api/v1/namespaces/{ns}/events")["items"]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The emulator with our CRDs, and the reclaim handlers running in a kopf subprocess."""
-    base = tmp_path_factory.mktemp("cluster")
-    server = ApiServerThread().start()
-    proc = None
-    log = None
-    try:
-        kubeconfig = server.write_kubeconfig(base / "kubeconfig")
-        operator_log = base / "operator.log"
-        cluster = Cluster(server, kubeconfig, operator_log)
-        for manifest in crd.all_crds():
-            cluster.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                         manifest)
-        log = operator_log.open("wb")
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)}
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
-             "--verbose", "-m", "elastic_operator.reclaim.handlers"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
-        )
-        watching = b"Starting the watch-stream for kernelreclaimpolicies"
-        wait_for(lambda: not _died(proc, operator_log) and watching in operator_log
-                 .read_bytes(), START_TIMEOUT, "the operator to watch policies")
-        yield cluster
-    finally:
-        if proc is not None:
-            stop_group(proc)
-        if log is not None:
-            log.close()
-        server.stop()
-
-
-def _died(proc: subprocess.Popen[bytes], log: Path) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"operator exited: {log.read_text()[-3000:]}")
-    return False
 
 
 # -- Prometheus and a DCGM-style exporter -------------------------------------------------
