@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -26,6 +27,8 @@ from elastic_operator.local.selectors import FieldSelector, LabelSelector, Selec
 
 if TYPE_CHECKING:
     from elastic_operator.local.apiserver import ApiServer
+
+log = logging.getLogger(__name__)
 
 _NAMESPACE_SUBRESOURCES = ("status", "finalize")
 _SUBRESOURCE_VERBS: dict[str, tuple[str, ...]] = {
@@ -98,6 +101,10 @@ class _Handler:
             error = (apierrors.ApiError(422, "Invalid", str(exc)) if exc.invalid
                      else apierrors.bad_request(str(exc)))
             return _json(error.status(), error.code)
+        except Exception as exc:  # a bug here must still answer like an API server
+            log.exception("internal error serving %s %s", request.method, request.path)
+            error = apierrors.ApiError(500, "InternalError", f"internal error: {exc!r}")
+            return _json(error.status(), 500)
 
     def _user(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
@@ -236,10 +243,12 @@ class _Handler:
         if verb == "patch":
             return _json(await self._patch(request, req, sub, write))
         options = await self._body(request) or {}
+        if not isinstance(options, dict):
+            raise apierrors.bad_request("the DELETE body must be a DeleteOptions object")
         for key in ("gracePeriodSeconds", "propagationPolicy", "orphanDependents"):
             if key in query:
                 value: Any = query[key]
-                options[key] = int(value) if key == "gracePeriodSeconds" else (
+                options[key] = _int(query, key) if key == "gracePeriodSeconds" else (
                     value == "true" if key == "orphanDependents" else value)
         if verb == "delete":
             if write["dry_run"]:
@@ -263,7 +272,7 @@ class _Handler:
                 raise apierrors.bad_request(f"invalid continue token {start!r}") from None
             items = [i for i in items if [i["metadata"].get("namespace", ""),
                                           i["metadata"]["name"]] > after]
-        limit = int(query.get("limit") or 0)
+        limit = _int(query, "limit") or 0
         if limit and len(items) > limit:
             last = items[limit - 1]["metadata"]
             token = json.dumps([last.get("namespace", ""), last["name"]]).encode()
@@ -276,7 +285,7 @@ class _Handler:
     async def _watch(self, request: web.Request, req: _Request) -> web.StreamResponse:
         query = request.query
         labels, fields = self._selectors(req.info, query)
-        timeout = float(query.get("timeoutSeconds") or 0) or None
+        timeout = _int(query, "timeoutSeconds") or None
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         response = web.StreamResponse(headers={"Content-Type": "application/json",
                                                "Transfer-Encoding": "chunked"})
@@ -392,6 +401,17 @@ class _Handler:
         return _json({"kind": f"{req.info.kind}List", "apiVersion": req.info.api_version,
                       "metadata": {"resourceVersion": self.store.resource_version},
                       "items": deleted})
+
+
+def _int(query: Any, key: str) -> int | None:
+    """An integer query parameter (None when absent); 400 BadRequest when malformed."""
+    raw = query.get(key)
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise apierrors.bad_request(f"query parameter {key}={raw!r} must be an integer") from None
 
 
 async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:

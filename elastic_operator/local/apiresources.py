@@ -9,7 +9,7 @@ CustomResourceDefinition through :func:`resources_from_crd`, one per served vers
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -43,7 +43,6 @@ class ResourceInfo:
     schema: dict[str, Any] | None = None
     field_selectors: tuple[str, ...] = ()
     extra_subresources: tuple[str, ...] = ()  # e.g. pods/log, pods/binding
-    preserves_unknown: bool = field(default=False)
 
     @property
     def api_version(self) -> str:

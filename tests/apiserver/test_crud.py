@@ -213,3 +213,13 @@ async def test_subresources_only_take_their_verbs(api: Client) -> None:
     assert (await api.get(f"{PODS}/a"))[0] == 200  # the DELETE on /status deleted nothing
     status, _ = await api.get(f"{PODS}/a/scale")  # pods have no scale subresource
     assert status == 404
+
+
+async def test_malformed_parameters_are_bad_request(api: Client) -> None:
+    await api.ok("POST", PODS, pod("a"))
+    for method, path, body in (("GET", f"{PODS}?limit=ten", None),
+                               ("GET", f"{PODS}?watch=true&timeoutSeconds=soon", None),
+                               ("DELETE", f"{PODS}/a?gracePeriodSeconds=x", None),
+                               ("DELETE", f"{PODS}/a", [1])):
+        status, result = await api.call(method, path, body)
+        assert (status, result["reason"]) == (400, "BadRequest"), path

@@ -5,8 +5,15 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from elastic_operator.local.selectors import FieldSelector, LabelSelector, SelectorError
+from elastic_operator.local.selectors import (
+    FieldSelector,
+    LabelSelector,
+    Requirement,
+    SelectorError,
+)
 from tests.apiserver.conftest import PODS, Client, pod
 
 LABELS = {"app": "web", "tier": "front", "elastic.dev/job-name": "j1"}
@@ -90,3 +97,26 @@ async def test_pod_field_selectors_over_http(api: Client) -> None:
     assert len(result["items"]) == 2
     status, body = await api.get(f"/api/v1/namespaces?fieldSelector={quote('spec.nodeName=x')}")
     assert status == 400 and "field label not supported" in body["message"]
+
+
+_words = st.sampled_from(["a", "b", "c", "web", "x-1", "z.y"])
+
+
+@st.composite
+def _requirements(draw: st.DrawFn) -> Requirement:
+    op = draw(st.sampled_from(["=", "!=", "in", "notin", "exists", "!"]))
+    key = draw(_words)
+    if op in ("exists", "!"):
+        return Requirement(key, op, frozenset())
+    if op in ("=", "!="):
+        return Requirement(key, op, frozenset({draw(_words)}))
+    return Requirement(key, op, frozenset(draw(st.sets(_words, min_size=1, max_size=3))))
+
+
+@given(st.lists(_requirements(), max_size=4),
+       st.dictionaries(_words, _words, max_size=4))
+def test_printed_selector_parses_back_to_the_same_meaning(
+        requirements: list[Requirement], labels: dict[str, str]) -> None:
+    selector = LabelSelector(requirements)
+    assert LabelSelector.parse(str(selector)).matches(labels) == selector.matches(labels)
+    assert selector.matches(labels) == all(r.matches(labels) for r in requirements)
