@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 final = torch.nn.functional.mse_loss(net(x), y).item()
             emit("done", step=session.global_step, loss=final)
     if ctx.world_size > 1:
+        # Leave together: a rank tearing down its connections while rank 0 (which hosts the
+        # store) still writes the checkpoint can make gloo abort the process at exit.
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 

@@ -86,16 +86,22 @@ class World:
                                      f"{self.diagnostics()}") from None
         return codes
 
+    def expect_exit(self, codes: list[int]) -> None:
+        """Wait for every process; fail with their logs unless they exit with ``codes``."""
+        actual = self.wait()
+        assert actual == codes, f"generation {self.generation} exited with {actual}:\n" + (
+            self.diagnostics())
+
     def signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to every process of the world (what the agent does on a resize)."""
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, sig)
 
-    def stop(self) -> list[int]:
-        """SIGTERM everyone and wait (a resize or a shutdown)."""
+    def stop(self) -> None:
+        """SIGTERM everyone (a resize or a shutdown); all must save and exit 0."""
         self.signal(signal.SIGTERM)
-        return self.wait()
+        self.expect_exit([0] * self.size)
 
     def crash(self) -> None:
         """SIGKILL everyone: no process gets to save anything."""
