@@ -4,16 +4,31 @@ Clients (kopf, kubernetes_asyncio, kubectl-style tools, our own controllers) tal
 HTTP exactly as to kube-apiserver: discovery, get/list/watch/create/update/patch/delete/
 deletecollection, label and field selectors, resourceVersion and optimistic concurrency,
 status and scale subresources, CRDs with schema validation, finalizers, graceful pod
-deletion and owner-reference garbage collection. The object semantics live in
-:mod:`~elastic_operator.local.apistore`, the HTTP mapping in
-:mod:`~elastic_operator.local.apihandlers`; this module starts and stops the server, writes
-kubeconfigs, and records an audit trail of who called what.
+deletion, owner-reference garbage collection and namespace finalization. Where things live:
+:mod:`~elastic_operator.local.apistore` (objects, resourceVersion),
+:mod:`~elastic_operator.local.apistrategy` (per-resource rules),
+:mod:`~elastic_operator.local.apiwatch` (watch history), :mod:`~elastic_operator.local.garbage`
+(GC and finalization controllers), :mod:`~elastic_operator.local.apischema` and
+:mod:`~elastic_operator.local.celsubset` (CRD validation),
+:mod:`~elastic_operator.local.apihandlers` (the HTTP mapping). This module starts and stops
+the server, writes kubeconfigs and keeps an audit trail of who called what.
 
-Differences from a real cluster that a client can notice (by design, documented):
-no authentication or authorization beyond mapping kubeconfig tokens to user names; no
-admission webhooks, no server-side apply, no protobuf, no Table output; ``core/v1`` and
-``events.k8s.io/v1`` events are stored separately; the garbage collector runs right after
-each change instead of a few milliseconds later.
+Differences from a real cluster a client can notice (by design):
+- bearer tokens only name the caller for the audit trail (an unknown token is 401); there is
+  no authorization, no admission webhooks, no quotas;
+- no server-side apply (415), no protobuf, no Table output, no aggregated discovery, no
+  OpenAPI documents; ``resourceVersionMatch`` and ``sendInitialEvents`` are ignored;
+- the versions of a CRD share one storage and only ``apiVersion`` changes between them (the
+  ``conversion: None`` strategy); ``core/v1`` and ``events.k8s.io/v1`` events are stored
+  apart;
+- CEL rules outside :mod:`~elastic_operator.local.celsubset` are skipped with a warning;
+  pods are not validated beyond spec immutability (no ``image`` needed: the local runtime
+  ignores images);
+- paging with ``limit``/``continue`` reads current data, not a snapshot;
+- Orphan propagation strips ownerReferences at once instead of through the ``orphan``
+  finalizer; the garbage collector runs right after each change, not milliseconds later;
+- a watch older than the kept history (``history_size`` events) gets an ERROR event with
+  410 reason ``Expired``, as a compacted etcd would give.
 """
 
 from __future__ import annotations
