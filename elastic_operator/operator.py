@@ -35,6 +35,7 @@ from pathlib import Path
 
 import kopf
 
+from elastic_operator import k8s
 from elastic_operator.planner import PlannerSettings
 from elastic_operator.reconciler import ReconcilerSettings
 from elastic_operator.workers import DEFAULT_RENDEZVOUS_ENDPOINTS
@@ -131,8 +132,6 @@ def register_handlers() -> None:
 
 @kopf.on.login()
 def _login(**_: object) -> kopf.ConnectionInfo:
-    from elastic_operator import k8s
-
     kubeconfig = os.environ.get("KUBECONFIG")
     return k8s.login(Path(kubeconfig) if kubeconfig else None)
 
@@ -153,6 +152,11 @@ def execute(args: argparse.Namespace) -> int:
             logging.error("--kubeconfig %s: no such file", config.kubeconfig)
             return 2
         os.environ["KUBECONFIG"] = str(config.kubeconfig)
+    try:  # fail fast and clearly; kopf would retry a failing login for ever
+        k8s.login(config.kubeconfig)
+    except kopf.LoginError as exc:
+        logging.error("%s", exc)
+        return 2
     register_handlers()
     memo = kopf.Memo(config=config)
     asyncio.run(
