@@ -25,7 +25,8 @@ def _one(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def test_exactly_once_lr_and_rollback_across_3_2_4(tmp_path: Path) -> None:
-    """fixedPerWorker, linear LR (base 2), warm-up 3: 3 -(SIGTERM)-> 2 -(SIGKILL)-> 4."""
+    """fixedPerWorker, linear LR (base 2), warm-up 3: 3 -(SIGTERM)-> 2 -(SIGKILL of one rank,
+    the other fails)-> 4, with a rollback to the last periodic checkpoint."""
     size, lr, gamma, warmup = 480, 0.05, 0.995, 3
     log = tmp_path / "indices.jsonl"
     args = ["--epochs", "2", "--dataset-size", str(size), "--batch-size", "4", "--lr", str(lr),
@@ -43,7 +44,8 @@ def test_exactly_once_lr_and_rollback_across_3_2_4(tmp_path: Path) -> None:
 
         w1 = c.start(2)
         w1.wait_for_step(s0 + 6)
-        w1.crash()
+        codes = w1.kill_rank(1)
+        assert codes[1] == -9 and codes[0] != 0, f"survivors must fail, got {codes}"
         start1 = _one(w1.events(), "start")
         assert (start1["resumed_step"], start1["epoch"], start1["consumed"]) == (
             s0, 0, _steps(w0.events())[s0]["consumed"])

@@ -103,11 +103,11 @@ class World:
         self.signal(signal.SIGTERM)
         self.expect_exit([0] * self.size)
 
-    def crash(self) -> None:
-        """SIGKILL everyone: no process gets to save anything."""
-        self.signal(signal.SIGKILL)
-        for proc in self.procs:
-            proc.wait(timeout=DEADLINE)
+    def kill_rank(self, rank: int) -> list[int]:
+        """SIGKILL one process (no save); the survivors' next collective fails and they exit
+        on their own. Returns everyone's exit codes."""
+        os.killpg(self.procs[rank].pid, signal.SIGKILL)
+        return self.wait()
 
     def kill_all(self) -> None:
         for proc in self.procs:
