@@ -33,7 +33,7 @@ from elastic_operator.reclaim.jupyter import JupyterClient, JupyterError
 from elastic_operator.reclaim.kube import KubeError, ReclaimKube
 from elastic_operator.reclaim.metrics import ReclaimMetrics, reclaim_metrics
 from elastic_operator.reclaim.plan import Outcome, Verdict
-from elastic_operator.reclaim.rule import Action, GpuFacts
+from elastic_operator.reclaim.rule import Action, GpuFacts, PodFacts
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +61,36 @@ async def reclaim_policy(
     """
     kube = ReclaimKube(memo.api)
     metrics = reclaim_metrics(memo.metrics.registry)
+    # This daemon is the status's only writer, so what it wrote last is the truth; the live
+    # body may not have caught up with it yet (the watch lags), and counters must not go back.
+    status = previous_status(body)
     while not stopped:
-        interval = await check_policy(kube, metrics, body, datetime.now(UTC))
+        interval, status = await check_policy(kube, metrics, body, status, datetime.now(UTC))
         await stopped.wait(interval)
 
 
+def previous_status(body: kopf.Body | dict[str, Any]) -> KernelReclaimPolicyStatus:
+    """The status stored on the policy (an unreadable one is rebuilt, not fatal)."""
+    try:
+        return KernelReclaimPolicyStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        return KernelReclaimPolicyStatus()
+
+
 async def check_policy(
-    kube: ReclaimKube, metrics: ReclaimMetrics, body: kopf.Body | dict[str, Any], now: datetime
-) -> float:
-    """One check of a policy; returns the seconds until the next one. Never raises for a
-    failed read: that becomes status, an event when the reason changes, and a metric."""
+    kube: ReclaimKube,
+    metrics: ReclaimMetrics,
+    body: kopf.Body | dict[str, Any],
+    previous: KernelReclaimPolicyStatus,
+    now: datetime,
+) -> tuple[float, KernelReclaimPolicyStatus]:
+    """One check of a policy; returns the seconds until the next one and the status written.
+
+    Never raises for a failed read: that becomes status, an event when the reason changes,
+    and a metric.
+    """
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace", "default"), meta.get("name", "")
-    try:
-        previous = KernelReclaimPolicyStatus.model_validate(body.get("status") or {})
-    except ValidationError:
-        previous = KernelReclaimPolicyStatus()  # an unreadable status is rebuilt, not fatal
     policy_ref = {"apiVersion": labels.API_VERSION, "kind": KIND, "metadata": dict(meta)}
     generation = int(meta.get("generation") or 0)
 
@@ -86,16 +100,20 @@ async def check_policy(
         first = err.errors()[0]
         field = "spec." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "spec"
         failure = CheckFailed("Invalid", f"{field}: {first['msg']}")
-        await _report_failure(kube, metrics, policy_ref, previous, failure, now, generation)
-        return INVALID_RETRY_SECONDS
+        status = await _report_failure(
+            kube, metrics, policy_ref, previous, failure, now, generation
+        )
+        return INVALID_RETRY_SECONDS, status
     interval = spec.seconds("checkEvery")
 
     try:
         token = await _read_token(kube, namespace, spec)
         pods = await _list_pods(kube, namespace, spec)
     except CheckFailed as failure:
-        await _report_failure(kube, metrics, policy_ref, previous, failure, now, generation)
-        return interval
+        status = await _report_failure(
+            kube, metrics, policy_ref, previous, failure, now, generation
+        )
+        return interval, status
 
     timeout = duration_seconds(spec.jupyter.timeout)
     async with JupyterClient(spec.jupyter.url, token, timeout) as jupyter:
@@ -104,8 +122,10 @@ async def check_policy(
             kernels = await jupyter.list_kernels()
         except JupyterError as err:
             failure = CheckFailed(f"Jupyter{err.reason}", f"{err}; nothing reclaimed")
-            await _report_failure(kube, metrics, policy_ref, previous, failure, now, generation)
-            return interval
+            status = await _report_failure(
+                kube, metrics, policy_ref, previous, failure, now, generation
+            )
+            return interval, status
 
         gpu: dict[str, GpuFacts] = {}
         gpu_condition = None
@@ -140,7 +160,7 @@ async def check_policy(
         generation=generation,
     )
     await _write_status(kube, namespace, name, status)
-    return interval
+    return interval, status
 
 
 async def _read_token(
@@ -250,10 +270,10 @@ class _Actor:
             return Outcome(pod, "failed", f"{action} failed: {err}")
         return Outcome(pod, action, decision.reason)
 
-    async def _reclaim(self, pod: Any, reason: str, idle_seconds: float) -> None:
+    async def _reclaim(self, pod: PodFacts, reason: str, idle_seconds: float) -> None:
         if self.spec.action == ReclaimAction.SHUTDOWN:
-            assert pod.kernel_id is not None  # the rule never reclaims a pod without one
-            await self.jupyter.shutdown(pod.kernel_id)
+            # The rule never reclaims a pod without a kernel id; "" would only 404.
+            await self.jupyter.shutdown(pod.kernel_id or "")
             how = "kernel shut down through the Jupyter API"
         else:
             await self.kube.delete_pod(pod.namespace, pod.name)
@@ -284,7 +304,7 @@ class _Actor:
             log.warning("reclaim: %s", err)
 
 
-def _pod_ref(pod: Any) -> dict[str, Any]:
+def _pod_ref(pod: PodFacts) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -300,8 +320,9 @@ async def _report_failure(
     failure: CheckFailed,
     now: datetime,
     generation: int,
-) -> None:
-    """Status (Ready False with the reason), an event when the reason changed, and a metric."""
+) -> KernelReclaimPolicyStatus:
+    """Status (Ready False with the reason), an event when the reason changed, and a metric;
+    returns the status written."""
     meta = policy_ref["metadata"]
     namespace, name = meta.get("namespace", "default"), meta.get("name", "")
     log.warning(
@@ -333,6 +354,7 @@ async def _report_failure(
         generation=generation,
     )
     await _write_status(kube, namespace, name, status)
+    return status
 
 
 async def _write_status(
