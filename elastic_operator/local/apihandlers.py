@@ -117,7 +117,7 @@ class _Handler:
         return user
 
     def _discovery(self, path: str, request: web.Request) -> web.Response | None:
-        resources = self.store.resources()
+        resources = self.store.registry.resources()
         if path == "/version":
             return _json(apidiscovery.version_info())
         if path in ("/healthz", "/readyz", "/livez"):
@@ -158,7 +158,7 @@ class _Handler:
         if len(rest) > 3:
             raise apierrors.ApiError(404, "NotFound", f"the server could not find the "
                                                       f"requested resource ({path})")
-        info = self.store.resource(group, version, rest[0])
+        info = self.store.registry.resource(group, version, rest[0])
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
         if info.namespaced and name is not None and namespace is None:

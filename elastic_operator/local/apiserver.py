@@ -122,7 +122,7 @@ class ApiServer:
 
     def _info(self, api_version: str, plural: str) -> ResourceInfo:
         group, _, version = api_version.rpartition("/")
-        return self.store.resource(group, version, plural)
+        return self.store.registry.resource(group, version, plural)
 
     async def start(self) -> None:
         """Listen; returns once the port is bound (``url`` is then final)."""

@@ -31,12 +31,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from elastic_operator.local import apierrors
+from elastic_operator.local.apiregistry import ResourceRegistry
 from elastic_operator.local.apiresources import (
     BUILTIN_RESOURCES,
     CRD_KEY,
     NAMESPACE_KEY,
     ResourceInfo,
-    resources_from_crd,
 )
 from elastic_operator.local.apistrategy import (
     FOREGROUND,
@@ -52,6 +52,7 @@ from elastic_operator.local.apistrategy import (
     spec_changed,
 )
 from elastic_operator.local.apiwatch import Watcher, WatchHub
+from elastic_operator.local.ownership import OwnershipIndex
 from elastic_operator.local.selectors import FieldSelector, LabelSelector
 
 Obj = dict[str, Any]
@@ -69,59 +70,31 @@ _MODIFIED = ("the object has been modified; please apply your changes to the lat
 
 
 class ObjectStore:
-    """Objects by (group, plural) and (namespace, name), with the resource registry."""
+    """Objects by (group, plural) and (namespace, name); ``registry`` says what is served."""
 
     def __init__(self, *, history_size: int = 2000, pods_graceful: bool = True) -> None:
         self.pods_graceful = pods_graceful
         self.lock = threading.RLock()
-        self._resources: dict[tuple[str, str, str], ResourceInfo] = {}
+        self.registry = ResourceRegistry(BUILTIN_RESOURCES)
         self._objects: dict[StorageKey, dict[ObjKey, Obj]] = {}
-        self._uids: dict[str, tuple[StorageKey, ObjKey]] = {}
-        self._dependents: dict[str, set[tuple[StorageKey, ObjKey]]] = {}
+        self._owners = OwnershipIndex()
         self._rv = 0
         self._next_service_ip = 1
         self._hub = WatchHub(history_size, self._view)
         self.on_change: Callable[[], None] = lambda: None
         self.gc_candidates: set[tuple[StorageKey, ObjKey]] = set()
-        for info in BUILTIN_RESOURCES:
-            self.register(info)
+        namespaces = self.registry.resource("", "v1", "namespaces")
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
-            self.create(self.resource("", "v1", "namespaces"), None,
+            self.create(namespaces, None,
                         {"metadata": {"name": ns}})
 
-    # ----- registry -------------------------------------------------------------------
-    def register(self, info: ResourceInfo) -> None:
-        """Serve ``info`` (replacing an earlier description of the same group/version/plural)."""
-        with self.lock:
-            self._resources[(info.group, info.version, info.plural)] = info
-            self._objects.setdefault(info.storage_key, {})
-
     def unregister(self, group: str, plural: str) -> None:
-        """Stop serving every version of ``plural.group`` and drop its objects."""
+        """Stop serving every version of ``plural.group``, drop its objects, end its watches."""
         with self.lock:
-            for key in [k for k in self._resources if (k[0], k[2]) == (group, plural)]:
-                del self._resources[key]
+            self.registry.drop(group, plural)
             for okey, obj in self._objects.pop((group, plural), {}).items():
-                self._forget((group, plural), okey, obj)
+                self._owners.remove(((group, plural), okey), obj)
             self._hub.close_resource((group, plural))
-
-    def resources(self) -> list[ResourceInfo]:
-        """Every served resource."""
-        with self.lock:
-            return list(self._resources.values())
-
-    def resource(self, group: str, version: str, plural: str) -> ResourceInfo:
-        """The served resource, or 404 NotFound."""
-        info = self._resources.get((group, version, plural))
-        if info is None:
-            raise apierrors.ApiError(
-                404, "NotFound", f"the server could not find the requested resource "
-                                 f"({plural}.{group or 'core'}/{version})")
-        return info
-
-    def info_for(self, key: StorageKey) -> ResourceInfo | None:
-        """Some served version of a stored resource (None once unregistered)."""
-        return next((i for i in self._resources.values() if i.storage_key == key), None)
 
     # ----- reads ----------------------------------------------------------------------
     @property
@@ -169,7 +142,7 @@ class ObjectStore:
 
     def find_uid(self, uid: str) -> tuple[StorageKey, ObjKey] | None:
         """Where the object with this uid lives, if it exists."""
-        return self._uids.get(uid)
+        return self._owners.find(uid)
 
     def raw(self, key: StorageKey, okey: ObjKey) -> Obj | None:
         """The stored object itself (for the garbage collector; do not mutate)."""
@@ -181,7 +154,7 @@ class ObjectStore:
 
     def dependents_of(self, uid: str) -> list[tuple[StorageKey, ObjKey]]:
         """Objects whose ownerReferences name ``uid``."""
-        return sorted(self._dependents.get(uid, ()))
+        return self._owners.dependents(uid)
 
     # ----- writes ---------------------------------------------------------------------
     def _next_rv(self) -> int:
@@ -191,22 +164,6 @@ class ObjectStore:
     def _emit(self, key: StorageKey, kind: str, obj: Obj, old: Obj | None) -> None:
         self._hub.publish(key, kind, obj, old)
         self.on_change()
-
-    def _index(self, key: StorageKey, okey: ObjKey, obj: Obj) -> None:
-        meta = obj["metadata"]
-        self._uids[meta["uid"]] = (key, okey)
-        for ref in meta.get("ownerReferences") or ():
-            self._dependents.setdefault(ref.get("uid", ""), set()).add((key, okey))
-
-    def _forget(self, key: StorageKey, okey: ObjKey, obj: Obj) -> None:
-        meta = obj["metadata"]
-        self._uids.pop(meta["uid"], None)
-        for ref in meta.get("ownerReferences") or ():
-            deps = self._dependents.get(ref.get("uid", ""))
-            if deps is not None:
-                deps.discard((key, okey))
-                if not deps:
-                    del self._dependents[ref.get("uid", "")]
 
     def create(self, info: ResourceInfo, namespace: str | None, body: Obj, *,
                dry_run: bool = False, field_validation: str | None = None) -> Obj:
@@ -226,7 +183,7 @@ class ObjectStore:
                         "message": "Required value: name or generateName is required"}])
                 suffix = "".join(random.choices(_GENERATE_CHARS, k=5))
                 meta["name"] = meta["generateName"] + suffix
-            if (ns, meta["name"]) in self._objects[info.storage_key]:
+            if (ns, meta["name"]) in self._objects.setdefault(info.storage_key, {}):
                 raise apierrors.already_exists(info.group, info.plural, meta["name"])
             for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
                 meta.pop(key, None)
@@ -241,31 +198,21 @@ class ObjectStore:
             meta["resourceVersion"] = str(self._next_rv())
             okey = (ns, meta["name"])
             self._objects[info.storage_key][okey] = obj
-            self._index(info.storage_key, okey, obj)
+            self._owners.add((info.storage_key, okey), obj)
             if meta.get("ownerReferences"):
                 self.gc_candidates.add((info.storage_key, okey))
             if info.storage_key == CRD_KEY:
-                self._serve_crd(obj)
+                self.registry.serve_crd(obj)
             self._emit(info.storage_key, "ADDED", obj, None)
             return self._out(info, obj)
 
     def _check_namespace_open(self, ns: str) -> None:
-        namespace = self._objects[NAMESPACE_KEY].get(("", ns))
+        namespace = self._objects.get(NAMESPACE_KEY, {}).get(("", ns))
         if namespace is None:
             raise apierrors.not_found("", "namespaces", ns)
         if namespace["metadata"].get("deletionTimestamp"):
             raise apierrors.forbidden(f"unable to create new content in namespace {ns} "
                                       "because it is being terminated")
-
-    def _serve_crd(self, crd: Obj) -> None:
-        """(Re)register the resources of a CRD: every served version, nothing else."""
-        served = resources_from_crd(crd)
-        spec = crd["spec"]
-        for key in [k for k in self._resources
-                    if (k[0], k[2]) == (spec["group"], spec["names"]["plural"])]:
-            del self._resources[key]
-        for info in served:
-            self.register(info)
 
     def update(self, info: ResourceInfo, namespace: str | None, name: str, body: Obj,
                subresource: str | None = None, *, dry_run: bool = False,
@@ -359,38 +306,38 @@ class ObjectStore:
             del meta["finalizers"]
         meta["resourceVersion"] = str(self._next_rv())
         self._objects[info.storage_key][okey] = new
-        self._forget(info.storage_key, okey, old)
-        self._index(info.storage_key, okey, new)
+        self._owners.remove((info.storage_key, okey), old)
+        self._owners.add((info.storage_key, okey), new)
         if meta.get("ownerReferences") != old["metadata"].get("ownerReferences"):
             self.gc_candidates.add((info.storage_key, okey))
         if finalized(info, new):
             self._remove(info.storage_key, okey, new, bump=False)
         else:
             if info.storage_key == CRD_KEY:
-                self._serve_crd(new)
+                self.registry.serve_crd(new)
             self._emit(info.storage_key, "MODIFIED", new, old)
         return self._out(info, new)
 
     def replace_raw(self, key: StorageKey, okey: ObjKey, new: Obj) -> None:
         """Write a changed object the server itself computed (GC, namespace finalization)."""
         with self.lock:
-            info = self.info_for(key)
+            info = self.registry.info_for(key)
             old = self.raw(key, okey)
             if info is None or old is None:
                 return
             self._commit(info, okey, old, clone(new), validate=False)
 
     def _remove(self, key: StorageKey, okey: ObjKey, obj: Obj, *, bump: bool = True) -> None:
-        self._objects[key].pop(okey, None)
-        self._forget(key, okey, obj)
+        self._objects.get(key, {}).pop(okey, None)
+        self._owners.remove((key, okey), obj)
         if bump:
             obj = clone(obj)
             obj["metadata"]["resourceVersion"] = str(self._next_rv())
         for ref in obj["metadata"].get("ownerReferences") or ():
-            owner = self._uids.get(ref.get("uid", ""))
+            owner = self._owners.find(ref.get("uid", ""))
             if owner is not None:
                 self.gc_candidates.add(owner)
-        for dep in self._dependents.get(obj["metadata"]["uid"], ()):
+        for dep in self._owners.dependents(obj["metadata"]["uid"]):
             self.gc_candidates.add(dep)
         if key == CRD_KEY:
             self._emit(key, "DELETED", obj, None)

@@ -75,7 +75,7 @@ class GarbageCollector:
                     return
 
     def _delete(self, key: StorageKey, okey: ObjKey) -> None:
-        info = self.store.info_for(key)
+        info = self.store.registry.info_for(key)
         if info is not None and self.store.raw(key, okey) is not None:
             self.store.delete(info, okey[0] or None, okey[1],
                               {"propagationPolicy": "Background"})
@@ -126,7 +126,7 @@ class GarbageCollector:
 
     def _delete_namespace_content(self, namespace: str) -> int:
         remaining = 0
-        keys = {i.storage_key for i in self.store.resources() if i.namespaced}
+        keys = {i.storage_key for i in self.store.registry.resources() if i.namespaced}
         for key in sorted(keys):
             for item_key, item in self.store.iter_objects(key):
                 if item_key[0] != namespace:
