@@ -1,7 +1,8 @@
 """Checkpoint save/load cost: ours (atomic, fsynced, checksummed) vs plain torch.save/torch.load.
 
 A ~100M-parameter model's state dict (CPU, float32, ~400 MB) is saved and loaded ``--repeat``
-times; each repetition measures every variant on the same file system, with the same state,
+times; each repetition measures every variant (saves in rotating order) on the same file system
+with the same state,
 after ``os.sync()`` so that no variant pays for another's dirty pages; medians are reported.
 
 Variants:
