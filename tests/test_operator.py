@@ -286,15 +286,21 @@ def test_operator_killed_mid_scale_converges_without_duplicates(
     api.patch(jobs_path(namespace, "rs", "scale"), {"spec": {"replicas": 12}})
     api.wait_for(lambda: len(worker_pods(api, namespace, "rs")) >= 2, 20, "scaling started")
     operator_process.kill()
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in worker_pods(api, namespace,
+                                                                              "rs")}
     operator_process.start()
     pods = wait_workers(api, namespace, "rs", 12)
     assert names(pods) == [f"rs-worker-{i}" for i in range(12)]
+    # The restarted operator kept what existed (no delete-and-recreate churn).
+    assert all(before[p["metadata"]["name"]] == p["metadata"]["uid"] for p in pods
+               if p["metadata"]["name"] in before)
     api.patch(jobs_path(namespace, "rs", "scale"), {"spec": {"replicas": 3}})
     api.wait_for(lambda: len(worker_pods(api, namespace, "rs")) <= 10, 20, "shrink started")
     operator_process.kill()
+    kept = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods[:3]}
     operator_process.start()
     pods = wait_workers(api, namespace, "rs", 3)
-    assert names(pods) == ["rs-worker-0", "rs-worker-1", "rs-worker-2"]
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods} == kept
     status = wait_status(api, namespace, "rs", lambda s: s.get("replicas") == 3, "replicas=3")
     assert status["restarts"] == 0
 
