@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from elastic_operator.local import apierrors
 from elastic_operator.local.apiresources import ResourceInfo
 
 KUBERNETES_VERSION = ("1", "31")
@@ -84,3 +85,28 @@ def resource_list(resources: list[ResourceInfo], group_name: str,
     return {"kind": "APIResourceList", "apiVersion": "v1",
             "groupVersion": f"{group_name}/{version}" if group_name else version,
             "resources": entries}
+
+
+def document(path: str, resources: list[ResourceInfo], host: str) -> dict[str, Any] | None:
+    """The discovery document at ``path`` (no trailing slash); None when ``path`` is not a
+    discovery path; 404 NotFound for an unknown group or version."""
+    if path == "/version":
+        return version_info()
+    if path == "/api":
+        return core_versions(host)
+    if path == "/apis":
+        return group_list(resources)
+    parts = path.strip("/").split("/")
+    doc: dict[str, Any] | None
+    if parts[0] == "api" and len(parts) == 2:
+        doc = resource_list(resources, "", parts[1])
+    elif parts[0] == "apis" and len(parts) == 2:
+        doc = group(resources, parts[1])
+    elif parts[0] == "apis" and len(parts) == 3:
+        doc = resource_list(resources, parts[1], parts[2])
+    else:
+        return None
+    if doc is None:
+        raise apierrors.ApiError(404, "NotFound",
+                                 f"the server could not find the requested resource ({path})")
+    return doc

@@ -117,30 +117,11 @@ class _Handler:
         return user
 
     def _discovery(self, path: str, request: web.Request) -> web.Response | None:
-        resources = self.store.registry.resources()
-        if path == "/version":
-            return _json(apidiscovery.version_info())
         if path in ("/healthz", "/readyz", "/livez"):
             return web.Response(text="ok")
-        if path == "/api":
-            host = request.host or f"{self.server.host}:{self.server.port}"
-            return _json(apidiscovery.core_versions(host))
-        if path == "/apis":
-            return _json(apidiscovery.group_list(resources))
-        parts = path.strip("/").split("/")
-        doc: dict[str, Any] | None
-        if parts[0] == "api" and len(parts) == 2:
-            doc = apidiscovery.resource_list(resources, "", parts[1])
-        elif parts[0] == "apis" and len(parts) == 2:
-            doc = apidiscovery.group(resources, parts[1])
-        elif parts[0] == "apis" and len(parts) == 3:
-            doc = apidiscovery.resource_list(resources, parts[1], parts[2])
-        else:
-            return None
-        if doc is None:
-            raise apierrors.ApiError(404, "NotFound", "the server could not find the "
-                                                      f"requested resource ({path})")
-        return _json(doc)
+        host = request.host or f"{self.server.host}:{self.server.port}"
+        doc = apidiscovery.document(path, self.store.registry.resources(), host)
+        return None if doc is None else _json(doc)
 
     def _parse(self, path: str) -> _Request:
         parts = path.strip("/").split("/")
