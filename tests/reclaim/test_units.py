@@ -4,6 +4,7 @@ check plan and the status it produces, and the client's redaction."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -212,3 +213,16 @@ def test_dry_run_records_would_reclaim_only() -> None:
     (verdict,) = plan.decide_all([kernel_pod("a", "ka")], kernels, {}, spec, NOW)
     assert verdict.decision.action == "warn"
     assert plan.record_action(verdict.decision, dry_run=True) == "wouldReclaim"
+
+
+def test_example_policy_is_valid() -> None:
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "kernel-reclaim-policy.yaml"
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    (policy_doc,) = [d for d in docs if d["kind"] == "KernelReclaimPolicy"]
+    spec = KernelReclaimPolicySpec.model_validate(policy_doc["spec"])
+    assert spec.dryRun and spec.gpuIdle is not None
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert spec.jupyter.tokenSecretRef is not None
+    assert spec.jupyter.tokenSecretRef.name == secret["metadata"]["name"]
