@@ -235,3 +235,23 @@ async def test_dry_run_validates_without_storing(crd_api: Client) -> None:
     await crd_api.ok("PATCH", f"{WIDGETS}/w?dryRun=All", {"spec": {"maxReplicas": 9}}, MERGE)
     await crd_api.ok("DELETE", f"{WIDGETS}/w?dryRun=All")
     assert (await crd_api.ok("GET", f"{WIDGETS}/w"))["spec"]["maxReplicas"] == 3
+
+
+async def test_every_served_version_shares_the_objects(api: Client) -> None:
+    crd = copy.deepcopy(WIDGET_CRD)
+    beta = copy.deepcopy(crd["spec"]["versions"][0])
+    beta.update(name="v1beta1", storage=False)
+    hidden = copy.deepcopy(beta)
+    hidden.update(name="v1alpha1", served=False)
+    crd["spec"]["versions"] += [beta, hidden]
+    await api.ok("POST", CRDS, crd)
+    await api.ok("POST", WIDGETS, widget("w"))
+    seen = await api.ok("GET", "/apis/example.test/v1beta1/namespaces/default/widgets/w")
+    assert seen["apiVersion"] == "example.test/v1beta1" and seen["spec"]["maxReplicas"] == 3
+    group = await api.ok("GET", "/apis/example.test")
+    assert [v["version"] for v in group["versions"]] == ["v1", "v1beta1"]
+    assert group["preferredVersion"]["version"] == "v1"
+    status, _ = await api.get("/apis/example.test/v1alpha1/namespaces/default/widgets")
+    assert status == 404
+    created = await api.ok("GET", f"{CRDS}/widgets.example.test")
+    assert created["status"]["storedVersions"] == ["v1"]
