@@ -105,7 +105,8 @@ class ElasticSession:
         """Load the newest valid checkpoint, if any; returns the step it was taken after.
 
         Rank 0 picks the checkpoint and broadcasts its step, so all ranks load the same file
-        even if the directory changed meanwhile. A collective when distributed.
+        even if the directory changed meanwhile; the directory must therefore be shared by all
+        nodes (same path). A collective when distributed.
         """
         step = 0
         state: dict[str, Any] | None = None
