@@ -20,7 +20,6 @@ Deliberate differences from a real container runtime, documented for users:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import os
 import signal
@@ -188,12 +187,23 @@ def _read_tail(path: Path, limit: int = MAX_MESSAGE_BYTES) -> str:
         return ""
 
 
+def _prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+# Resolved once in the parent: the child between fork and exec must not dlopen (another
+# thread may have held the loader's lock at fork time).
+_PRCTL = _prctl()
+
+
 def die_with_parent() -> None:
     """In the child before exec: SIGKILL when the cluster process dies (Linux), so a crashed
     or SIGKILLed cluster leaves no orphan pod behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ContainerProcess:

@@ -63,10 +63,17 @@ async def start_mini_cluster(tmp_path: Path, nodes: int, gpus: int) -> tuple[
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 60)
 
     async def stop() -> None:
-        await cancel_all(tasks)
-        await kubelet.shutdown()
-        await client.close()
-        await server.stop()
+        # Each step bounded: a hang here must fail loudly with the stuck tasks, not eat the
+        # whole pytest timeout.
+        for name, step in (("controllers", lambda: cancel_all(tasks)),
+                           ("kubelet", kubelet.shutdown), ("client", client.close),
+                           ("apiserver", server.stop)):
+            try:
+                await asyncio.wait_for(step(), 30)
+            except TimeoutError:
+                stuck = "\n".join(f"{t.get_name()}: {t.get_stack(limit=3)}"
+                                  for t in asyncio.all_tasks())
+                pytest.fail(f"stopping the {name} took over 30s; tasks:\n{stuck}")
 
     return MiniCluster(server, client, kubelet, pool), tasks, stop
 
