@@ -8,12 +8,12 @@ termination message, falling back to the raw text.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from elastic_operator import labels
-from elastic_operator.api.common import now_rfc3339
 from elastic_operator.api.elasticjob import ElasticJobStatus, WorkerFailure
 from launcher.contract import FailureReport
 
@@ -112,7 +112,7 @@ def worker_failure(pod: PodView, now: datetime) -> WorkerFailure:
             message=report.message[-1024:],
             rank=report.rank if report.rank >= 0 else None,
             exitCode=report.exit_code,
-            time=now_rfc3339(now),
+            time=precise_time(now),
         )
     return WorkerFailure(
         pod=pod.name,
@@ -120,7 +120,26 @@ def worker_failure(pod: PodView, now: datetime) -> WorkerFailure:
         reason=pod.termination_reason or "Failed",
         message=pod.termination_message[-1024:] or "the pod failed without a termination message",
         exitCode=pod.exit_code,
-        time=now_rfc3339(now),
+        time=precise_time(now),
+    )
+
+
+def reported_failure(job: str, report: FailureReport) -> WorkerFailure:
+    """A failure an agent reported through etcd, attributed to its pod.
+
+    The agent's node id starts with its pod's hostname, which the operator sets to
+    ``<job>-worker-<index>``; an id that does not is shown as it is.
+    """
+    match = re.match(rf"^{re.escape(job)}-worker-(\d+)(?:-|$)", report.node_id)
+    index = int(match.group(1)) if match else 0
+    return WorkerFailure(
+        pod=f"{job}-worker-{index}" if match else report.node_id,
+        replicaIndex=index,
+        reason=report.reason,
+        message=report.message[-1024:],
+        rank=report.rank if report.rank >= 0 else None,
+        exitCode=report.exit_code,
+        time=precise_time(datetime.fromtimestamp(report.timestamp, UTC)),
     )
 
 

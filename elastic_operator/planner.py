@@ -33,6 +33,7 @@ Guarantees the tests check:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,8 +63,10 @@ from elastic_operator.observed import (
     observe_pod,
     parse_time,
     precise_time,
+    reported_failure,
     worker_failure,
 )
+from launcher.contract import FailureReport
 
 __all__ = [
     "Action", "CreatePod", "CreateService", "DeletePod", "Event", "JobView",
@@ -125,12 +128,16 @@ def plan(
     settings: PlannerSettings | None = None,
     service_present: bool = True,
     observed_round: tuple[int, int] | None = None,
+    reported_failures: Sequence[FailureReport] = (),
 ) -> Plan:
     """Decide what to do for ``job`` given its worker ``pods`` at ``now`` (see module doc).
 
     ``service_present`` says whether the job's headless Service is known to exist;
     ``observed_round`` is the last formed rendezvous round ``(generation, worldSize)`` when
-    the handler could read it from etcd (else the world size is estimated from ready pods).
+    the handler could read it from etcd (else the world size is estimated from ready pods);
+    ``reported_failures`` are the agents' FailureReports from etcd: one newer than
+    status.lastFailure becomes lastFailure and a Warning event (failures an agent handled
+    inside its pod; not counted in status.restarts, which counts replaced pods).
     """
     settings = settings or PlannerSettings()
     out = Plan(status=job.status.model_copy(deep=True))
@@ -168,6 +175,7 @@ def plan(
             )
         )
 
+    _note_reports(out, job.name, reported_failures)
     if _record_failures(out, spec, live, now):
         return out
     if _succeed_if_done(out, live, now):
@@ -179,6 +187,30 @@ def plan(
     _reconcile_pods(out, pods, live, desired, now, settings, service_present)
     _update_phase(out, spec, desired, pods, now, observed_round)
     return out
+
+
+def _note_reports(out: Plan, job: str, reports: Sequence[FailureReport]) -> None:
+    """Show agents' reports newer than status.lastFailure (each once: lastFailure dates them)."""
+    status = out.status
+    last = parse_time(status.lastFailure.time) if status.lastFailure else None
+    for report in sorted(reports, key=lambda r: r.timestamp):
+        if report.timestamp <= 0 or not report.reason:
+            continue
+        failure = reported_failure(job, report)
+        when = parse_time(failure.time)
+        if when is None or (last is not None and when <= last):
+            continue
+        status.lastFailure, last = failure, when
+        where = f" (rank {failure.rank})" if failure.rank is not None else ""
+        out.actions.append(
+            Event(
+                "Warning",
+                "WorkerReportedFailure",
+                f"worker {failure.pod}{where} reported {failure.reason}: {failure.message}"[
+                    :1024
+                ],
+            )
+        )
 
 
 def _record_failures(out: Plan, spec: ElasticJobSpec, live: list[PodView], now: datetime) -> bool:

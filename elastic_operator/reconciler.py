@@ -49,7 +49,7 @@ from elastic_operator.planner import (
     plan,
     utcnow,
 )
-from elastic_operator.rounds import RoundReader
+from elastic_operator.rounds import RendezvousView, RoundReader
 
 log = logging.getLogger("elastic_operator.reconciler")
 Key = tuple[str, str]  # (namespace, name)
@@ -230,17 +230,18 @@ class Reconciler:
             spec=body.get("spec") or {},
             status=old_status,
         )
-        observed_round = None
+        seen = RendezvousView()
         endpoints = self._endpoints(job)
         if self.rounds is not None and endpoints:
-            observed_round = self.rounds.latest(key, endpoints, workers.rdzv_id(*key, uid))
+            seen = self.rounds.latest(key, endpoints, workers.rdzv_id(*key, uid))
         result = plan(
             job,
             pods,
             utcnow(),
             self.settings.planner,
             service_present=uid in self._services,
-            observed_round=observed_round,
+            observed_round=seen.round,
+            reported_failures=seen.failures,
         )
         await self._apply(job, body, old_status, result)
         if result.status.phase in TERMINAL:

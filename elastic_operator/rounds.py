@@ -1,10 +1,14 @@
-"""The last formed rendezvous round of each job, read from etcd without blocking reconciles.
+"""What each job's agents wrote to etcd, read without blocking reconciles.
 
-The launcher's rank-0 agent writes ``launcher.contract.round_key(rdzv_id)`` after each
-formation. :meth:`RoundReader.latest` answers from a cache at once and refreshes it in a
-worker thread (the etcd3 client is synchronous), so a slow or unreachable etcd never delays
-a reconcile; an unreachable endpoint list is not retried for ``retry_seconds``. When a
-refresh finds a new round, ``on_change`` is called with the job's key so it is reconciled.
+Two things: the last formed round (``launcher.contract.round_key``, written by the rank-0
+agent after each formation) and the agents' failure reports (``contract.failure_key``, one per
+node, latest wins), which tell about failures the agent handled inside its pod (a crashed or
+hung training process it restarted) that no pod status shows.
+
+:meth:`RoundReader.latest` answers from a cache at once and refreshes it in a worker thread
+(the etcd3 client is synchronous), so a slow or unreachable etcd never delays a reconcile; an
+unreachable endpoint list is not retried for ``retry_seconds``. When a refresh finds something
+new, ``on_change`` is called with the job's key so it is reconciled.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.contract import round_key
+from launcher.contract import FailureReport, etcd_prefix, round_key
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -38,8 +43,27 @@ def parse_round(raw: bytes | None) -> tuple[int, int] | None:
         return None
 
 
+@dataclass(frozen=True)
+class RendezvousView:
+    """One job's rendezvous state in etcd: ``round`` is ``(generation, worldSize)``."""
+
+    round: tuple[int, int] | None = None
+    failures: tuple[FailureReport, ...] = field(default=())
+
+
+def parse_failures(values: list[bytes]) -> tuple[FailureReport, ...]:
+    """The readable reports among raw values, oldest first (unreadable ones are skipped)."""
+    reports = []
+    for raw in values:
+        try:
+            reports.append(FailureReport.from_json(raw.decode(errors="replace")))
+        except ValueError:
+            continue
+    return tuple(sorted(reports, key=lambda r: r.timestamp))
+
+
 class RoundReader:
-    """Cached, non-blocking reads of each job's round key."""
+    """Cached, non-blocking reads of each job's round key and failure reports."""
 
     def __init__(
         self,
@@ -52,7 +76,7 @@ class RoundReader:
         self._max_age = max_age_seconds
         self._retry = retry_seconds
         self._timeout = timeout_seconds
-        self._values: dict[Key, tuple[float, tuple[int, int] | None]] = {}
+        self._values: dict[Key, tuple[float, RendezvousView]] = {}
         self._down_until: dict[str, float] = {}
         self._clients: dict[str, Any] = {}
         self._inflight: set[Key] = set()
@@ -60,9 +84,9 @@ class RoundReader:
         self._good: set[str] = set()  # endpoints that answered at least once
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def latest(self, key: Key, endpoints: str, rdzv_id: str) -> tuple[int, int] | None:
-        """The cached round (None until first read); schedules a refresh when stale."""
-        stamp, value = self._values.get(key, (0.0, None))
+    def latest(self, key: Key, endpoints: str, rdzv_id: str) -> RendezvousView:
+        """The cached view (empty until first read); schedules a refresh when stale."""
+        stamp, value = self._values.get(key, (0.0, RendezvousView()))
         now = time.monotonic()
         stale = now - stamp > self._max_age
         untried_busy = endpoints not in self._good and endpoints in self._probing
@@ -108,12 +132,12 @@ class RoundReader:
             self._inflight.discard(key)
             self._probing.discard(endpoints)
         self._good.add(endpoints)
-        old = self._values.get(key, (0.0, None))[1]
+        old = self._values.get(key, (0.0, RendezvousView()))[1]
         self._values[key] = (time.monotonic(), value)
         if value != old:
             self._on_change(key)
 
-    def _read(self, endpoints: str, rdzv_id: str) -> tuple[int, int] | None:
+    def _read(self, endpoints: str, rdzv_id: str) -> RendezvousView:
         import etcd3  # imported lazily: only needed when a round is read
 
         client = self._clients.get(endpoints)
@@ -122,4 +146,5 @@ class RoundReader:
             client = etcd3.client(host=host, port=int(port), timeout=self._timeout)
             self._clients[endpoints] = client
         value, _meta = client.get(round_key(rdzv_id))
-        return parse_round(value)
+        reports = [raw for raw, _ in client.get_prefix(f"{etcd_prefix(rdzv_id)}failures/")]
+        return RendezvousView(parse_round(value), parse_failures(reports))

@@ -16,7 +16,7 @@ import pytest
 from elastic_operator import labels
 from elastic_operator.api.common import Condition
 from elastic_operator.local.etcd import EtcdServer
-from launcher.contract import FailureReport, PodEnv, round_key
+from launcher.contract import FailureReport, PodEnv, failure_key, round_key
 from tests.harness import (
     OPERATOR_USER,
     ROOT,
@@ -339,10 +339,23 @@ def test_world_size_and_generation_come_from_the_rendezvous_round(
         key = round_key(env[PodEnv.RDZV_ID])
         assert env[PodEnv.RDZV_ID].endswith(job["metadata"]["uid"][:8])
         client.put(key, json.dumps({"generation": 3, "worldSize": 8, "nodes": ["a", "b"]}))
+        # A failure the agent handled inside its pod (it restarted the training process).
+        report = FailureReport("ProcessHung", "no heartbeat for 300s", "rd-worker-0-41-9f2c1a",
+                               rank=0, timestamp=time.time())
+        client.put(failure_key(env[PodEnv.RDZV_ID], report.node_id), report.to_json())
         client.close()
         status = wait_status(api, namespace, "rd", lambda s: s.get("generation") == 3,
                              "generation from etcd")
         assert status["worldSize"] == 8
+        status = wait_status(api, namespace, "rd", lambda s: s.get("lastFailure"),
+                             "the reported failure")
+        failure = status["lastFailure"]
+        assert (failure["pod"], failure["reason"], failure["rank"]) == ("rd-worker-0",
+                                                                        "ProcessHung", 0)
+        assert status["restarts"] == 0
+        event = api.wait_for(lambda: [e for e in events_for(api, namespace, "rd")
+                                      if e["reason"] == "WorkerReportedFailure"], 20, "event")
+        assert "no heartbeat" in event[0]["message"]
 
 
 def test_rbac_allows_every_call_the_operator_made(

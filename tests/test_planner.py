@@ -507,3 +507,32 @@ def test_property_histories_keep_invariants(
         if j.status.phase in (Phase.FAILED, Phase.SUCCEEDED):
             assert pods == []
         assert plan(j, pods, now).of(CreatePod) == []  # converged for this instant
+
+
+def test_agent_reports_from_etcd_show_once_and_are_not_counted() -> None:
+    t = NOW.timestamp()
+    first = FailureReport("ProcessHung", "no heartbeat", "j-worker-1-77-abc123", rank=2,
+                          timestamp=t - 30)
+    second = FailureReport("ProcessCrashed", "segfault", "j-worker-0-12-def456", timestamp=t - 5)
+    pods = [pod(0), pod(1)]
+    p, j = step(job(), pods, reported_failures=[second, first])
+    reported = [e for e in p.of(Event) if e.reason == "WorkerReportedFailure"]
+    assert [e.message.split(" reported ")[0] for e in reported] == [
+        "worker j-worker-1 (rank 2)", "worker j-worker-0"]
+    assert p.status.lastFailure is not None
+    assert (p.status.lastFailure.pod, p.status.lastFailure.reason) == ("j-worker-0",
+                                                                        "ProcessCrashed")
+    assert p.status.restarts == 0
+    again = plan(j, pods, NOW, reported_failures=[first, second])
+    assert again.actions == [] and again.status == j.status
+    # A pod failure observed later is newer than both reports: they stay shown once.
+    failed_pods = [pod(0), failed(1, first.to_json())]
+    p3 = plan(j, failed_pods, NOW, reported_failures=[first, second])
+    assert [e.reason for e in p3.of(Event)].count("WorkerReportedFailure") == 0
+    assert p3.status.lastFailure is not None and p3.status.lastFailure.pod == "j-worker-1"
+
+
+def test_report_from_an_unknown_node_keeps_its_id() -> None:
+    report = FailureReport("PeerLost", "lease expired", "laptop-1", timestamp=NOW.timestamp())
+    p = plan(job(), [pod(0), pod(1)], NOW + timedelta(seconds=1), reported_failures=[report])
+    assert p.status.lastFailure is not None and p.status.lastFailure.pod == "laptop-1"

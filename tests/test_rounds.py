@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from elastic_operator.rounds import RoundReader, parse_round
+from elastic_operator.rounds import RendezvousView, RoundReader, parse_failures, parse_round
+from launcher.contract import FailureReport
 
 
 @pytest.mark.parametrize(
@@ -38,15 +39,16 @@ async def test_unreachable_etcd_is_probed_once_and_answers_come_from_the_cache()
 
     reader._read = failing_read  # type: ignore[method-assign]
     for i in range(20):
-        assert reader.latest(("ns", f"j{i}"), "etcd:2379", f"id{i}") is None
+        assert reader.latest(("ns", f"j{i}"), "etcd:2379", f"id{i}") == RendezvousView()
     release.set()
     await asyncio.sleep(0.2)
     for i in range(20):  # down: not retried before retry_seconds
-        assert reader.latest(("ns", f"j{i}"), "etcd:2379", f"id{i}") is None
+        assert reader.latest(("ns", f"j{i}"), "etcd:2379", f"id{i}") == RendezvousView()
     await asyncio.sleep(0.1)
     assert calls == ["id0"]
 
-    reader._read = lambda endpoints, rdzv_id: (4, 16)  # type: ignore[method-assign,assignment]
+    seen = RendezvousView((4, 16), ())
+    reader._read = lambda endpoints, rdzv_id: seen  # type: ignore[method-assign,assignment]
     reader._down_until.clear()
     reader.latest(("ns", "j0"), "etcd:2379", "id0")
     for _ in range(100):
@@ -54,5 +56,12 @@ async def test_unreachable_etcd_is_probed_once_and_answers_come_from_the_cache()
             break
         await asyncio.sleep(0.02)
     assert changed == [("ns", "j0")]
-    assert reader.latest(("ns", "j0"), "etcd:2379", "id0") == (4, 16)
+    assert reader.latest(("ns", "j0"), "etcd:2379", "id0") == seen
     await reader.close()
+
+
+def test_parse_failures_skips_garbage_and_orders_by_time() -> None:
+    late = FailureReport("ProcessHung", "m", "n1", timestamp=20.0)
+    early = FailureReport("ProcessCrashed", "m", "n2", timestamp=10.0)
+    parsed = parse_failures([late.to_json().encode(), b"{oops", early.to_json().encode()])
+    assert parsed == (early, late)
