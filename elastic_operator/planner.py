@@ -22,6 +22,8 @@ Guarantees the tests check:
   with its FailureReport), kept for the backoff ``min(cap, base * 2**(restarts-1))`` (its logs
   stay readable meanwhile), then deleted and its index recreated. Past spec.maxRestarts the job
   is Failed (condition reason MaxRestartsExceeded).
+- **Agents' reports** from etcd newer than status.lastFailure become lastFailure and one
+  Warning event each; they are not counted in status.restarts (no pod was replaced).
 - **Below minReplicas** ready workers for longer than spec.belowMinTimeoutSeconds after the job
   had been Ready -> Failed (reason BelowMinTimeout). The clock is the Ready condition's
   lastTransitionTime, so it survives an operator restart.
