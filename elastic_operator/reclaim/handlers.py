@@ -265,7 +265,7 @@ class _Actor:
                 err,
             )
             await self._event(
-                _pod_ref(pod), "ReclaimFailed", f"{action} failed: {err}", warning=True, quiet=True
+                _pod_ref(pod), "ReclaimFailed", f"{action} failed: {err}", warning=True
             )
             return Outcome(pod, "failed", f"{action} failed: {err}")
         return Outcome(pod, action, decision.reason)
@@ -286,22 +286,16 @@ class _Actor:
         await self._event(self.policy_ref, "Reclaimed", f"pod {pod.name}: {message}")
 
     async def _event(
-        self,
-        ref: dict[str, Any],
-        reason: str,
-        message: str,
-        *,
-        warning: bool = False,
-        quiet: bool = False,
+        self, ref: dict[str, Any], reason: str, message: str, *, warning: bool = False
     ) -> None:
+        """Post an event, best effort: it reports an action already taken (or not taken), so
+        a failed post is logged and does not turn that action into a failure."""
         try:
             await self.kube.post_event(
                 ref, reason=reason, message=message, warning=warning, now=self.now
             )
         except KubeError as err:
-            if not quiet:
-                raise
-            log.warning("reclaim: %s", err)
+            log.warning("reclaim %s: %s", self.policy_name, err)
 
 
 def _pod_ref(pod: PodFacts) -> dict[str, Any]:

@@ -226,3 +226,52 @@ def test_example_policy_is_valid() -> None:
     secret = next(d for d in docs if d["kind"] == "Secret")
     assert spec.jupyter.tokenSecretRef is not None
     assert spec.jupyter.tokenSecretRef.name == secret["metadata"]["name"]
+
+
+async def test_client_sends_the_token_and_maps_errors_without_it() -> None:
+    from aiohttp import web
+
+    from elastic_operator.reclaim.jupyter import JupyterError
+
+    token = "s3cr3t-" + "x" * 8
+    deleted: list[str] = []
+
+    async def kernels(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"token {token}":
+            return web.json_response({"message": "Forbidden"}, status=403)
+        return web.json_response([{"id": "k1", "execution_state": "idle", "connections": 0,
+                                   "last_activity": "2026-01-01T11:00:00Z"}, {"bad": 1}])
+
+    async def delete(request: web.Request) -> web.Response:
+        deleted.append(request.match_info["kid"])
+        return web.Response(status=204)
+
+    async def not_json(request: web.Request) -> web.Response:
+        return web.Response(text="<html>proxy error</html>")
+
+    app = web.Application()
+    app.router.add_get("/api/kernels", kernels)
+    app.router.add_delete("/api/kernels/{kid}", delete)
+    app.router.add_get("/broken/api/kernels", not_json)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with JupyterClient(url, token) as client:
+            assert [k.kernel_id for k in await client.list_kernels()] == ["k1"]
+            await client.shutdown("k1")
+        assert deleted == ["k1"]
+        async with JupyterClient(url, "wrong") as client:
+            with pytest.raises(JupyterError) as info:
+                await client.list_kernels()
+        assert info.value.reason == "Unauthorized" and "tokenSecretRef" in str(info.value)
+        async with JupyterClient(url + "/broken", token) as client:
+            with pytest.raises(JupyterError) as info:
+                await client.list_kernels()
+        assert info.value.reason == "BadResponse"
+        assert token not in str(info.value) and token not in repr(info.value)
+    finally:
+        await runner.cleanup()
