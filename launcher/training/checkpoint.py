@@ -16,7 +16,7 @@ Atomicity: a checkpoint is written to a temporary file in the *same* directory, 
 to its final name (atomic on POSIX within a file system), and the directory is fsynced so the
 rename itself survives a power loss. A process killed at any point leaves either no new file or
 a complete one; older checkpoints are pruned only after the new one is durable. While writing,
-the writer asks the kernel to start writeback every 8 MiB (Linux ``sync_file_range``, the way
+a helper thread asks the kernel to start writeback every 8 MiB (Linux ``sync_file_range``, the way
 databases bound their fsync latency), so the final fsync waits for the tail only rather than for
 the whole file. Every file is verified before it is loaded: a wrong size, a missing trailer
 (truncation) or a CRC mismatch (corruption) makes ``load_latest`` skip it with a warning.
@@ -28,8 +28,10 @@ import ctypes
 import logging
 import mmap
 import os
+import queue
 import re
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -79,7 +81,12 @@ def _torch_writes_record_crcs() -> bool:
 
 
 class _DurableWriter:
-    """File object for ``torch.save``: counts bytes, starts writeback early, optionally CRCs."""
+    """File object for ``torch.save``: counts bytes, starts writeback early, optionally CRCs.
+
+    Writeback requests go to a helper thread (``sync_file_range`` can block while the device
+    queue is full; ctypes releases the GIL), so serialisation never waits for the disk. ``close``
+    must be called before the file is closed: it joins the thread.
+    """
 
     def __init__(self, raw: BinaryIO, *, checksum: bool) -> None:
         self._raw = raw
@@ -88,22 +95,39 @@ class _DurableWriter:
         self.crc = 0
         self.size = 0
         self._scheduled = 0
+        self._ranges: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if _sync_file_range is not None:
+            self._thread = threading.Thread(target=self._writeback, name="ckpt-writeback",
+                                            daemon=True)
+            self._thread.start()
+
+    def _writeback(self) -> None:
+        assert _sync_file_range is not None
+        while (item := self._ranges.get()) is not None:
+            # Only a hint (asynchronous, errors ignored): durability comes from the fsync.
+            _sync_file_range(self._fd, item[0], item[1], _SYNC_FILE_RANGE_WRITE)
 
     def write(self, data: bytes | memoryview) -> int:
         written = self._raw.write(data)
         if self._checksum:
             self.crc = zlib.crc32(data, self.crc)
         self.size += len(data)
-        if _sync_file_range is not None and self.size - self._scheduled >= _WRITEBACK_BYTES:
+        if self._thread is not None and self.size - self._scheduled >= _WRITEBACK_BYTES:
             self._raw.flush()
-            # Only a hint (asynchronous, errors ignored): durability comes from the fsync.
-            _sync_file_range(self._fd, self._scheduled, self.size - self._scheduled,
-                             _SYNC_FILE_RANGE_WRITE)
+            self._ranges.put((self._scheduled, self.size - self._scheduled))
             self._scheduled = self.size
         return written
 
     def flush(self) -> None:
         self._raw.flush()
+
+    def close(self) -> None:
+        """Stop the writeback thread (the descriptor stays open)."""
+        if self._thread is not None:
+            self._ranges.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 def write_atomic(path: str | os.PathLike[str], state: Mapping[str, Any]) -> int:
@@ -114,7 +138,10 @@ def write_atomic(path: str | os.PathLike[str], state: Mapping[str, Any]) -> int:
     try:
         with open(tmp, "w+b") as raw:
             writer = _DurableWriter(raw, checksum=mode == _MODE_PAYLOAD)
-            torch.save(dict(state), writer)
+            try:
+                torch.save(dict(state), writer)
+            finally:
+                writer.close()
             raw.flush()
             crc = writer.crc
             if mode == _MODE_RECORDS:
