@@ -41,8 +41,8 @@ from elastic_operator.local.runtime import (
     Termination,
     container_argv,
     container_env,
+    container_processes,
     map_termination_path,
-    process_groups,
 )
 
 log = logging.getLogger(__name__)
@@ -146,11 +146,11 @@ class Kubelet:
         return next((r for r in self._runs.values() if r.key == (namespace, name)), None)
 
     def pids(self, name: str, namespace: str = "default") -> list[int]:
-        """Every live process of the pod (all its containers' process groups)."""
+        """Every live process of the pod (its containers' process groups and descendants)."""
         run = self._find(namespace, name)
-        groups = {c.process.pid for c in run.containers if c.process and c.process.pid} \
+        leaders = {c.process.pid for c in run.containers if c.process and c.process.pid} \
             if run else set()
-        return [pid for pid, pgid in process_groups() if pgid in groups]
+        return container_processes(leaders) if leaders else []
 
     def kill_pod(self, name: str, sig: int = signal.SIGKILL, namespace: str = "default", *,
                  children_only: bool = False) -> int:

@@ -272,9 +272,9 @@ class ContainerProcess:
             await self.process.wait()
 
 
-def process_groups() -> list[tuple[int, int]]:
-    """(pid, process group id) of every live process, from /proc (Linux)."""
-    out: list[tuple[int, int]] = []
+def process_table() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group id) of every live process, from /proc (Linux)."""
+    out: list[tuple[int, int, int]] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -286,5 +286,23 @@ def process_groups() -> list[tuple[int, int]]:
         # Fields after the parenthesised command name: state ppid pgrp ...
         fields = stat.rsplit(")", 1)[-1].split()
         if len(fields) > 2 and fields[0] != "Z":
-            out.append((int(entry), int(fields[2])))
+            out.append((int(entry), int(fields[1]), int(fields[2])))
     return out
+
+
+def container_processes(leaders: set[int]) -> list[int]:
+    """Every live process of containers led by ``leaders``: their process groups and all
+    their descendants (a launcher may start training processes in sessions of their own)."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _ in table:
+        children.setdefault(ppid, []).append(pid)
+    live = {pid for pid, _, _ in table}
+    stack = [pid for pid, _, pgid in table if pgid in leaders] + sorted(leaders & live)
+    found: set[int] = set()
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, ()))
+    return sorted(found)

@@ -16,6 +16,7 @@ from elastic_operator.local.runtime import (
     ContainerProcess,
     container_argv,
     container_env,
+    container_processes,
     map_termination_path,
     termination,
 )
@@ -134,3 +135,27 @@ async def test_stop_terminates_the_whole_group(tmp_path: Path) -> None:
         await asyncio.sleep(0.05)
     else:
         pytest.fail("the grandchild survived the group's SIGTERM")
+
+
+async def test_container_processes_include_descendants_in_other_sessions(
+        tmp_path: Path) -> None:
+    """A launcher starts training processes in sessions of their own; chaos and inspection
+    must still find them as the pod's processes."""
+    marker = tmp_path / "child.pid"
+    code = ("import subprocess,sys,time,pathlib;"
+            "c=subprocess.Popen([sys.executable,'-c','import time; time.sleep(600)'],"
+            "start_new_session=True);"
+            f"pathlib.Path({str(marker)!r}).write_text(str(c.pid)); time.sleep(600)")
+    proc = _proc(tmp_path, code)
+    await proc.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while not marker.exists() or not marker.read_text():
+            assert asyncio.get_running_loop().time() < deadline, "child never started"
+            await asyncio.sleep(0.05)
+        child = int(marker.read_text())
+        assert proc.pid is not None
+        assert container_processes({proc.pid}) == sorted({proc.pid, child})
+        os.kill(child, signal.SIGKILL)
+    finally:
+        await proc.stop(grace=0)
