@@ -138,7 +138,7 @@ policies = st.builds(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(kernel=kernels, pod=pods, gpu=gpus, policy=policies)
 def test_never_reclaims_on_unknown_or_exempt(
     kernel: KernelFacts | None, pod: PodFacts, gpu: GpuFacts, policy: RulePolicy
@@ -160,7 +160,7 @@ def test_never_reclaims_on_unknown_or_exempt(
     assert policy.warning_period <= 0 or (pod.reclaim_at is not None and pod.reclaim_at <= NOW)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(kernel=kernels, pod=pods, gpu=gpus, policy=policies)
 def test_marks_change_only_consistently(
     kernel: KernelFacts | None, pod: PodFacts, gpu: GpuFacts, policy: RulePolicy
