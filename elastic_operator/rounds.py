@@ -7,8 +7,9 @@ hung training process it restarted) that no pod status shows.
 
 :meth:`RoundReader.latest` answers from a cache at once and refreshes it in a worker thread
 (the etcd3 client is synchronous), so a slow or unreachable etcd never delays a reconcile; an
-unreachable endpoint list is not retried for ``retry_seconds``. When a refresh finds something
-new, ``on_change`` is called with the job's key so it is reconciled.
+unreachable endpoint list is retried after 1, 2, 4 ... seconds, at most ``retry_seconds``.
+When a refresh finds something new, ``on_change`` is called with the job's key so it is
+reconciled.
 """
 
 from __future__ import annotations
@@ -70,14 +71,17 @@ class RoundReader:
         on_change: Callable[[Key], Any],
         max_age_seconds: float = 5.0,
         retry_seconds: float = 30.0,
-        timeout_seconds: float = 2.0,
+        timeout_seconds: float = 5.0,
+        retry_base_seconds: float = 1.0,
     ) -> None:
         self._on_change = on_change
         self._max_age = max_age_seconds
         self._retry = retry_seconds
+        self._retry_base = retry_base_seconds
         self._timeout = timeout_seconds
         self._values: dict[Key, tuple[float, RendezvousView]] = {}
         self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}  # consecutive failed reads per endpoint list
         self._clients: dict[str, Any] = {}
         self._inflight: set[Key] = set()
         self._probing: set[str] = set()  # endpoints with a first read in flight
@@ -117,21 +121,25 @@ class RoundReader:
         try:
             value = await asyncio.to_thread(self._read, endpoints, rdzv_id)
         except Exception as exc:  # any client error means: etcd not reachable now
-            was_down = self._down_until.get(endpoints, 0) > time.monotonic()
             self._good.discard(endpoints)
-            self._down_until[endpoints] = time.monotonic() + self._retry
+            # Back off 1, 2, 4 ... up to retry_seconds: a slow first connect (a loaded node)
+            # is retried soon, an etcd that is really gone is not hammered.
+            failures = self._failures[endpoints] = self._failures.get(endpoints, 0) + 1
+            retry = min(self._retry, self._retry_base * 2.0 ** min(failures - 1, 16))
+            self._down_until[endpoints] = time.monotonic() + retry
             client = self._clients.pop(endpoints, None)  # reconnect from scratch next time
             if client is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(client.close)
-            if not was_down:
+            if failures == 1:
                 log.info("rendezvous etcd %s not readable (%s); status.worldSize estimated "
-                         "from ready pods; retry in %.0fs", endpoints, exc, self._retry)
+                         "from ready pods; retry in %.0fs", endpoints, exc, retry)
             return
         finally:
             self._inflight.discard(key)
             self._probing.discard(endpoints)
         self._good.add(endpoints)
+        self._failures.pop(endpoints, None)
         old = self._values.get(key, (0.0, RendezvousView()))[1]
         self._values[key] = (time.monotonic(), value)
         if value != old:

@@ -28,7 +28,8 @@ def test_parse_round(raw: bytes | None, expected: tuple[int, int] | None) -> Non
 
 async def test_unreachable_etcd_is_probed_once_and_answers_come_from_the_cache() -> None:
     changed: list[tuple[str, str]] = []
-    reader = RoundReader(changed.append, max_age_seconds=0, retry_seconds=60)
+    reader = RoundReader(changed.append, max_age_seconds=0, retry_seconds=60,
+                         retry_base_seconds=60)
     calls = []
     release = threading.Event()
 
