@@ -173,6 +173,34 @@ def test_idle_kernel_is_warned_then_reclaimed_others_kept(
         jupyter.shutdown(kernel)
 
 
+def test_activity_during_the_warning_clears_the_mark(
+    api: Api, operator: OperatorProcess, namespace: str,
+    jupyter: Jupyter
+) -> None:
+    ns = namespace
+    kernel = jupyter.start_kernel()
+    jupyter.use(kernel)
+    pod = make_pod(api, ns, kernel)
+    make_policy(api, ns, jupyter.url, idleAfter="2s", warningPeriod="10m")
+
+    mark = wait_for(lambda: annotations(api, ns, pod).get(labels.RECLAIM_AT), WAIT, "the mark")
+    wait_for(lambda: status(api, ns).get("warned") == 1, WAIT, "status.warned")
+    jupyter.use(kernel, "y = 2")  # the user comes back
+
+    def actions() -> list[str]:
+        return [d["action"] for d in status(api, ns).get("recentDecisions", [])]
+
+    wait_for(lambda: "clearWarning" in actions(), WAIT, "the mark to be cleared")
+    assert actions()[:2] == ["warn", "clearWarning"]
+    assert "ReclaimCancelled" in reasons(api, ns, pod)
+    assert kernel in jupyter.kernels()
+    assert status(api, ns)["reclaimed"] == 0
+    # Idle again afterwards, it may be warned again, but only with a new deadline.
+    again = annotations(api, ns, pod).get(labels.RECLAIM_AT)
+    assert again is None or again != mark
+    jupyter.shutdown(kernel)
+
+
 def test_dry_run_reports_and_changes_nothing(api: Api, operator: OperatorProcess, namespace: str,
     jupyter: Jupyter) -> None:
     ns = namespace
