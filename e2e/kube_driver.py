@@ -1,0 +1,138 @@
+"""The scenarios' driver for a real cluster, through ``kubectl`` (see e2e/README.md).
+
+It needs: the CRDs and the operator installed (``kubectl apply -f crds/ && kubectl apply -k
+deploy/``), a namespace for the scenarios, a worker image holding this repository's
+``examples/`` under its working directory, a ReadWriteMany PVC (checkpoints and the index
+logs that the exactly-once check reads) and a reader pod ``e2e-shared-reader`` mounting it.
+A real cluster's GPUs cannot be conjured, so ``can_add_gpus`` is False and the growth
+scenario uses the scale subresource instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import yaml
+
+from e2e.driver import ApplyRefused, Obj
+from elastic_operator.labels import JOB_NAME
+
+SHARED_MOUNT = "/shared"
+READER_POD = "e2e-shared-reader"
+OPERATOR_NAMESPACE = "elastic-system"
+OPERATOR_SELECTOR = "app.kubernetes.io/name=elastic-operator"
+
+# Run inside a worker container: SIGKILL every process whose parent is PID 1 (the launcher),
+# i.e. the training processes, but not the launcher itself nor this exec'd process.
+_KILL_TRAINING = """
+import os, signal
+me, n = os.getpid(), 0
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        fields = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+    except OSError:
+        continue
+    if fields[1] == '1' and int(pid) not in (1, me):
+        os.kill(int(pid), signal.SIGKILL); n += 1
+print(n)
+"""
+
+
+class KubeDriver:
+    """Drives the cluster of ``kubeconfig`` with kubectl."""
+
+    can_add_gpus = False
+
+    def __init__(self, kubeconfig: str, namespace: str, image: str, claim: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.image = image
+        self.claim = claim
+        self._jobs: set[str] = set()
+
+    async def kubectl(self, *args: str, stdin: str | None = None,
+                      namespace: str | None = None, check: bool = True) -> str:
+        """Run kubectl; returns stdout, raises RuntimeError (with stderr) on failure."""
+        proc = await asyncio.create_subprocess_exec(
+            "kubectl", "--kubeconfig", self.kubeconfig, "-n", namespace or self.namespace,
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {err.decode().strip()}")
+        return out.decode()
+
+    def shared_dir(self, job: str) -> str:
+        return f"{SHARED_MOUNT}/{self.namespace}/{job}"
+
+    def decorate(self, job: Obj) -> Obj:
+        pod = job["spec"]["template"]["spec"]
+        pod.setdefault("volumes", []).append(
+            {"name": "shared", "persistentVolumeClaim": {"claimName": self.claim}})
+        for container in pod["containers"]:
+            container["image"] = self.image
+            container.setdefault("volumeMounts", []).append(
+                {"name": "shared", "mountPath": SHARED_MOUNT})
+        return job
+
+    async def apply(self, docs: list[Obj]) -> None:
+        for doc in docs:
+            if doc.get("kind") == "ElasticJob":
+                await self.kubectl("exec", READER_POD, "--", "mkdir", "-p",
+                                   self.shared_dir(doc["metadata"]["name"]))
+        text = yaml.safe_dump_all(docs)
+        for extra in (["--dry-run=server"], []):
+            try:
+                await self.kubectl("apply", *extra, "-f", "-", stdin=text)
+            except RuntimeError as exc:
+                raise ApplyRefused(str(exc)) from exc
+        self._jobs |= {d["metadata"]["name"] for d in docs if d.get("kind") == "ElasticJob"}
+
+    async def _get(self, *args: str) -> Any:
+        out = await self.kubectl("get", *args, "-o", "json", "--ignore-not-found")
+        return json.loads(out) if out.strip() else None
+
+    async def get_job(self, name: str) -> Obj | None:
+        job: Obj | None = await self._get("elasticjob", name)
+        return job
+
+    async def list_jobs(self) -> list[Obj]:
+        return list((await self._get("elasticjobs") or {}).get("items") or [])
+
+    async def list_pods(self, job: str) -> list[Obj]:
+        return list((await self._get("pods", "-l", f"{JOB_NAME}={job}") or {}).get("items")
+                    or [])
+
+    async def pod_log(self, pod: str) -> str:
+        return await self.kubectl("logs", pod, check=False)
+
+    async def read_file(self, path: str) -> str:
+        return await self.kubectl("exec", READER_POD, "--", "cat", path)
+
+    async def kill_training_processes(self, pod: str) -> int:
+        out = await self.kubectl("exec", pod, "--", "python", "-c", _KILL_TRAINING)
+        return int(out.strip() or 0)
+
+    async def add_gpus(self, count: int) -> None:
+        raise AssertionError(f"cannot add {count} GPUs to a real cluster; scenarios check "
+                             "can_add_gpus first")
+
+    async def scale(self, job: str, replicas: int) -> None:
+        await self.kubectl("scale", f"elasticjob/{job}", f"--replicas={replicas}")
+
+    async def restart_operator(self) -> None:
+        await self.kubectl("delete", "pod", "-l", OPERATOR_SELECTOR, "--grace-period=0",
+                           "--force", namespace=OPERATOR_NAMESPACE)
+        await self.kubectl("rollout", "status", "deployment/elastic-operator",
+                           "--timeout=180s", namespace=OPERATOR_NAMESPACE)
+
+    async def delete_job(self, name: str) -> None:
+        await self.kubectl("delete", "elasticjob", name, "--ignore-not-found", "--wait=true")
+
+    async def cleanup(self) -> None:
+        """Delete the jobs this driver created (their pods go with them)."""
+        for name in sorted(self._jobs):
+            await self.delete_job(name)
+        self._jobs.clear()
