@@ -105,6 +105,8 @@ def test_up_apply_get_logs_delete_down(cluster: Path, tmp_path: Path) -> None:
     assert row.split()[-2:] == ["127.0.0.1", "local-node-0"]
     logs = local(state, "logs", "hello")
     assert logs.stdout == "hello from the local cluster\n"
+    followed = local(state, "logs", "-f", "hello", timeout=60)  # returns: the pod has ended
+    assert followed.stdout == "hello from the local cluster\n"
     nodes = local(state, "get", "nodes")
     assert nodes.stdout.splitlines()[1].split()[:3] == ["local-node-0", "Ready", "0/1"]
     events = local(state, "get", "events")
