@@ -248,6 +248,10 @@ class Demo:
                           f"loss {p.loss} phase {p.phase}", flush=True)
                 if p.phase in ("Succeeded", "Failed"):
                     return p.phase == "Succeeded"
+                operator = self.cluster.operator
+                if operator is not None and operator.returncode is not None:
+                    p.phase = f"{p.phase} (the operator exited with {operator.returncode})"
+                    return False
                 await asyncio.sleep(0.5)
             self.progress.phase = f"{self.progress.phase} (timed out)"
             return False
@@ -259,7 +263,12 @@ class Demo:
 def load_job(path: Path, state_dir: Path) -> Obj:
     """The ElasticJob of ``path``, with its checkpoints moved into the demo's state dir (a
     previous run's checkpoints would otherwise make this one resume finished)."""
-    docs = kubectl.load_manifests(path.read_text(), str(path))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise kubectl.UsageError(f"cannot read the job file {path}: {exc.strerror}; run from "
+                                 "the repository root or pass -f FILE") from None
+    docs = kubectl.load_manifests(text, str(path))
     jobs = [d for d in docs if d.get("kind") == "ElasticJob" and d.get("apiVersion") ==
             API_VERSION]
     if len(jobs) != 1:
