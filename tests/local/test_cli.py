@@ -123,6 +123,13 @@ def test_up_apply_get_logs_delete_down(cluster: Path, tmp_path: Path) -> None:
     bad.write_text(INVALID_YAML.replace("minReplicas: 0", "minReplicas: 1\n  maxReplica: 3"))
     typo = local(state, "apply", "-f", str(bad))
     assert typo.returncode == 1 and "maxReplica" in typo.stderr, typo.stderr
+    job = tmp_path / "job.yaml"
+    job.write_text(INVALID_YAML.split("---\n")[1].replace("minReplicas: 0", "minReplicas: 1"))
+    assert local(state, "apply", "-f", str(job)).stdout.strip() == (
+        "elasticjob.elastic.dev/broken created")
+    table = local(state, "get", "ej").stdout.splitlines()
+    assert table[0].split() == ["NAME", "MIN", "MAX", "DESIRED", "READY", "PHASE", "AGE"]
+    assert table[1].split()[:3] == ["broken", "1", "2"]
     unknown = local(state, "get", "widgets")
     assert unknown.returncode == 1 and 'resource type "widgets"' in unknown.stderr
 
