@@ -138,3 +138,15 @@ async def test_restart_policy_on_failure_restarts_in_place(mini: MiniCluster) ->
     assert status["restartCount"] == 1
     assert status["lastState"]["terminated"]["exitCode"] == 1
     assert sys.executable  # python resolved to this interpreter, or nothing would have run
+
+
+async def test_removing_gpus_evicts_the_pods_that_no_longer_fit(mini: MiniCluster) -> None:
+    first = await create(mini, pod_manifest("first", "import time; time.sleep(600)", gpus=1))
+    await mini.wait_for(first, lambda p: phase(p) == "Running")
+    free = await create(mini, pod_manifest("cpu-only", "import time; time.sleep(600)"))
+    await mini.wait_for(free, lambda p: phase(p) == "Running")
+    assert await mini.nodes.remove_gpus(1) == ["first"]
+    assert await mini.nodes.gpus("local-node-0") == 0
+    await mini.wait_for(first, lambda p: p is None)
+    pod = await mini.client.get(free)
+    assert phase(pod) == "Running" and not pod["metadata"].get("deletionTimestamp")
