@@ -194,12 +194,12 @@ class LocalCluster:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
-        try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
+        exited = asyncio.ensure_future(process.wait())
+        await asyncio.wait({exited}, timeout=timeout)
+        if not exited.done():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        await exited
 
     def _write_state(self) -> None:
         if self.server is None:

@@ -32,6 +32,7 @@ from elastic_operator.local.restclient import (
     informer,
     record_event,
     resource_path,
+    wait_event,
 )
 from elastic_operator.local.restclient import timestamp as now
 from elastic_operator.local.runtime import (
@@ -294,9 +295,7 @@ class Kubelet:
                                        "message": f"back-off {delay:g}s restarting failed "
                                                   f"container={container.name}"}}
         await self._report(run, "Running")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run.deleting.wait(), delay)
-        if run.deleting.is_set():
+        if await wait_event(run.deleting, delay):
             return container.done or Termination(0, None, "Completed", "")
         await self._start(run, container)
         await self._report(run, "Running")

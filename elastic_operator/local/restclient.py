@@ -214,13 +214,29 @@ async def _call(handler: Handler, kind: str, obj: Obj) -> None:
         await result
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``event``; True when it is set.
+
+    Unlike ``asyncio.wait_for`` before Python 3.12, a cancellation arriving as the event is
+    set is never swallowed, so loops built on this always stop when cancelled.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
 async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel tasks and wait until every one has finished."""
+    """Cancel tasks and wait until every one has finished (cancelling again should a task
+    have absorbed a cancellation)."""
     for task in tasks:
-        task.cancel()
-    for task in tasks:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+            task.result()
 
 
 async def record_event(client: ApiClient, obj: Obj, reason: str, message: str, *,

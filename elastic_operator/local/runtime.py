@@ -265,11 +265,11 @@ class ContainerProcess:
             self.signal(signal.SIGKILL)
             return
         self.signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout=max(grace, 0))
-        except TimeoutError:
+        exited = asyncio.ensure_future(self.process.wait())
+        await asyncio.wait({exited}, timeout=max(grace, 0))
+        if not exited.done():
             self.signal(signal.SIGKILL)
-            await self.process.wait()
+        await exited
 
 
 def process_table() -> list[tuple[int, int, int]]:

@@ -13,7 +13,6 @@ Only pods whose ``spec.schedulerName`` is unset or ``default-scheduler`` are con
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -35,6 +34,7 @@ from elastic_operator.local.restclient import (
     record_event,
     resource_path,
     timestamp,
+    wait_event,
 )
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,7 @@ class Scheduler:
             if ready is not None:
                 ready.set()
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+                await wait_event(self._wake, RESYNC_SECONDS)
                 self._wake.clear()
                 try:
                     await self.schedule_pending()
