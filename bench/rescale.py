@@ -3,10 +3,10 @@
 Same training script for all (tests/launcher/train_tiny.py: a 1-element gloo all_reduce every
 50 ms), ``--nnodes=1:3``, one process per node, all on 127.0.0.1. For each launcher:
 
-- formation: two agents started together (torchrun: the second once the first's c10d store
-  listens) -> first training step at world size 2;
-- shrink: the second agent SIGKILLed together with its training process (a pod killed; not the
-  first, which hosts torchrun's c10d store) -> first step at world size 1;
+- formation: two agents started together -> first training step at world size 2;
+- shrink: one agent SIGKILLed together with its training process (a pod killed; under torchrun
+  not the one hosting the c10d store, whose loss always ends the job) -> first step at world
+  size 1;
 - grow: a fresh job of two agents, a third agent started -> first step at world size 3
   (includes the newcomer's own interpreter start, the same for every launcher).
 
@@ -52,8 +52,7 @@ def free_port() -> int:
 class Variant:
     name: str
     command: Callable[[str, Path, str], list[str]]  # (job id, out dir, node name) -> argv
-    # Blocks until the first agent can host the job (torchrun c10d: its store port listens).
-    first_ready: Callable[[str], None] = lambda job: None
+    store_port: Callable[[str], int | None] = lambda job: None  # torchrun's c10d store port
 
 
 class Job:
@@ -118,6 +117,26 @@ class Job:
                 os.kill(int(pids.read_text().split()[0]), signal.SIGKILL)
 
 
+def _listener_pid(port: int) -> int | None:
+    """pid of the process listening on TCP ``port`` (Linux /proc), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(fields[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(proc.name)
+    return None
+
+
 def _is_ancestor(ancestor: int, pid: int) -> bool:
     while pid > 1:
         if pid == ancestor:
@@ -137,7 +156,6 @@ def run_variant(variant: Variant, workdir: Path, limit: float) -> dict[str, floa
     try:
         started = time.monotonic()
         job.start("a")
-        variant.first_ready(job.job_id)
         job.start("b")
         formed = job.wait_world(2, limit)
         results["formation"] = None if formed is None else time.monotonic() - started
@@ -146,16 +164,19 @@ def run_variant(variant: Variant, workdir: Path, limit: float) -> dict[str, floa
         else:
             time.sleep(1.0)  # a few steady steps
             rows_before = len(job.rows())
-            # Not the first agent: under torchrun it hosts the c10d store, and killing it
-            # always ends the job; this gives torchrun its best case.
-            job.kill_node("b")
+            # Not the agent hosting torchrun's c10d store: killing that one always ends the
+            # job; this gives torchrun its best case.
+            port = variant.store_port(job.job_id)
+            host = _listener_pid(port) if port else None
+            victims = [n for n, p in job.agents.items()
+                       if host is None or not _is_ancestor(p.pid, host)]
+            job.kill_node(victims[-1])
             results["shrink"] = job.wait_world(1, limit, after_row=rows_before - 1)
     finally:
         job.close()
     job = Job(variant, workdir, f"{variant.name}-grow")
     try:
         job.start("a")
-        variant.first_ready(job.job_id)
         job.start("b")
         if job.wait_world(2, limit) is None:
             results["grow"] = None
@@ -184,14 +205,6 @@ def main() -> int:
     script = [str(SCRIPT), "--step-time", "0.05"]
     c10d_port = {}
 
-    def c10d_listening(job: str) -> None:
-        deadline = time.monotonic() + args.limit
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", c10d_port.setdefault(job, free_port()))) == 0:
-                    return
-            time.sleep(0.05)
-
     def torchrun_cmd(conf: str) -> Callable[[str, Path, str], list[str]]:
         def cmd(job: str, out: Path, node: str) -> list[str]:
             port = c10d_port.setdefault(job, free_port())
@@ -208,8 +221,8 @@ def main() -> int:
                     "--max-restarts=3", "--local-addr=127.0.0.1", f"--node-id={job}-{node}",
                     f"--termination-log={out}/termination-{node}", *script, "--out", str(out)]
 
-        variants = [Variant("torchrun", torchrun_cmd(""), c10d_listening),
-                    Variant("torchrun-tuned", torchrun_cmd(TUNED_CONF), c10d_listening),
+        variants = [Variant("torchrun", torchrun_cmd(""), c10d_port.get),
+                    Variant("torchrun-tuned", torchrun_cmd(TUNED_CONF), c10d_port.get),
                     Variant("ours", ours_cmd)]
         selected = [v for v in variants if not args.only or v.name in args.only]
         results = {}

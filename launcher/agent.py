@@ -18,6 +18,10 @@ rendezvous (a peer lost, a member re-forming, a newcomer while below max). Then:
   earliest claim is the origin, and a member whose lease expired makes it a lost peer. Only the
   origin counts a restart against ``max_restarts`` and writes a ProcessCrashed/ProcessHung
   report; past the budget it writes MaxRestartsExceeded and exits 1.
+
+Training processes come from a ``WarmPool`` (torch already imported) when one is ready, which
+takes the interpreter start off every restart; SIGTERM to the agent (pod deletion) stops the
+workers, revokes the lease (peers re-form at once) and exits 0 with a Shutdown note.
 """
 
 from __future__ import annotations

@@ -102,8 +102,8 @@ def test_new_agent_joins_then_one_is_scaled_down(cluster: LauncherCluster) -> No
 
 
 def test_etcd_restart_does_not_fail_the_job(cluster: LauncherCluster) -> None:
-    cluster.start("n0", "2:2")
-    cluster.start("n1", "2:2")
+    cluster.start("n0", "1:2")
+    cluster.start("n1", "1:2")
     gen, _, _ = cluster.wait_training(2, JOIN)
     cluster.etcd.stop()
     steps_before = len(cluster.progress())
@@ -119,6 +119,9 @@ def test_etcd_restart_does_not_fail_the_job(cluster: LauncherCluster) -> None:
     assert all(agent.proc.poll() is None for agent in cluster.agents.values())
     for node in cluster.agents:
         assert cluster.etcd_report(node) is None
+    # The agents are connected and watching again: a peer lost now is noticed as usual.
+    os.kill(cluster.agents[cluster.round_members()[1]].proc.pid, signal.SIGKILL)
+    cluster.wait_training(1, 60, min_generation=gen + 1)
 
 
 def test_max_restarts_exhausted_fails_with_report(cluster: LauncherCluster) -> None:

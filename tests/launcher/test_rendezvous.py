@@ -166,3 +166,21 @@ def test_torch_registry_creates_a_working_handler(etcd_server: EtcdServer) -> No
     finally:
         for h in handlers:
             h.shutdown()
+
+
+@pytest.mark.slow
+def test_session_recovers_a_lost_lease_and_its_keys(etcd_server: EtcdServer) -> None:
+    session = EtcdSession(etcd_server.endpoint, "/t/", lease_ttl=2, name="s").start()
+    try:
+        session.put_owned("/t/me", b"here")
+        old = session.lease_id
+        session.client.revoke_lease(old)  # what etcd does when a lease expires
+        renewed = _eventually(lambda: _lease_of(session, "/t/me", old), 15)
+        assert renewed == "renewed" and session.lease_id != old
+    finally:
+        session.close()
+
+
+def _lease_of(session: EtcdSession, key: str, old: int) -> str | None:
+    entry = session.view()[1].get(key)
+    return "renewed" if entry is not None and entry.lease not in (0, old) else None
