@@ -19,14 +19,15 @@ WATCHED = "watched"
 
 
 @pytest.fixture(scope="module")
-def operator_args() -> list[str]:
+def operator_args(api: Api) -> list[str]:
+    # The namespace exists before the operator starts, as it would in a real deployment.
+    create_namespace(api, WATCHED)
     return ["--namespace", WATCHED, "--resync", "1"]
 
 
 def test_only_the_given_namespace_is_managed(
     api: Api, namespace: str, operator_process: OperatorProcess
 ) -> None:
-    create_namespace(api, WATCHED)
     api.create(jobs_path(WATCHED), elastic_job("in", 2, 2))
     api.create(jobs_path(namespace), elastic_job("out", 2, 2))
     api.wait_for(lambda: len(worker_pods(api, WATCHED, "in")) == 2, 30, "workers in scope")
