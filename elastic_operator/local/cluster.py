@@ -180,9 +180,9 @@ class LocalCluster:
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.state_dir / "logs" / "operator.log", "ab") as out:
             self.operator = await asyncio.create_subprocess_exec(
-                *self.operator_command(), cwd=self.config.workdir, env=env,
+                *die_with_parent(self.operator_command()), cwd=self.config.workdir, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, preexec_fn=die_with_parent)
+                start_new_session=True)
         log.info("operator started, pid %s", self.operator.pid)
         self._write_state()
 

@@ -20,8 +20,8 @@ Deliberate differences from a real container runtime, documented for users:
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Mapping
@@ -35,7 +35,6 @@ Obj = dict[str, Any]
 POD_IP = "127.0.0.1"
 MAX_MESSAGE_BYTES = 4096  # kubelet's limit on a termination message
 FALLBACK_LOG_LINES = 80  # kubelet's FallbackToLogsOnError takes the last 80 lines
-_PR_SET_PDEATHSIG = 1
 _STRIPPED_ENV_PREFIXES = ("ELASTIC_",)
 _STRIPPED_ENV = ("KUBECONFIG",)
 
@@ -187,23 +186,44 @@ def _read_tail(path: Path, limit: int = MAX_MESSAGE_BYTES) -> str:
         return ""
 
 
-def _prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
+# Runs as the new process before the real program: asks Linux to SIGKILL it when the cluster
+# process dies, gives up if that already happened, then execs the program in place (same
+# pid). A wrapper rather than ``preexec_fn``: code run between fork and exec in a process with
+# threads (grpc's, aiohttp's) can deadlock, and without ``preexec_fn`` Python may use vfork.
+_DIE_WITH_PARENT = """\
+import os, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass  # not Linux: no parent-death signal
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(137)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    print(f"exec {sys.argv[2]!r}: {exc.strerror}", file=sys.stderr)
+    sys.exit(127)
+"""
 
 
-# Resolved once in the parent: the child between fork and exec must not dlopen (another
-# thread may have held the loader's lock at fork time).
-_PRCTL = _prctl()
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so that the process is SIGKILLed when this process dies (Linux), so a
+    crashed or SIGKILLed cluster leaves no orphan pod or operator behind."""
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
 
 
-def die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the cluster process dies (Linux), so a crashed
-    or SIGKILLed cluster leaves no orphan pod behind."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def check_program(argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
+    """Raise FileNotFoundError when argv[0] cannot be executed (what a runtime reports as
+    StartError), since behind the wrapper a missing program would only be an exit code."""
+    program = argv[0]
+    if "/" in program:
+        found = os.access(cwd / program, os.X_OK) and not (cwd / program).is_dir()
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+    if not found:
+        raise FileNotFoundError(f'exec: "{argv[0]}": executable file not found in $PATH '
+                                "or not executable")
 
 
 class ContainerProcess:
@@ -235,11 +255,12 @@ class ContainerProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.termination_file.parent.mkdir(parents=True, exist_ok=True)
         self.termination_file.write_bytes(b"")
+        check_program(self.argv, self.env, self.cwd)
         with open(self.log_file, "wb") as log:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent)
+                *die_with_parent(self.argv), cwd=self.cwd, env=self.env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True)
 
     def signal(self, sig: int) -> bool:
         """Send ``sig`` to the whole group; False when nothing was left to signal."""

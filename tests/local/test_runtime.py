@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,17 @@ import pytest
 from elastic_operator.local.runtime import (
     ContainerConfigError,
     ContainerProcess,
+    check_program,
     container_argv,
     container_env,
     container_processes,
     map_termination_path,
+    process_table,
     termination,
 )
 from launcher.contract import PodEnv
+
+ROOT = Path(__file__).resolve().parents[2]
 
 POD: dict[str, Any] = {
     "metadata": {"name": "w-0", "namespace": "ns", "uid": "u1", "labels": {"app": "x"}},
@@ -159,3 +165,50 @@ async def test_container_processes_include_descendants_in_other_sessions(
         os.kill(child, signal.SIGKILL)
     finally:
         await proc.stop(grace=0)
+
+
+def test_programs_die_with_the_cluster_process(tmp_path: Path) -> None:
+    """A process started through die_with_parent is SIGKILLed when its parent (the cluster
+    process) is SIGKILLed, so a crashed cluster leaves no orphan pod."""
+    marker = tmp_path / "pid"
+    parent_code = (
+        "import subprocess, sys, time, pathlib\n"
+        "from elastic_operator.local.runtime import die_with_parent\n"
+        "c = subprocess.Popen(die_with_parent([sys.executable, '-c', "
+        "'import time; time.sleep(600)']), start_new_session=True)\n"
+        f"pathlib.Path({str(marker)!r}).write_text(str(c.pid))\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None, "no child started"
+            time.sleep(0.05)
+        child = int(marker.read_text())
+        while b"sleep(600)" not in Path(f"/proc/{child}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the child never exec'd its program"
+            time.sleep(0.05)
+        parent.kill()
+        parent.wait()
+        while time.monotonic() < deadline + 30:
+            if not any(pid == child for pid, _, _ in process_table()):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the child outlived its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_missing_program_is_reported_before_spawning(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no-such-tool"):
+        check_program(["no-such-tool"], {"PATH": "/bin"}, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"\./run\.sh"):
+        check_program(["./run.sh"], {}, tmp_path)
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    check_program(["./run.sh"], {}, tmp_path)
+    check_program([sys.executable], {}, tmp_path)
