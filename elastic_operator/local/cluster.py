@@ -7,7 +7,8 @@ one state directory (default ``.local-cluster/``):
 
 - ``kubeconfig``: point ``elastic-operator`` (or kubectl, where its discovery works) here;
 - ``cluster.json``: URL, pids and etcd endpoint while the cluster runs (removed on stop);
-- ``logs/operator.log``, ``logs/cluster.log``, ``etcd/``; ``pods/<ns>/<pod>/<container>.log``.
+- ``logs/operator.log``, ``logs/cluster.log``, ``etcd/``; ``pods/<ns>/<pod>/<container>.log``;
+- ``checkpoints/``: emptied at start, so jobs never resume a previous cluster's run.
 
 Guarantees: :meth:`LocalCluster.stop` stops every process the cluster started (pods get
 SIGTERM and a short grace, then SIGKILL; the operator the same; etcd last); pod processes and
@@ -33,11 +34,11 @@ from typing import Any
 
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 from elastic_operator.local.apiserver import ApiServer
-from elastic_operator.local.etcd import EtcdServer
+from elastic_operator.local.etcd import DEFAULT_ETCD_BINARY, EtcdServer
 from elastic_operator.local.kubelet import Kubelet
 from elastic_operator.local.nodes import NodePool
 from elastic_operator.local.restclient import ApiClient, ApiError, cancel_all, resource_path
-from elastic_operator.local.runtime import die_with_parent
+from elastic_operator.local.runtime import die_with_parent, die_with_parent_script
 from elastic_operator.local.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,9 @@ class LocalCluster:
     async def _start(self) -> None:
         cfg = self.config
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Checkpoints under the state dir (where examples/elastic-job.yaml keeps them) belong
+        # to this cluster's jobs: a job of the same name must not resume a previous run's.
+        shutil.rmtree(self.state_dir / "checkpoints", ignore_errors=True)
         self.server = ApiServer(log_source=self._log_source)
         await self.server.start()
         self.server.write_kubeconfig(self.kubeconfig)
@@ -140,8 +144,15 @@ class LocalCluster:
             etcd_dir = self.state_dir / "etcd"
             shutil.rmtree(etcd_dir, ignore_errors=True)
             etcd_dir.mkdir(parents=True)
-            self.etcd = EtcdServer(data_dir=etcd_dir)
-            await asyncio.to_thread(self.etcd.start)
+            etcd_binary = shutil.which("etcd") or DEFAULT_ETCD_BINARY
+            if not Path(etcd_binary).exists():
+                raise FileNotFoundError(f"etcd not found (looked on PATH and at {etcd_binary});"
+                                        " install it (Debian: apt-get install etcd-server)")
+            binary = die_with_parent_script(etcd_binary, self.state_dir / "bin" / "etcd")
+            self.etcd = EtcdServer(binary=str(binary), data_dir=etcd_dir)
+            # Started from the loop's thread: the parent-death signal follows the thread
+            # that forks, and this one lives as long as the cluster.
+            self.etcd.start()
         if cfg.operator:
             await self.start_operator()
         self._write_state()

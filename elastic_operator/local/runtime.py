@@ -213,6 +213,19 @@ def die_with_parent(argv: list[str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
 
 
+def die_with_parent_script(program: str, path: Path) -> Path:
+    """Write an executable at ``path`` that runs ``program`` (with its arguments) the way
+    :func:`die_with_parent` runs a command, for code that only accepts a binary's path (the
+    parent-death signal then follows the thread that starts it; keep that thread alive)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = path.with_suffix(".py")
+    wrapper.write_text(_DIE_WITH_PARENT)
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{wrapper}" {os.getpid()} '
+                    f'"{program}" "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
 def check_program(argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
     """Raise FileNotFoundError when argv[0] cannot be executed (what a runtime reports as
     StartError), since behind the wrapper a missing program would only be an exit code."""
