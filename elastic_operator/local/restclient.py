@@ -15,21 +15,19 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
+# One spelling of REST paths and timestamps for the operator and the local cluster.
+from elastic_operator.api.common import now_rfc3339 as timestamp
+from elastic_operator.k8s import path as resource_path
+
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
-
-
-def timestamp() -> str:
-    """The current UTC time as Kubernetes writes timestamps (RFC 3339, seconds)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ApiError(Exception):
@@ -40,21 +38,6 @@ class ApiError(Exception):
         self.status = status
         self.reason = str(status.get("reason") or "")
         super().__init__(str(status.get("message") or f"HTTP {code}"))
-
-
-def resource_path(plural: str, namespace: str | None = None, name: str | None = None,
-                  subresource: str | None = None, group: str = "", version: str = "v1") -> str:
-    """The REST path of a collection or object, e.g. ``/api/v1/namespaces/ns/pods/p/status``."""
-    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
-    parts = [base]
-    if namespace:
-        parts.append(f"namespaces/{namespace}")
-    parts.append(plural)
-    if name:
-        parts.append(name)
-    if subresource:
-        parts.append(subresource)
-    return "/".join(parts)
 
 
 def read_kubeconfig(path: str | Path) -> tuple[str, str | None, str]:
