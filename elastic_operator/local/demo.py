@@ -244,8 +244,9 @@ class Demo:
                     live.update(self.render())
                 elif p.step // 10 != last_printed:
                     last_printed = p.step // 10
+                    loss = "-" if p.loss is None else f"{p.loss:.4f}"
                     print(f"step {p.step} epoch {p.epoch} world size {p.world_size} "
-                          f"loss {p.loss} phase {p.phase}", flush=True)
+                          f"loss {loss} phase {p.phase}", flush=True)
                 if p.phase in ("Succeeded", "Failed"):
                     return p.phase == "Succeeded"
                 operator = self.cluster.operator
