@@ -8,8 +8,16 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.harness import Api, Cluster, OperatorProcess, create_namespace, start_cluster
+
+# Property tests judge behaviour, not speed: on a loaded 2-core CI machine hypothesis' default
+# 200 ms deadline and its too-slow health check would fail correct code at random.
+settings.register_profile(
+    "elastic", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("elastic")
 
 
 @pytest.fixture(scope="module")
