@@ -18,6 +18,7 @@ epochs are done, and 0 after a SIGTERM-triggered checkpoint (the agent restarts 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -169,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             emit("done", step=session.global_step, loss=final)
     if ctx.world_size > 1:
         # Leave together: a rank tearing down its connections while rank 0 (which hosts the
-        # store) still writes the checkpoint can make gloo abort the process at exit.
+        # store) still writes the checkpoint can make gloo abort the process at exit. DDP's
+        # reducer holds the process group: drop it first, so the group's threads are joined
+        # here rather than in interpreter teardown (where gloo can std::terminate).
         dist.barrier()
+        del model
+        gc.collect()
         dist.destroy_process_group()
     return 0
 
