@@ -206,6 +206,18 @@ def rbac_rules(path: Path) -> set[tuple[str, str, str]]:
     return allowed
 
 
+def operator_calls(cluster: Cluster) -> set[tuple[str, str, str]]:
+    """(verb, group, resource[/subresource]) the operator user made, as :func:`rbac_rules` has."""
+    return {(verb, group, resource)
+            for group, resource, verb in cluster.server.server.audit_rules(OPERATOR_USER)}
+
+
+def calls_rbac_denies(calls: set[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The ``calls`` that ``deploy/rbac.yaml`` does not allow, sorted (empty: all allowed)."""
+    allowed = rbac_rules(ROOT / "deploy" / "rbac.yaml")
+    return sorted(call for call in calls if call not in allowed)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

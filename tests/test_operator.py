@@ -18,17 +18,16 @@ from elastic_operator.api.common import Condition
 from elastic_operator.local.etcd import EtcdServer
 from launcher.contract import FailureReport, PodEnv, failure_key, round_key
 from tests.harness import (
-    OPERATOR_USER,
-    ROOT,
     Api,
     Cluster,
     HttpError,
     OperatorProcess,
+    calls_rbac_denies,
     elastic_job,
     events_for,
     jobs_path,
+    operator_calls,
     pods_path,
-    rbac_rules,
     set_pod_phase,
     worker_pods,
 )
@@ -362,9 +361,7 @@ def test_rbac_allows_every_call_the_operator_made(
     apiserver: Cluster, operator_process: OperatorProcess
 ) -> None:
     """Runs last in the module, so the audit holds every scenario above."""
-    allowed = rbac_rules(ROOT / "deploy" / "rbac.yaml")
-    calls = {(r.verb, r.group, f"{r.resource}/{r.subresource}" if r.subresource else r.resource)
-             for r in apiserver.audit(OPERATOR_USER)}
+    calls = operator_calls(apiserver)
     assert ("create", "", "pods") in calls  # the audit did see the operator's work
-    missing = sorted(call for call in calls if call not in allowed)
+    missing = calls_rbac_denies(calls)
     assert not missing, f"deploy/rbac.yaml does not allow: {missing}"

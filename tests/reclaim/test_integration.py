@@ -19,15 +19,14 @@ import pytest
 
 from elastic_operator import k8s, labels
 from tests.harness import (
-    OPERATOR_USER,
-    ROOT,
     Api,
     Cluster,
     OperatorProcess,
+    calls_rbac_denies,
     events_for,
     free_port,
+    operator_calls,
     pods_path,
-    rbac_rules,
 )
 from tests.reclaim.conftest import TOKEN, Exporter, Jupyter, wait_for
 
@@ -347,11 +346,9 @@ def test_rbac_allows_every_call_the_reclaim_controller_made(
     apiserver: Cluster, operator: OperatorProcess
 ) -> None:
     """Runs last in the module, so the audit holds every scenario above."""
-    allowed = rbac_rules(ROOT / "deploy" / "rbac.yaml")
-    calls = {(r.verb, r.group, f"{r.resource}/{r.subresource}" if r.subresource else r.resource)
-             for r in apiserver.audit(OPERATOR_USER)}
+    calls = operator_calls(apiserver)
     # The audit did see the reclaim work: token, marks, status.
     assert {("get", "", "secrets"), ("patch", "", "pods"),
             ("patch", labels.GROUP, "kernelreclaimpolicies/status")} <= calls
-    missing = sorted(call for call in calls if call not in allowed)
+    missing = calls_rbac_denies(calls)
     assert not missing, f"deploy/rbac.yaml does not allow: {missing}"
