@@ -124,20 +124,8 @@ class Api:
 
         Exceptions from ``check`` count as "not yet" and the last one is reported.
         """
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while True:
-            try:
-                result = check()
-                if result:
-                    return result
-                last = result
-            except (HttpError, KeyError, IndexError, TypeError) as exc:
-                last = exc
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for "
-                                     f"{what or check}; last: {last!r}")
-            time.sleep(0.05)
+        return poll_until(check, timeout, what or str(check),
+                          retry_on=(HttpError, KeyError, IndexError, TypeError))
 
 
 def jobs_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
@@ -204,6 +192,28 @@ def rbac_rules(path: Path) -> set[tuple[str, str, str]]:
                     for verb in rule.get("verbs") or []:
                         allowed.add((verb, group, resource))
     return allowed
+
+
+def poll_until(check: Callable[[], T], timeout: float, what: str, *,
+               retry_on: tuple[type[Exception], ...], interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; AssertionError after ``timeout``.
+
+    Exceptions in ``retry_on`` count as "not yet" (a server still starting, an object not yet
+    there) and the last one is reported on timeout; any other exception fails at once.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except retry_on as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
 
 
 def operator_calls(cluster: Cluster) -> set[tuple[str, str, str]]:

@@ -22,6 +22,7 @@ import pytest
 
 from elastic_operator.local.etcd import EtcdServer
 from launcher import contract
+from tests.harness import poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = Path(__file__).with_name("train_tiny.py")
@@ -40,15 +41,9 @@ def etcd_server() -> Iterator[EtcdServer]:
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Return the first truthy ``predicate()`` within ``timeout`` s, else fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Return the first truthy ``predicate()`` within ``timeout`` s, else fail naming ``what``.
+    Any exception from ``predicate`` fails at once."""
+    return poll_until(predicate, timeout, what, retry_on=(), interval=interval)
 
 
 @dataclass

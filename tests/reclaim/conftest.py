@@ -24,23 +24,18 @@ import pytest
 import websocket
 import yaml
 
-from tests.harness import free_port
+from tests.harness import free_port, poll_until
 
 TOKEN = "jt-" + uuid.uuid4().hex  # the Jupyter token; must never show up anywhere
 START_TIMEOUT = 90.0  # generous: 7 helpers share 2 cores
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
-            result = check()
-            if result:
-                return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+    """Poll ``check`` until it returns something truthy; fail naming ``what``.
+
+    Connection and decoding errors (Jupyter or Prometheus still starting) mean "not yet"."""
+    return poll_until(check, timeout, what, retry_on=(OSError, ValueError, KeyError, IndexError),
+                      interval=0.1)
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
