@@ -87,7 +87,8 @@ class AutoscaleSpec(ApiModel):
     stabilizationWindowSeconds: int = Field(
         default=60,
         ge=0,
-        description="Capacity must stay free (or needed) this long before a resize.",
+        description="GPUs must stay free this long without a break before the job grows "
+                    "into them; shrinking for higher-priority work is immediate.",
     )
     unschedulableTimeoutSeconds: int = Field(
         default=120,

@@ -14,7 +14,10 @@ expressions ANDed). Preferred affinity, pod (anti-)affinity and topology spread 
 modelled: a pod they keep Pending is handled by the policy's unschedulable timeout.
 
 :class:`CapacityCache` is fed one watch event at a time and keeps per-node usage incrementally,
-so a decision never lists the cluster.
+so a decision never lists the cluster. It also keeps, per node, the least the node offered
+since the previous decision (:meth:`CapacityCache.take_floor`): decisions are debounced and
+periodic, so GPUs taken and freed again between two of them would otherwise go unseen, and the
+growth window would count them as free the whole time.
 """
 
 from __future__ import annotations
@@ -289,7 +292,8 @@ class CapacityCache:
     Guarantees: after any sequence of :meth:`apply_node`/:meth:`apply_pod` calls, the snapshot
     equals what :func:`compute_snapshot` gives for the latest version of every object seen (the
     usage per node is updated incrementally, so a snapshot costs O(nodes)). Only pods that ask
-    for GPUs or belong to an ElasticJob are kept.
+    for GPUs or belong to an ElasticJob are kept. :meth:`take_floor` never offers more on a
+    node than any state the events passed through since the previous call.
     """
 
     def __init__(self, resource: str = DEFAULT_GPU_RESOURCE) -> None:
@@ -298,25 +302,32 @@ class CapacityCache:
         self.pods: dict[str, PodInfo] = {}
         self._used: dict[str, int] = {}
         self._releasing: dict[str, int] = {}
+        # Least offer (free + releasing) per node since take_floor(); absent: unchanged since.
+        # None until the first call: what the start-up listing passed through is no history.
+        self._floor: dict[str, int] | None = None
 
     def apply_node(self, event_type: str, node: Obj) -> None:
         """Take one watch event (ADDED/MODIFIED/DELETED, or None for a listed object)."""
         info = NodeInfo.from_object(node, self.resource)
+        self._before({info.name})
         if event_type == "DELETED":
             self.nodes.pop(info.name, None)
         else:
             self.nodes[info.name] = info
+        self._after({info.name})
 
     def apply_pod(self, event_type: str, pod: Obj) -> None:
         """Take one watch event of a pod (ADDED/MODIFIED/DELETED, or None for a listed one)."""
         info = PodInfo.from_object(pod, self.resource)
         old = self.pods.pop(info.key, None)
+        touched = {p.node for p in (old, info) if p is not None and p.node}
+        self._before(touched)
         if old is not None:
             self._account(old, -1)
-        if event_type == "DELETED" or not (info.gpus > 0 or info.job):
-            return
-        self.pods[info.key] = info
-        self._account(info, +1)
+        if event_type != "DELETED" and (info.gpus > 0 or info.job):
+            self.pods[info.key] = info
+            self._account(info, +1)
+        self._after(touched)
 
     def _account(self, pod: PodInfo, sign: int) -> None:
         if not pod.holds_gpus:
@@ -326,10 +337,48 @@ class CapacityCache:
         if pod.terminating:
             self._releasing[node] = self._releasing.get(node, 0) + sign * pod.gpus
 
+    def _offer(self, node: str) -> int:
+        """What the node offers the policy now: free plus releasing GPUs (0 when unusable)."""
+        info = self.nodes.get(node)
+        if info is None or not info.schedulable:
+            return 0
+        return max(0, info.gpus - self._used.get(node, 0) + self._releasing.get(node, 0))
+
+    def _before(self, nodes: Iterable[str]) -> None:
+        """Remember the offer of nodes an event is about to change (once per period)."""
+        if self._floor is not None:
+            for node in nodes:
+                self._floor.setdefault(node, self._offer(node))
+
+    def _after(self, nodes: Iterable[str]) -> None:
+        if self._floor is not None:
+            for node in nodes:
+                self._floor[node] = min(self._floor[node], self._offer(node))
+
     def snapshot(self) -> CapacitySnapshot:
         """Free GPUs per schedulable node now."""
         nodes = {n: info for n, info in self.nodes.items() if info.schedulable and info.gpus > 0}
         return _snapshot(nodes, self._used, self._releasing)
+
+    def take_floor(self) -> CapacitySnapshot:
+        """The least each node offered since the previous call, and start a new period.
+
+        Per node, free + releasing is the minimum over every state the events passed through
+        since the previous call (now included) and free never exceeds the current free. The
+        minima of different nodes may come from different moments, so this is a lower bound
+        of the cluster, which is what growth may safely count on. The first call returns the
+        current snapshot.
+        """
+        now = self.snapshot()
+        lowest, self._floor = self._floor or {}, {}
+        free: dict[str, int] = {}
+        releasing: dict[str, int] = {}
+        for n in now.nodes:
+            offer = now.free[n] + now.releasing[n]
+            offer = min(offer, lowest.get(n, offer))
+            free[n] = min(now.free[n], offer)
+            releasing[n] = offer - free[n]
+        return CapacitySnapshot(nodes=now.nodes, free=free, releasing=releasing)
 
 
 def compute_snapshot(nodes: Iterable[Obj], pods: Iterable[Obj],

@@ -5,6 +5,9 @@
 - A decision loop runs the pure :func:`~elastic_operator.autoscaler.policy.decide` after a
   relevant change (debounced, so a burst of pod events costs one decision) and at least every
   ``interval`` seconds, because stabilization windows and timeouts expire with time alone.
+  Each decision also gets the least capacity seen since the previous one (kopf hands every
+  watch event over, in order), so GPUs taken and freed between two decisions still reset the
+  growth window.
 - A resize is written through the job's ``scale`` subresource (what ``kubectl scale`` and an
   HPA use) with the cached ``resourceVersion`` as a precondition: a job changed meanwhile
   answers 409 and is decided again from fresh data, never overwritten. Jobs without
@@ -161,7 +164,7 @@ class Autoscaler:
     # -- decision ----------------------------------------------------------------------------
     def decide(self, now: float) -> Decision:
         """One decision from the caches (pure apart from reading them)."""
-        snapshot = self.capacity.snapshot()
+        snapshot, floor = self.capacity.snapshot(), self.capacity.take_floor()
         self.metrics.free_gpus.set(snapshot.total_free)
         by_job: dict[str, list[PodInfo]] = {}
         for pod in self.capacity.pods.values():
@@ -173,7 +176,8 @@ class Autoscaler:
         demands = views.protected_demands(self.capacity.pods.values(), snapshot,
                                           self.settings.protected_priority)
         decision = decide(states, demands, views.policy_capacity(snapshot), self.memory, now,
-                          PolicySettings(preempt_after_s=self.settings.preempt_after_s))
+                          PolicySettings(preempt_after_s=self.settings.preempt_after_s),
+                          floor=views.policy_capacity(floor))
         self.memory = decision.memory
         self.metrics.decisions.inc()
         return decision

@@ -36,6 +36,9 @@ Rules, in the order they are applied (:func:`allocate`):
 a job grows only when the allocation wanted it larger at every decision of the last
 ``stabilizationWindowSeconds``, and only to the smallest size wanted in that window. A GPU that
 is freed and taken again within the window resets the streak, so it causes no resize at all.
+Decisions are not taken at every change, so each one also gets the *floor*: the least every
+node offered since the previous decision. Growth is counted only when it fits the floor too,
+so GPUs that were taken and freed again between two decisions also reset the streak.
 """
 
 from __future__ import annotations
@@ -383,17 +386,22 @@ def _describe_growth(nodes: list[str], gpus_per_worker: int, window_s: float) ->
 
 def decide(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capacity,
            memory: Mapping[str, JobMemory], now: float,
-           settings: PolicySettings = PolicySettings()) -> Decision:
+           settings: PolicySettings = PolicySettings(), floor: Capacity | None = None) -> Decision:
     """Resizes to make now, with the growth stabilization of the module docstring.
 
+    ``floor`` is the least capacity seen since the previous call (None: only ``capacity``).
     Guarantees (on top of :func:`allocate`'s): only managed jobs get targets; a target differs
     from the job's replicas; growth waits until every decision in the job's window wanted it
-    larger and takes the smallest size wanted in that window, so targets never exceed the
-    current allocation; shrinks are immediate. The returned memory holds only jobs passed in.
+    larger, from both ``capacity`` and ``floor``, and takes the smallest size wanted in that
+    window, so targets never exceed the current allocation; shrinks are immediate and come
+    from ``capacity`` alone. The returned memory holds only jobs passed in.
     """
-    jobs = list(jobs)
+    jobs, demands = list(jobs), list(demands)
     hold = frozenset(k for k, m in memory.items() if m.hold_growth_until > now)
     alloc = allocate(jobs, demands, capacity, now, settings, hold)
+    lowest = alloc
+    if floor is not None and floor != capacity:
+        lowest = allocate(jobs, demands, floor, now, settings, hold)
     targets: dict[str, Target] = {}
     new_memory: dict[str, JobMemory] = {}
     for job in jobs:
@@ -410,7 +418,8 @@ def decide(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capaci
             targets[job.key] = Target(want, have, kind or Kind.PREEMPT,
                                       f"shrink {have}->{want}: {alloc.reasons.get(job.key, '')}")
             continue
-        if want == have:
+        want = min(want, lowest.replicas[job.key])
+        if want <= have:
             new_memory[job.key] = replace(mem, streak=None)
             continue
         streak = mem.streak or Streak(since=now)

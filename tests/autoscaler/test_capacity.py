@@ -191,3 +191,75 @@ def test_cache_agrees_with_a_full_listing_after_any_event_sequence(
     expected = compute_snapshot(nodes, live.values())
     got = cache.snapshot()
     assert got.free == expected.free and got.releasing == expected.releasing
+
+
+def test_floor_remembers_gpus_taken_and_freed_again_between_decisions() -> None:
+    cache = CapacityCache()
+    cache.apply_node("ADDED", node("n1", 8))
+    cache.apply_node("ADDED", node("n2", 4))
+    assert cache.take_floor().free == {"n1": 8, "n2": 4}  # the first call: no history yet
+    cache.apply_pod("ADDED", pod("flap", 2))
+    cache.apply_pod("MODIFIED", pod("flap", 2, node_name="n1"))
+    cache.apply_pod("DELETED", pod("flap", 2, node_name="n1"))
+    floor = cache.take_floor()
+    assert cache.snapshot().free == {"n1": 8, "n2": 4}
+    assert floor.free == {"n1": 6, "n2": 4} and floor.releasing == {"n1": 0, "n2": 0}
+    # A new period starts from the state at the previous call.
+    assert cache.take_floor().free == {"n1": 8, "n2": 4}
+
+
+def test_floor_counts_a_node_that_was_cordoned_or_gone_meanwhile_as_offering_nothing() -> None:
+    cache = CapacityCache()
+    cache.apply_node("ADDED", node("n1", 8))
+    assert cache.take_floor().free == {"n1": 8}
+    cache.apply_node("MODIFIED", node("n1", 8, unschedulable=True))
+    cache.apply_node("MODIFIED", node("n1", 8))
+    assert cache.take_floor().free == {"n1": 0}
+    cache.apply_node("DELETED", node("n1", 8))
+    cache.apply_node("ADDED", node("n1", 8))
+    assert cache.take_floor().free == {"n1": 0}
+    assert cache.take_floor().free == {"n1": 8}
+
+
+def test_floor_keeps_what_terminating_pods_release_apart_from_what_is_free() -> None:
+    cache = CapacityCache()
+    cache.apply_node("ADDED", node("n1", 8))
+    cache.apply_pod("ADDED", pod("a", 3, node_name="n1"))
+    cache.take_floor()
+    cache.apply_pod("MODIFIED", pod("a", 3, node_name="n1", deleting=True))
+    floor = cache.take_floor()  # it was not terminating at the previous call
+    assert (floor.free, floor.releasing) == ({"n1": 5}, {"n1": 0})
+    floor = cache.take_floor()
+    assert (floor.free, floor.releasing) == ({"n1": 5}, {"n1": 3})
+
+
+@settings(max_examples=150, deadline=None)
+@given(_events, st.integers(0, 8), st.integers(0, 8), st.integers(0, 30))
+def test_floor_is_the_least_offer_of_every_state_since_the_previous_call(
+        events: list[tuple[str, int, str | None, str, bool, bool]], g1: int, g2: int,
+        cut: int) -> None:
+    cache = CapacityCache()
+    nodes = [node("n1", g1), node("n2", g2)]
+    for n in nodes:
+        cache.apply_node("ADDED", n)
+    cache.take_floor()
+    live: dict[str, dict[str, Any]] = {}
+    states = [cache.snapshot()]
+    for step, (name, gpus, where, phase, deleting, delete) in enumerate(events):
+        if step == cut:
+            cache.take_floor()
+            states = [cache.snapshot()]
+        if delete and name in live:
+            cache.apply_pod("DELETED", live.pop(name))
+        else:
+            obj = pod(name, gpus, node_name=where, phase=phase, deleting=deleting)
+            cache.apply_pod("MODIFIED" if name in live else "ADDED", obj)
+            live[name] = obj
+        states.append(compute_snapshot(nodes, live.values()))
+    now = cache.snapshot()
+    floor = cache.take_floor()
+    states.append(now)
+    for n in now.free:
+        assert floor.free[n] <= now.free[n]
+        assert floor.free[n] + floor.releasing[n] == min(
+            s.free[n] + s.releasing[n] for s in states)

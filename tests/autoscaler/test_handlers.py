@@ -107,3 +107,23 @@ def test_deleted_pods_free_their_gpus(scaler: Autoscaler) -> None:
     scaler.on_job(None, job())
     scaler.on_pod("DELETED", pod("other", 2, node_name="n1"))
     assert scaler.decide(NOW).targets["default/train"].replicas == 8
+
+
+def test_gpus_taken_and_freed_between_decisions_hold_growth_back() -> None:
+    """Decisions that each see the GPUs free must not grow the job when the events show the
+    GPUs were taken in between (what a debounced loop and a fast-flapping pod can line up)."""
+    scaler = Autoscaler(AutoscalerSettings(preempt_after_s=0), METRICS)
+    scaler.on_node("ADDED", node("n1", 8))
+    for i in range(6):
+        scaler.on_pod(None, pod(f"train-worker-{i}", 1, node_name="n1", job="train", index=i))
+    windowed = job(replicas=6)
+    windowed["spec"]["autoscale"]["stabilizationWindowSeconds"] = 6
+    scaler.on_job(None, windowed)
+    for t in range(20):
+        assert scaler.decide(NOW + t).targets == {}, t
+        scaler.on_pod("ADDED", pod("flap", 2))
+        scaler.on_pod("MODIFIED", pod("flap", 2, node_name="n1"))
+        scaler.on_pod("DELETED", pod("flap", 2, node_name="n1"))
+    for t in range(20, 28):  # the decision at 20 still sees the last flap
+        decision = scaler.decide(NOW + t)
+    assert decision.targets["default/train"].replicas == 8

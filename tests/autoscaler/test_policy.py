@@ -192,6 +192,32 @@ def test_a_freed_gpu_that_returns_within_the_window_causes_no_resize() -> None:
         mem = d.memory
 
 
+def test_gpus_taken_and_freed_between_decisions_reset_the_window_through_the_floor() -> None:
+    # Every decision happens to see the 2 GPUs free, but each time they were taken meanwhile.
+    a = job("ns/a", replicas=6, on=["n1"] * 6, window=6)
+    mem: dict[str, JobMemory] = {}
+    for t in range(0, 30):
+        d = decide([a], [], cap(n1=2), mem, NOW + t, floor=cap(n1=0))
+        assert d.targets == {}, t
+        mem = d.memory
+    # Once the floor agrees for a whole window, the job grows, to the least the floor allowed.
+    for t in range(30, 37):
+        d = decide([a], [], cap(n1=2), mem, NOW + t, floor=cap(n1=1 if t == 31 else 2))
+        mem = d.memory
+    assert d.targets["ns/a"].replicas == 7
+
+
+def test_the_floor_never_causes_a_shrink_or_growth_beyond_the_current_capacity() -> None:
+    a = job("ns/a", replicas=4, on=["n1"] * 4, window=0)
+    assert decide([a], [], cap(n1=0), {}, NOW, floor=cap(n1=0)).targets == {}
+    d = decide([a], [], cap(n1=1), {}, NOW, floor=cap(n1=3))
+    assert d.targets["ns/a"].replicas == 5
+    high = job("ns/high", replicas=2, on=["n1", None], priority=10, min_r=2)
+    low = job("ns/low", replicas=4, on=["n1"] * 4)
+    d = decide([high, low], [], cap(n1=0), {}, NOW, floor=cap(n1=0))
+    assert d.targets["ns/low"].replicas == 3 and d.targets["ns/low"].kind is Kind.PREEMPT
+
+
 def test_memory_forgets_jobs_that_are_gone() -> None:
     mem = {"ns/gone": JobMemory()}
     assert "ns/gone" not in decide([], [], cap(n1=1), mem, NOW).memory
@@ -291,20 +317,23 @@ def test_a_lower_priority_job_grows_only_when_higher_ones_cannot(case: Case) -> 
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(0, 6), min_size=5, max_size=40), st.integers(10, 60))
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=5, max_size=40),
+       st.integers(10, 60))
 def test_fluctuating_capacity_only_grows_into_gpus_free_for_a_whole_window(
-        foreign: list[int], window: int) -> None:
-    # An 8-GPU node where other pods hold foreign[step] GPUs at each decision (window/3 apart).
-    # Nothing needs the job's GPUs back, so it must never shrink; and whenever it grows to v,
-    # v workers fitted at every decision of the window before.
+        foreign: list[tuple[int, int]], window: int) -> None:
+    # An 8-GPU node where other pods hold `held` GPUs at each decision (window/3 apart), and
+    # held for a moment `between` GPUs more since the previous decision. Nothing needs the
+    # job's GPUs back, so it must never shrink; and whenever it grows to v, v workers fitted at
+    # every moment of the window before.
     a = job("ns/a", replicas=2, on=["n1", "n1"], window=float(window))
     mem: dict[str, JobMemory] = {}
     seen: list[tuple[float, int]] = []  # (time, workers the job could have had)
-    for step, held in enumerate(foreign):
+    for step, (held, between) in enumerate(foreign):
         now = NOW + step * window / 3
         free = max(0, 8 - held - a.replicas)
-        seen.append((now, a.replicas + free))
-        d = decide([a], [], cap(n1=free), mem, now)
+        lowest = max(0, free - between)
+        seen.append((now, a.replicas + lowest))
+        d = decide([a], [], cap(n1=free), mem, now, floor=cap(n1=lowest))
         mem = d.memory
         target = d.targets.get("ns/a")
         if target is None:
