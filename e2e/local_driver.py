@@ -38,7 +38,7 @@ class LocalDriver:
         try:
             await kubectl.apply(self.cluster.api, docs, self.namespace)
         except ApiError as exc:
-            raise ApplyRefused(str(exc)) from exc
+            raise ApplyRefused(exc.message) from exc
 
     async def get_job(self, name: str) -> Obj | None:
         try:

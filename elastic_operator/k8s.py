@@ -24,14 +24,20 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(Exception):
-    """A non-2xx answer; ``code`` is the HTTP status, ``reason`` the Status reason."""
+    """A non-2xx answer (of this client, or of the local cluster's
+    :class:`~elastic_operator.local.restclient.ApiClient`).
+
+    ``code`` is the HTTP status, ``reason`` and ``message`` those of the Kubernetes Status
+    (``message`` alone is what kubectl shows after "Error from server"); ``str()`` also names
+    the call.
+    """
 
     def __init__(self, code: int, body: Any, method: str, path: str) -> None:
-        status = body if isinstance(body, dict) else {}
+        self.status: Obj = body if isinstance(body, dict) else {}
         self.code = code
-        self.reason = str(status.get("reason") or "")
-        message = status.get("message") or str(body)[:300]
-        super().__init__(f"{method} {path}: HTTP {code}: {message}")
+        self.reason = str(self.status.get("reason") or "")
+        self.message = str(self.status.get("message") or str(body)[:300] or f"HTTP {code}")
+        super().__init__(f"{method} {path}: HTTP {code}: {self.message}")
 
 
 def path(

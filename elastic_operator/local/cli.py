@@ -108,7 +108,7 @@ def execute(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ApiError as exc:
-        print(f"Error from server ({exc.reason or exc.code}): {exc}", file=sys.stderr)
+        print(f"Error from server ({exc.reason or exc.code}): {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -242,7 +242,7 @@ async def _apply(client: ApiClient, args: argparse.Namespace) -> int:
             print(line)
     except ApiError as exc:
         print(f'Error from server ({exc.reason or exc.code}): error when applying "{source}": '
-              f"{exc}\nnothing was created from {source}", file=sys.stderr)
+              f"{exc.message}\nnothing was created from {source}", file=sys.stderr)
         return 1
     return 0
 

@@ -293,7 +293,7 @@ async def _main(args: argparse.Namespace) -> int:
         try:
             ok = await demo.run()
         except ApiError as exc:
-            print(f"Error from server ({exc.reason or exc.code}): {exc}", file=sys.stderr)
+            print(f"Error from server ({exc.reason or exc.code}): {exc.message}", file=sys.stderr)
             return 1
         print(demo.summary(), flush=True)
         if not ok:

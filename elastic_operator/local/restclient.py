@@ -21,23 +21,13 @@ from typing import Any
 import aiohttp
 import yaml
 
-# One spelling of REST paths and timestamps for the operator and the local cluster.
+# One spelling of REST paths, timestamps and API errors for the operator and the local cluster.
 from elastic_operator.api.common import now_rfc3339 as timestamp
+from elastic_operator.k8s import MERGE_PATCH, ApiError
 from elastic_operator.k8s import path as resource_path
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-MERGE_PATCH = "application/merge-patch+json"
-
-
-class ApiError(Exception):
-    """A non-2xx answer: ``code`` is the HTTP status, ``status`` the Kubernetes Status body."""
-
-    def __init__(self, code: int, status: Obj) -> None:
-        self.code = code
-        self.status = status
-        self.reason = str(status.get("reason") or "")
-        super().__init__(str(status.get("message") or f"HTTP {code}"))
 
 
 def read_kubeconfig(path: str | Path) -> tuple[str, str | None, str]:
@@ -102,7 +92,7 @@ class ApiClient:
                 except ValueError:
                     status = {"message": text.strip() or resp.reason}
                 raise ApiError(resp.status, status if isinstance(status, dict) else
-                               {"message": str(status)})
+                               {"message": str(status)}, method, path)
             if resp.content_type == "application/json" and text:
                 return json.loads(text)
             return text
@@ -142,14 +132,14 @@ class ApiClient:
                  "allowWatchBookmarks": "true", **params}
         async with self._session.get(self.server + path, params=query) as resp:
             if resp.status >= 400:
-                raise ApiError(resp.status, {"message": await resp.text()})
+                raise ApiError(resp.status, {"message": await resp.text()}, "WATCH", path)
             async for line in resp.content:
                 if not line.strip():
                     continue
                 event = json.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
-                    raise ApiError(int(status.get("code") or 500), status)
+                    raise ApiError(int(status.get("code") or 500), status, "WATCH", path)
                 yield event["type"], event["object"]
 
 

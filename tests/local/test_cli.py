@@ -116,7 +116,9 @@ def test_up_apply_get_logs_delete_down(cluster: Path, tmp_path: Path) -> None:
     bad.write_text(INVALID_YAML)
     refused = local(state, "apply", "-f", str(bad))
     assert refused.returncode == 1
-    assert "Invalid" in refused.stderr and "minReplicas" in refused.stderr
+    # kubectl's wording: the server's message, not our client's request line.
+    assert refused.stderr.startswith("Error from server (Invalid): error when applying")
+    assert "HTTP 422" not in refused.stderr and "minReplicas" in refused.stderr
     assert "nothing was created" in refused.stderr
     assert "No resources found" in local(state, "get", "configmaps").stderr
     assert "No resources found" in local(state, "get", "ej").stderr
