@@ -15,7 +15,8 @@ modelled: a pod they keep Pending is handled by the policy's unschedulable timeo
 
 :class:`CapacityCache` is fed one watch event at a time and keeps per-node usage incrementally,
 so a decision never lists the cluster. It also keeps, per node, the least the node offered
-since the previous decision (:meth:`CapacityCache.take_floor`): decisions are debounced and
+since the previous decision (:meth:`CapacityCache.take_floor`, applied with
+:meth:`CapacitySnapshot.lowered`): decisions are debounced and
 periodic, so GPUs taken and freed again between two of them would otherwise go unseen, and the
 growth window would count them as free the whole time.
 """
@@ -285,6 +286,19 @@ class CapacitySnapshot:
     def total_free(self) -> int:
         return sum(self.free.values())
 
+    def lowered(self, lowest: Mapping[str, int]) -> CapacitySnapshot:
+        """This snapshot with each node's offer (free + releasing) capped at ``lowest[n]``
+        (nodes not in it unchanged), free GPUs counted before releasing ones: the floor
+        :meth:`CapacityCache.take_floor` describes."""
+        free: dict[str, int] = {}
+        releasing: dict[str, int] = {}
+        for n in self.nodes:
+            offer = self.free[n] + self.releasing[n]
+            offer = min(offer, lowest.get(n, offer))
+            free[n] = min(self.free[n], offer)
+            releasing[n] = offer - free[n]
+        return CapacitySnapshot(nodes=self.nodes, free=free, releasing=releasing)
+
 
 class CapacityCache:
     """Nodes and GPU-holding pods, kept current from watch events.
@@ -292,8 +306,8 @@ class CapacityCache:
     Guarantees: after any sequence of :meth:`apply_node`/:meth:`apply_pod` calls, the snapshot
     equals what :func:`compute_snapshot` gives for the latest version of every object seen (the
     usage per node is updated incrementally, so a snapshot costs O(nodes)). Only pods that ask
-    for GPUs or belong to an ElasticJob are kept. :meth:`take_floor` never offers more on a
-    node than any state the events passed through since the previous call.
+    for GPUs or belong to an ElasticJob are kept. ``snapshot().lowered(take_floor())`` never
+    offers more on a node than any state the events passed through since the previous call.
     """
 
     def __init__(self, resource: str = DEFAULT_GPU_RESOURCE) -> None:
@@ -360,25 +374,16 @@ class CapacityCache:
         nodes = {n: info for n, info in self.nodes.items() if info.schedulable and info.gpus > 0}
         return _snapshot(nodes, self._used, self._releasing)
 
-    def take_floor(self) -> CapacitySnapshot:
-        """The least each node offered since the previous call, and start a new period.
+    def take_floor(self) -> dict[str, int]:
+        """The least offer (free + releasing) of every node an event changed since the previous
+        call, the current state included, and start a new period; empty on the first call.
 
-        Per node, free + releasing is the minimum over every state the events passed through
-        since the previous call (now included) and free never exceeds the current free. The
-        minima of different nodes may come from different moments, so this is a lower bound
-        of the cluster, which is what growth may safely count on. The first call returns the
-        current snapshot.
+        ``snapshot().lowered(take_floor())`` is the floor the policy gets. The minima of
+        different nodes may come from different moments, so it is a lower bound of the
+        cluster, which is what growth may safely count on.
         """
-        now = self.snapshot()
         lowest, self._floor = self._floor or {}, {}
-        free: dict[str, int] = {}
-        releasing: dict[str, int] = {}
-        for n in now.nodes:
-            offer = now.free[n] + now.releasing[n]
-            offer = min(offer, lowest.get(n, offer))
-            free[n] = min(now.free[n], offer)
-            releasing[n] = offer - free[n]
-        return CapacitySnapshot(nodes=now.nodes, free=free, releasing=releasing)
+        return lowest
 
 
 def compute_snapshot(nodes: Iterable[Obj], pods: Iterable[Obj],

@@ -164,7 +164,8 @@ class Autoscaler:
     # -- decision ----------------------------------------------------------------------------
     def decide(self, now: float) -> Decision:
         """One decision from the caches (pure apart from reading them)."""
-        snapshot, floor = self.capacity.snapshot(), self.capacity.take_floor()
+        snapshot = self.capacity.snapshot()
+        floor = snapshot.lowered(self.capacity.take_floor())
         self.metrics.free_gpus.set(snapshot.total_free)
         by_job: dict[str, list[PodInfo]] = {}
         for pod in self.capacity.pods.values():

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from elastic_operator.autoscaler.capacity import (
     CapacityCache,
+    CapacitySnapshot,
     NodeInfo,
     PodInfo,
     QuantityError,
@@ -193,32 +194,37 @@ def test_cache_agrees_with_a_full_listing_after_any_event_sequence(
     assert got.free == expected.free and got.releasing == expected.releasing
 
 
+def floor_of(cache: CapacityCache) -> CapacitySnapshot:
+    """What a decision gets as the floor (and the start of a new period)."""
+    return cache.snapshot().lowered(cache.take_floor())
+
+
 def test_floor_remembers_gpus_taken_and_freed_again_between_decisions() -> None:
     cache = CapacityCache()
     cache.apply_node("ADDED", node("n1", 8))
     cache.apply_node("ADDED", node("n2", 4))
-    assert cache.take_floor().free == {"n1": 8, "n2": 4}  # the first call: no history yet
+    assert floor_of(cache).free == {"n1": 8, "n2": 4}  # the first call: no history yet
     cache.apply_pod("ADDED", pod("flap", 2))
     cache.apply_pod("MODIFIED", pod("flap", 2, node_name="n1"))
     cache.apply_pod("DELETED", pod("flap", 2, node_name="n1"))
-    floor = cache.take_floor()
+    floor = floor_of(cache)
     assert cache.snapshot().free == {"n1": 8, "n2": 4}
     assert floor.free == {"n1": 6, "n2": 4} and floor.releasing == {"n1": 0, "n2": 0}
     # A new period starts from the state at the previous call.
-    assert cache.take_floor().free == {"n1": 8, "n2": 4}
+    assert floor_of(cache).free == {"n1": 8, "n2": 4}
 
 
 def test_floor_counts_a_node_that_was_cordoned_or_gone_meanwhile_as_offering_nothing() -> None:
     cache = CapacityCache()
     cache.apply_node("ADDED", node("n1", 8))
-    assert cache.take_floor().free == {"n1": 8}
+    assert floor_of(cache).free == {"n1": 8}
     cache.apply_node("MODIFIED", node("n1", 8, unschedulable=True))
     cache.apply_node("MODIFIED", node("n1", 8))
-    assert cache.take_floor().free == {"n1": 0}
+    assert floor_of(cache).free == {"n1": 0}
     cache.apply_node("DELETED", node("n1", 8))
     cache.apply_node("ADDED", node("n1", 8))
-    assert cache.take_floor().free == {"n1": 0}
-    assert cache.take_floor().free == {"n1": 8}
+    assert floor_of(cache).free == {"n1": 0}
+    assert floor_of(cache).free == {"n1": 8}
 
 
 def test_floor_keeps_what_terminating_pods_release_apart_from_what_is_free() -> None:
@@ -227,9 +233,9 @@ def test_floor_keeps_what_terminating_pods_release_apart_from_what_is_free() -> 
     cache.apply_pod("ADDED", pod("a", 3, node_name="n1"))
     cache.take_floor()
     cache.apply_pod("MODIFIED", pod("a", 3, node_name="n1", deleting=True))
-    floor = cache.take_floor()  # it was not terminating at the previous call
+    floor = floor_of(cache)  # it was not terminating at the previous call
     assert (floor.free, floor.releasing) == ({"n1": 5}, {"n1": 0})
-    floor = cache.take_floor()
+    floor = floor_of(cache)
     assert (floor.free, floor.releasing) == ({"n1": 5}, {"n1": 3})
 
 
@@ -257,7 +263,7 @@ def test_floor_is_the_least_offer_of_every_state_since_the_previous_call(
             live[name] = obj
         states.append(compute_snapshot(nodes, live.values()))
     now = cache.snapshot()
-    floor = cache.take_floor()
+    floor = now.lowered(cache.take_floor())
     states.append(now)
     for n in now.free:
         assert floor.free[n] <= now.free[n]
