@@ -4,6 +4,13 @@
 content (a missing label or status becomes a neutral value), so one malformed pod cannot stop
 its job's reconcile. :func:`worker_failure` reads the launcher's FailureReport from a pod's
 termination message, falling back to the raw text.
+
+A pod that ended is one of three things, and only the first is a success:
+- **completed**: its termination message is the launcher's ``Completion`` (training finished);
+- **departed**: it was told to go (its agent's Shutdown note, a Kubernetes eviction or node
+  shutdown reason, or a ``DisruptionTarget`` condition): neither success nor failure;
+- otherwise Failed is a failure, and Succeeded without a completion is a worker that left
+  without finishing (e.g. a plain script's agent after a stop): not a success either.
 """
 
 from __future__ import annotations
@@ -15,7 +22,12 @@ from typing import Any
 
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobStatus, WorkerFailure
-from launcher.contract import FailureReport
+from launcher.contract import Completion, FailureReport
+
+# Pod status reasons with which Kubernetes ends a pod it wanted gone (kubelet eviction, graceful
+# node shutdown, preemption): the workload did nothing wrong.
+DEPARTURE_REASONS = frozenset({"Evicted", "Preempting", "Preempted", "Shutdown",
+                               "NodeShutdown", "Terminated"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,8 @@ class PodView:
     termination_message: str = ""
     termination_reason: str = ""  # the kubelet's reason, e.g. Error, OOMKilled
     exit_code: int | None = None
+    completion: Completion | None = None  # the agent said training finished
+    departed: bool = False  # ended because it was told to go (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,18 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
             if exit_code:
                 break
     annotations = meta.get("annotations") or {}
+    disrupted = any(
+        c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    try:
+        completion: Completion | None = Completion.from_json(message) if message else None
+    except ValueError:
+        completion = None
+    try:
+        departed_note = FailureReport.from_json(message).reason in FailureReport.DEPARTURES
+    except ValueError:
+        departed_note = False
     return PodView(
         name=str(meta.get("name", "")),
         index=index,
@@ -95,7 +121,17 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
         termination_message=message or status.get("message") or "",
         termination_reason=reason or status.get("reason") or "",
         exit_code=exit_code,
+        completion=completion,
+        departed=departed_note or disrupted or status.get("reason") in DEPARTURE_REASONS,
     )
+
+
+def node_replica_index(job: str, node_id: str) -> int | None:
+    """The replica index of the pod an agent's node id belongs to, or None when the id does
+    not follow the operator's naming (the agent's node id starts with its pod's hostname,
+    which the operator sets to ``<job>-worker-<index>``)."""
+    match = re.match(rf"^{re.escape(job)}-worker-(\d+)(?:-|$)", node_id)
+    return int(match.group(1)) if match else None
 
 
 def worker_failure(pod: PodView, now: datetime) -> WorkerFailure:
@@ -130,10 +166,10 @@ def reported_failure(job: str, report: FailureReport) -> WorkerFailure:
     The agent's node id starts with its pod's hostname, which the operator sets to
     ``<job>-worker-<index>``; an id that does not is shown as it is.
     """
-    match = re.match(rf"^{re.escape(job)}-worker-(\d+)(?:-|$)", report.node_id)
-    index = int(match.group(1)) if match else 0
+    found = node_replica_index(job, report.node_id)
+    index = found or 0
     return WorkerFailure(
-        pod=f"{job}-worker-{index}" if match else report.node_id,
+        pod=f"{job}-worker-{index}" if found is not None else report.node_id,
         replicaIndex=index,
         reason=report.reason,
         message=report.message[-1024:],

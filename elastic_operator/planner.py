@@ -27,8 +27,16 @@ Guarantees the tests check:
 - **Below minReplicas** ready workers for longer than spec.belowMinTimeoutSeconds after the job
   had been Ready -> Failed (reason BelowMinTimeout). The clock is the Ready condition's
   lastTransitionTime, so it survives an operator restart.
-- **Success**: once any worker Succeeded, no worker is created any more; when no worker is still
-  Pending/Running the job is Succeeded and its workers are deleted.
+- **Success only from a completion.** A job is Succeeded only on the launcher's ``Completion``
+  (from a pod's termination message, or etcd's record matching the current round), never
+  because pods exited 0: a worker stopped for a resize also exits 0. Once a completion is
+  known no worker is created; workers outside the completed round (spares, Pending pods) are
+  deleted; when no member of that round is still running, or ``COMPLETION_GRACE`` after the
+  record, the job is Succeeded and its workers are deleted.
+- **Departures are not failures.** A worker that ended because it was told to go (scale-down,
+  eviction, drain, node shutdown: see :mod:`elastic_operator.observed`), or that exited 0
+  without a completion, is replaced at once (when its index is still wanted) without entering
+  status.restarts or the maxRestarts budget.
 - **Terminal** jobs (Failed, Succeeded) only lose their remaining workers. The exception is an
   Invalid job whose spec changed (new generation): it is validated again and recovers.
 """
@@ -62,13 +70,14 @@ from elastic_operator.api.elasticjob import (
 from elastic_operator.observed import (
     JobView,
     PodView,
+    node_replica_index,
     observe_pod,
     parse_time,
     precise_time,
     reported_failure,
     worker_failure,
 )
-from launcher.contract import FailureReport
+from launcher.contract import Completion, FailureReport
 
 __all__ = [
     "Action", "CreatePod", "CreateService", "DeletePod", "Event", "JobView",
@@ -81,6 +90,10 @@ TERMINAL = (Phase.FAILED, Phase.SUCCEEDED)
 # Condition types and the reasons the planner writes.
 READY, SCALING, FAILED, INVALID, SUCCEEDED = "Ready", "Scaling", "Failed", "Invalid", "Succeeded"
 STARTING, MIN_READY, BELOW_MIN = "Starting", "MinReplicasReady", "BelowMinReplicas"
+
+# How long members of the completed round may take to exit after the completion record (the
+# final checkpoint, process-group teardown) before the job is Succeeded regardless.
+COMPLETION_GRACE = timedelta(seconds=120)
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,7 @@ def plan(
     service_present: bool = True,
     observed_round: tuple[int, int] | None = None,
     reported_failures: Sequence[FailureReport] = (),
+    completion: Completion | None = None,
 ) -> Plan:
     """Decide what to do for ``job`` given its worker ``pods`` at ``now`` (see module doc).
 
@@ -139,7 +153,8 @@ def plan(
     the handler could read it from etcd (else the world size is estimated from ready pods);
     ``reported_failures`` are the agents' FailureReports from etcd: one newer than
     status.lastFailure becomes lastFailure and a Warning event (failures an agent handled
-    inside its pod; not counted in status.restarts, which counts replaced pods).
+    inside its pod; not counted in status.restarts, which counts replaced pods);
+    ``completion`` is etcd's completion record, already checked against the current round.
     """
     settings = settings or PlannerSettings()
     out = Plan(status=job.status.model_copy(deep=True))
@@ -180,15 +195,23 @@ def plan(
     _note_reports(out, job.name, reported_failures)
     if _record_failures(out, spec, live, now):
         return out
-    if _succeed_if_done(out, live, now):
+    done = completion or next((p.completion for p in live if p.completion is not None), None)
+    if done is not None and _succeed_if_done(out, job.name, live, done, now):
         return out
     ready_now = sum(1 for p in live if p.ready and p.phase == "Running")
-    if ready_now < spec.minReplicas and _below_min_timeout(out, spec, now):
+    if done is None and ready_now < spec.minReplicas and _below_min_timeout(out, spec, now):
         _finish(out, live)
         return out
-    _reconcile_pods(out, pods, live, desired, now, settings, service_present)
+    _reconcile_pods(out, pods, live, desired, now, settings, service_present,
+                    finishing=done is not None)
     _update_phase(out, spec, desired, pods, now, observed_round)
     return out
+
+
+def _departing(pod: PodView) -> bool:
+    """Ended without failing and without completing: told to go, or exited 0 unfinished."""
+    return (pod.phase == "Failed" and pod.departed) or (
+        pod.phase == "Succeeded" and pod.completion is None)
 
 
 def _note_reports(out: Plan, job: str, reports: Sequence[FailureReport]) -> None:
@@ -219,7 +242,8 @@ def _record_failures(out: Plan, spec: ElasticJobSpec, live: list[PodView], now: 
     """Count newly failed workers; return True when that made the job Failed."""
     status = out.status
     for pod in sorted(live, key=lambda p: p.name):
-        if pod.phase != "Failed" or pod.failure_recorded_at is not None or pod.index is None:
+        if (pod.phase != "Failed" or pod.failure_recorded_at is not None or pod.index is None
+                or pod.departed):
             continue
         failure = worker_failure(pod, now)
         status.restarts += 1
@@ -244,18 +268,30 @@ def _record_failures(out: Plan, spec: ElasticJobSpec, live: list[PodView], now: 
     return False
 
 
-def _succeed_if_done(out: Plan, live: list[PodView], now: datetime) -> bool:
-    """Succeeded once a worker succeeded and none is still running; True when it happened."""
-    if not any(p.phase == "Succeeded" for p in live):
-        return False
-    if any(p.phase not in ("Succeeded", "Failed") for p in live):
+def _succeed_if_done(
+    out: Plan, job: str, live: list[PodView], done: Completion, now: datetime
+) -> bool:
+    """With training completed: Succeeded once no member of the completed round still runs
+    (or after COMPLETION_GRACE); True when it happened. Until then, non-members are deleted."""
+    members = {node_replica_index(job, node) for node in done.members}
+    running = [p for p in live if p.phase in ("Pending", "Running")]
+    waiting = [p for p in running if p.index in members and p.phase == "Running"]
+    recorded = datetime.fromtimestamp(done.timestamp, UTC) if done.timestamp > 0 else now
+    left = (recorded + COMPLETION_GRACE - now).total_seconds()
+    if waiting and left > 0:
+        for pod in running:
+            if pod not in waiting:
+                out.actions.append(DeletePod(pod.name, "JobCompleting"))
+        out.due(min(left, 5.0))
         return False
     status = out.status
     status.phase = Phase.SUCCEEDED
-    _set(status, SUCCEEDED, "True", "WorkersSucceeded", "all workers finished", now)
+    message = (f"training completed in rendezvous generation {done.generation} "
+               f"({len(done.members)} workers)")
+    _set(status, SUCCEEDED, "True", "TrainingCompleted", message, now)
     _set(status, READY, "False", "Finished", "the job finished", now)
     _set(status, SCALING, "False", "Finished", "the job finished", now)
-    out.actions.append(Event("Normal", "Succeeded", "all workers finished; deleting them"))
+    out.actions.append(Event("Normal", "Succeeded", f"{message}; deleting the workers"))
     _finish(out, live)
     return True
 
@@ -268,11 +304,12 @@ def _reconcile_pods(
     now: datetime,
     settings: PlannerSettings,
     service_present: bool,
+    finishing: bool,
 ) -> None:
-    """Scale down, restart failed workers after their backoff, scale up; in that order."""
+    """Scale down, replace departed workers, restart failed ones after their backoff, scale
+    up; in that order. ``finishing``: training completed, so nothing is created."""
     status = out.status
     taken = {p.index for p in pods if p.index is not None}
-    finishing = any(p.phase == "Succeeded" for p in live)
     if not service_present:
         out.actions.append(CreateService())
 
@@ -291,9 +328,19 @@ def _reconcile_pods(
         names = ", ".join(p.name for p in surplus)
         out.actions.append(Event("Normal", "ScalingDown", f"deleting {names} (desired {desired})"))
 
+    for pod in sorted(live, key=lambda p: p.index or 0):
+        if pod.index is None or pod.index >= desired or not _departing(pod):
+            continue
+        out.actions.append(DeletePod(pod.name, "Departed"))
+        if not finishing:
+            out.actions.append(CreatePod(pod.index, "Replace"))
+            why = pod.termination_reason or f"exited {pod.exit_code or 0} before training ended"
+            out.actions.append(Event("Normal", "ReplacingWorker",
+                                     f"{pod.name} left without failing ({why}); recreating it"))
+
     delay = settings.backoff(status.restarts)
     for pod in sorted(live, key=lambda p: p.index or 0):
-        if pod.phase != "Failed" or pod.index is None or pod.index >= desired:
+        if pod.phase != "Failed" or pod.index is None or pod.index >= desired or pod.departed:
             continue
         recorded = pod.failure_recorded_at or now
         wait = (recorded + timedelta(seconds=delay) - now).total_seconds()

@@ -242,6 +242,7 @@ class Reconciler:
             service_present=uid in self._services,
             observed_round=seen.round,
             reported_failures=seen.failures,
+            completion=seen.completion,
         )
         await self._apply(job, body, old_status, result)
         if result.status.phase in TERMINAL:

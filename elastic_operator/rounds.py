@@ -1,9 +1,11 @@
 """What each job's agents wrote to etcd, read without blocking reconciles.
 
-Two things: the last formed round (``launcher.contract.round_key``, written by the rank-0
-agent after each formation) and the agents' failure reports (``contract.failure_key``, one per
+Three things: the last formed round (``launcher.contract.round_key``, written by the rank-0
+agent after each formation), the agents' failure reports (``contract.failure_key``, one per
 node, latest wins), which tell about failures the agent handled inside its pod (a crashed or
-hung training process it restarted) that no pod status shows.
+hung training process it restarted) that no pod status shows, and the job's completion record
+(``contract.completion_key``), taken only when it names the round that is current in etcd and
+its writer is one of that round's members.
 
 :meth:`RoundReader.latest` answers from a cache at once and refreshes it in a worker thread
 (the etcd3 client is synchronous), so a slow or unreachable etcd never delays a reconcile; an
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.contract import FailureReport, etcd_prefix, round_key
+from launcher.contract import Completion, FailureReport, completion_key, etcd_prefix, round_key
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -44,12 +46,34 @@ def parse_round(raw: bytes | None) -> tuple[int, int] | None:
         return None
 
 
+def parse_completion(raw: bytes | None, round_value: bytes | None) -> Completion | None:
+    """The completion record when it matches the current round (same generation and members,
+    written by a member), else None: a record for another round, or one a pod forged, is no
+    evidence that training finished."""
+    if not raw or not round_value:
+        return None
+    try:
+        record = Completion.from_json(raw)
+        current = json.loads(round_value)
+        members = tuple(str(m) for m in current["members"])
+        generation = int(current["generation"])
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable completion record: %s", str(exc)[:200])
+        return None
+    if record.generation != generation or record.members != members:
+        log.warning("ignoring completion record for generation %d: the current round is %d",
+                    record.generation, generation)
+        return None
+    return record
+
+
 @dataclass(frozen=True)
 class RendezvousView:
     """One job's rendezvous state in etcd: ``round`` is ``(generation, worldSize)``."""
 
     round: tuple[int, int] | None = None
     failures: tuple[FailureReport, ...] = field(default=())
+    completion: Completion | None = None
 
 
 def parse_failures(values: list[bytes]) -> tuple[FailureReport, ...]:
@@ -155,4 +179,6 @@ class RoundReader:
             self._clients[endpoints] = client
         value, _meta = client.get(round_key(rdzv_id))
         reports = [raw for raw, _ in client.get_prefix(f"{etcd_prefix(rdzv_id)}failures/")]
-        return RendezvousView(parse_round(value), parse_failures(reports))
+        closed, _meta = client.get(completion_key(rdzv_id))
+        return RendezvousView(parse_round(value), parse_failures(reports),
+                              parse_completion(closed, value))

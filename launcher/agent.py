@@ -9,7 +9,14 @@ adds peer watching through ``EtcdRendezvous``.
 One iteration: join a round -> start ``nproc`` workers -> every ``monitor_interval`` (and at every
 etcd change) check, in order: local process exits (crash / all done), heartbeats (hang), the
 rendezvous (a peer lost, a member re-forming, a newcomer while below max). Then:
-- all local workers exited 0 -> mark the rendezvous closed, exit 0;
+- all local workers finished training (exit 0, no ``WorkerOutcome.STOPPED``) -> record the
+  job's ``Completion`` in etcd (only while this round is still the current one), write it to
+  the termination log, exit 0. If the round moved on meanwhile, nothing is recorded and the
+  agent joins the newer round, which resumes from the final checkpoint and completes at once:
+  a race can cost a few seconds, never a false "finished";
+- all local workers exited 0 and some after an agreed stop (a peer is leaving, the helpers'
+  SIGTERM handling agreed on a step) -> re-form, exactly as when the rendezvous asks for it;
+  a stop is never a completion;
 - re-form -> SIGTERM the workers (they checkpoint), SIGKILL after ``stop_timeout``, join again;
   not a failure, not counted;
 - local failure -> stop the workers, announce "re-forming" at once (peers follow), then decide
@@ -21,11 +28,13 @@ rendezvous (a peer lost, a member re-forming, a newcomer while below max). Then:
 
 Training processes come from a ``WarmPool`` (torch already imported) when one is ready, which
 takes the interpreter start off every restart; SIGTERM to the agent (pod deletion) stops the
-workers, revokes the lease (peers re-form at once) and exits 0 with a Shutdown note.
+workers, revokes the lease (peers re-form at once) and exits 0 with a Shutdown note in the
+termination log (a departure, not a failure: nothing goes to etcd's failure keys).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -176,6 +185,9 @@ class Agent:
                 rnd = self.rdzv.next_round(cfg.join_timeout)
             except RendezvousClosedError:
                 log.info("node %s: job already finished; nothing to do", cfg.node_id)
+                record = self._retry(self.rdzv.completion)
+                if record is not None:
+                    self.reporter.write_termination_log(record)
                 return 0
             except RendezvousTimeoutError as exc:
                 self.reporter.report("RendezvousFailed", str(exc))
@@ -196,9 +208,16 @@ class Agent:
             outcome = self._monitor(rnd)
             if outcome.kind == "succeeded":
                 self.group = None
-                self._close_rendezvous()
-                log.info("node %s: all local workers finished; done", cfg.node_id)
-                return 0
+                record = self._retry(functools.partial(self.rdzv.complete, rnd))
+                if record is not None:
+                    self.reporter.write_termination_log(record)
+                    log.info("node %s: all local workers finished; training completed in "
+                             "generation %d", cfg.node_id, record.generation)
+                    return 0
+                log.warning("node %s: local workers finished, but generation %d is no longer "
+                            "the current round; joining the newer one", cfg.node_id,
+                            rnd.generation)
+                continue
             self._stop_group()
             if outcome.kind == "reform":
                 log.info("node %s: re-forming generation %d: %s", cfg.node_id,
@@ -219,6 +238,8 @@ class Agent:
                 return Outcome("failed", status.message, status)
             if status.state is GroupState.SUCCEEDED:
                 return Outcome("succeeded")
+            if status.state is GroupState.STOPPED:
+                return Outcome("reform", status.message)
             reason = self.rdzv.reform_reason(rnd)
             if reason is not None:
                 return Outcome("reform", reason)
@@ -283,10 +304,6 @@ class Agent:
     def _report_obj(self, reason: str, message: str, rnd: Round) -> contract.FailureReport:
         return contract.FailureReport(reason=reason, message=message, node_id=self.config.node_id,
                                       generation=rnd.generation, timestamp=time.time())
-
-    def _close_rendezvous(self) -> None:
-        assert self.rdzv is not None
-        self._retry(self.rdzv.set_closed)
 
     def _retry(self, fn: Callable[[], T], default: T | None = None,
                timeout: float = 60.0) -> T | None:

@@ -9,13 +9,22 @@ Three layers:
 - ``WorkerEnv``: what the agent gives each training process (torch's names plus ours).
 - ``FailureReport``: how a failure is written where the operator reads it (termination message
   and an etcd key), so ``kubectl describe ej`` can say which worker failed and why.
+- ``Completion``: the record that training reached its end, written only by a member of the
+  final round; the only thing that makes the operator call a job Succeeded.
+
+A stop is not a completion. Between a training process and its agent, exit code 0 alone keeps
+torchrun's meaning (done); a process that uses the training helpers also writes a
+``WorkerOutcome`` to ``WorkerEnv.OUTCOME_FILE`` first, so an agreed stop for a resize (also
+exit 0) is never taken for the end of training.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import math
 from dataclasses import asdict, dataclass
-from typing import Final
+from typing import Any, Final
 
 
 class PodEnv:
@@ -58,6 +67,9 @@ class WorkerEnv:
     PREVIOUS_WORLD_SIZE: Final = "ELASTIC_PREVIOUS_WORLD_SIZE"
     # File the training helpers touch once per step; the agent treats a stale one as a hang.
     HEARTBEAT_FILE: Final = "ELASTIC_HEARTBEAT_FILE"
+    # File a training process writes its WorkerOutcome to just before it exits (see
+    # ``write_outcome``); absent means "exit code 0 = done", as under torchrun.
+    OUTCOME_FILE: Final = "ELASTIC_OUTCOME_FILE"
     # BASE_WORLD_SIZE, LR_SCALING, BATCHING, CHECKPOINT_* are passed through from PodEnv.
 
 
@@ -67,8 +79,32 @@ DEFAULT_HANG_TIMEOUT: Final = 300.0  # seconds; generous: first steps may compil
 DEFAULT_MAX_RESTARTS: Final = 3
 
 # Exit code of a training process that stopped because the agent asked it to (resize/shutdown)
-# after saving its checkpoint; the agent does not count it as a failure.
+# after saving its checkpoint; the agent does not count it as a failure. The same code as a
+# finished run, so a wrapper that knows only torchrun sees no error: the WorkerOutcome written
+# to OUTCOME_FILE is what tells the two apart.
 EXIT_RESIZE: Final = 0
+
+
+class WorkerOutcome(enum.Enum):
+    """What a training process that exits 0 did, as written to ``WorkerEnv.OUTCOME_FILE``."""
+
+    STOPPED = "stopped"  # agreed stop at a step boundary (resize, shutdown); state saved
+    COMPLETED = "completed"  # the training loop reached its end
+
+
+def write_outcome(path: str, outcome: WorkerOutcome, step: int) -> None:
+    """Record ``outcome`` for the agent (overwrites: the last word before exit counts)."""
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(json.dumps({"outcome": outcome.value, "step": step}))
+
+
+def read_outcome(path: str) -> WorkerOutcome | None:
+    """The outcome a process recorded, or None when it wrote none (or something unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as src:
+            return WorkerOutcome(json.loads(src.read(256))["outcome"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def etcd_prefix(rdzv_id: str) -> str:
@@ -83,6 +119,11 @@ def round_key(rdzv_id: str) -> str:
     job's status.worldSize and status.generation. Readers must tolerate it being absent.
     """
     return f"{etcd_prefix(rdzv_id)}round"
+
+
+def completion_key(rdzv_id: str) -> str:
+    """etcd key holding the job's ``Completion`` (torch's "closed" rendezvous); see Completion."""
+    return f"{etcd_prefix(rdzv_id)}closed"
 
 
 def failure_key(rdzv_id: str, node_id: str) -> str:
@@ -108,6 +149,9 @@ class FailureReport:
 
     REASONS = ("ProcessCrashed", "ProcessHung", "PeerLost", "MaxRestartsExceeded",
                "RendezvousFailed", "Shutdown")
+    # Not failures: the worker left because it was told to (scale-down, eviction, drain).
+    # Written to the termination log only, never to etcd, and never counted by the operator.
+    DEPARTURES = ("Shutdown",)
 
     def to_json(self) -> str:
         """Compact JSON; fits Kubernetes' 4 KiB termination-message limit for sane messages."""
@@ -123,3 +167,56 @@ class FailureReport:
             return cls(**{k: data[k] for k in data if k in cls.__dataclass_fields__})
         except (json.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"not a FailureReport: {text[:200]!r}") from exc
+
+
+# A completion names at most this many members and this long ids: anything larger did not come
+# from our agents and is refused (the operator reads the record from etcd, which pods can write).
+MAX_MEMBERS: Final = 4096
+MAX_NODE_ID: Final = 253
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Training reached its end in round ``generation`` whose members were ``members``.
+
+    Written by the agent of a member of that round once all its local training processes
+    finished (``WorkerOutcome.COMPLETED`` or torchrun's plain exit 0), to ``completion_key``
+    (compare-and-swap against the round, so a round that already moved on is never declared
+    complete) and to the agent's termination log. Agents that find it set stop at once; the
+    operator marks the job Succeeded only on a record whose writer is one of its members.
+    """
+
+    generation: int
+    members: tuple[str, ...]
+    node_id: str
+    timestamp: float = 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["members"] = list(self.members)
+        return json.dumps({"completed": True, **data}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Completion:
+        """Parse and check a record; raises ValueError on anything that is not a sane one."""
+        if len(text) > MAX_MEMBERS * (MAX_NODE_ID + 3) + 512:
+            raise ValueError(f"completion record of {len(text)} bytes is too large")
+        try:
+            data: Any = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a completion record: {str(text)[:200]!r}") from exc
+        if not isinstance(data, dict) or data.get("completed") is not True:
+            raise ValueError(f"not a completion record: {str(text)[:200]!r}")
+        generation, members, node = data.get("generation"), data.get("members"), \
+            data.get("node_id")
+        timestamp = data.get("timestamp", 0.0)
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+            raise ValueError(f"completion record: generation {generation!r} is not >= 1")
+        if (not isinstance(members, list) or not 0 < len(members) <= MAX_MEMBERS
+                or not all(isinstance(m, str) and 0 < len(m) <= MAX_NODE_ID for m in members)):
+            raise ValueError("completion record: members is not a list of node ids")
+        if not isinstance(node, str) or node not in members:
+            raise ValueError(f"completion record: writer {str(node)[:80]!r} is not a member")
+        if not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp):
+            raise ValueError("completion record: timestamp is not a number")
+        return cls(generation, tuple(members), node, float(timestamp))

@@ -16,7 +16,9 @@ Protocol. All keys live under ``contract.etcd_prefix(run_id)`` = ``P``:
   a member's rank is its index in ``members``. Only ever replaced by a transaction that compares
   the key's mod revision with the one the writer read (compare-and-swap), and that checks every
   new member's node key still exists. Two closers racing: exactly one wins; the loser re-reads.
-- ``P/closed`` -- set once the job finished (torch's ``set_closed``); late joiners stop.
+- ``P/closed`` -- the job's ``contract.Completion``: written once, by a member of the round in
+  which training reached its end, in a transaction that checks the round is still that one
+  (``complete``). Late joiners and spares stop when they see it.
 
 Derived from one consistent snapshot (``Snapshot``): a node is *active* if it is a member of the
 round and its ``after`` is below the round's generation; otherwise it is *waiting*. A member
@@ -112,7 +114,7 @@ class Snapshot:
     participants: dict[str, Participant]
     round: Round | None
     round_revision: int
-    closed: bool
+    completion: contract.Completion | None
     faults: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -121,7 +123,7 @@ class Snapshot:
         faults: dict[str, float] = {}
         current: Round | None = None
         revision = 0
-        closed = False
+        completion: contract.Completion | None = None
         for key, entry in cache.items():
             rel = key[len(prefix):]
             try:
@@ -138,16 +140,21 @@ class Snapshot:
                                     data["master_addr"], int(data["master_port"]), "")
                     revision = entry.mod_revision
                 elif rel == "closed":
-                    closed = True
+                    completion = contract.Completion.from_json(entry.value)
                 elif rel.startswith("faults/"):
                     faults[rel[len("faults/"):]] = float(json.loads(entry.value)["t"])
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring malformed rendezvous key %s: %r", key, exc)
-        return cls(participants, current, revision, closed, faults)
+        return cls(participants, current, revision, completion, faults)
 
     @property
     def generation(self) -> int:
         return self.round.generation if self.round else 0
+
+    @property
+    def closed(self) -> bool:
+        """Training finished: no further rounds form."""
+        return self.completion is not None
 
     def is_active(self, node_id: str) -> bool:
         p = self.participants.get(node_id)
@@ -342,12 +349,49 @@ class EtcdRendezvous:
     def is_closed(self) -> bool:
         return self.snapshot().closed
 
+    def completion(self) -> contract.Completion | None:
+        """The job's completion record, read from etcd itself (not the watched cache)."""
+        raw = self.session.get(contract.completion_key(self.run_id))
+        if raw is None:
+            return None
+        try:
+            return contract.Completion.from_json(raw)
+        except ValueError as exc:
+            log.warning("rendezvous %s: ignoring malformed completion record: %s", self.run_id,
+                        exc)
+            return None
+
+    def complete(self, rnd: Round) -> contract.Completion | None:
+        """Record that training reached its end in ``rnd``; returns the job's record.
+
+        Atomic: written only while ``rnd`` is still the current round (its key's revision is
+        the one this node ran in) and no record exists yet. Returns the record that stands
+        afterwards (this node's or an earlier one), or None when ``rnd`` is no longer current:
+        then nothing was written, because a newer round that did not finish exists.
+        Raises EtcdUnavailableError while etcd cannot be reached.
+        """
+        key = contract.completion_key(self.run_id)
+        raw_round = self.session.get(self.round_key)
+        if raw_round is None:
+            return self.completion()
+        current = json.loads(raw_round)
+        if int(current["generation"]) != rnd.generation or self.node_id not in current["members"]:
+            return self.completion()
+        record = contract.Completion(rnd.generation, rnd.members, self.node_id, time.time())
+        compare = [tx.Value(self.round_key) == raw_round, tx.Version(key) == 0]
+        if self.session.transaction(compare, [tx.Put(key, record.to_json().encode())]):
+            log.info("rendezvous %s: training completed in round %d %s", self.run_id,
+                     rnd.generation, list(rnd.members))
+            return record
+        return self.completion()
+
     def set_closed(self) -> None:
-        """Mark the job finished: late joiners stop, members do not re-form on exits."""
-        self.session.put(
-            f"{self.prefix}closed",
-            json.dumps({"generation": self.last_generation, "node": self.node_id}).encode(),
-        )
+        """torch's ``set_closed``: training finished in the last round this node ran in."""
+        snap = self.snapshot()
+        if snap.round is not None and self.node_id in snap.round.members:
+            r = snap.round
+            self.complete(Round(r.generation, r.members, r.master_addr, r.master_port,
+                                self.node_id))
 
     # -- fault attribution ---------------------------------------------------------------------
 

@@ -9,6 +9,10 @@
   signal), so a SIGKILLed agent leaves no orphan holding a GPU or a port;
 - the exit time of each process is taken when it exits (a waiter thread), not when polled, so
   nodes can tell which failure came first;
+- a stop is not a completion: all processes exiting 0 is SUCCEEDED only when none of them
+  recorded ``WorkerOutcome.STOPPED`` in its outcome file (``ELASTIC_OUTCOME_FILE``, written by
+  the training helpers at an agreed stop); otherwise the group is STOPPED, which the agent
+  answers with a re-formation. A script without the helpers writes nothing: exit 0 = done;
 - hang detection: a process is hung when its heartbeat file (``ELASTIC_HEARTBEAT_FILE``, touched
   by the training helpers once per step) is older than ``hang_timeout``. The timer is armed by
   the first heartbeat: a script that never touches the file is never declared hung, and the
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher.contract import WorkerEnv
+from launcher.contract import WorkerEnv, WorkerOutcome, read_outcome
 from launcher.etcd_rendezvous import Round
 
 if TYPE_CHECKING:
@@ -50,7 +54,8 @@ def die_with_parent() -> None:
 
 class GroupState(enum.Enum):
     RUNNING = "running"
-    SUCCEEDED = "succeeded"
+    SUCCEEDED = "succeeded"  # every process finished training
+    STOPPED = "stopped"  # every process exited 0, at least one after an agreed stop
     FAILED = "failed"
 
 
@@ -111,6 +116,9 @@ class WorkerGroup:
     def heartbeat_file(self, local_rank: int) -> Path:
         return self.run_dir / f"heartbeat-{self.round.generation}-{local_rank}"
 
+    def outcome_file(self, local_rank: int) -> Path:
+        return self.run_dir / f"outcome-{self.round.generation}-{local_rank}"
+
     def env_for(self, local_rank: int) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
@@ -128,6 +136,7 @@ class WorkerGroup:
             WorkerEnv.RDZV_GENERATION: str(self.round.generation),
             WorkerEnv.PREVIOUS_WORLD_SIZE: str(self.previous_world_size),
             WorkerEnv.HEARTBEAT_FILE: str(self.heartbeat_file(local_rank)),
+            WorkerEnv.OUTCOME_FILE: str(self.outcome_file(local_rank)),
         })
         if self.nproc > 1:
             env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: avoid oversubscription
@@ -138,6 +147,7 @@ class WorkerGroup:
         warm = 0
         for local_rank in range(self.nproc):
             self.heartbeat_file(local_rank).unlink(missing_ok=True)
+            self.outcome_file(local_rank).unlink(missing_ok=True)
             env = self.env_for(local_rank)
             proc = self.pool.take() if self.pool is not None else None
             if proc is not None and self.pool is not None and self.pool.launch(proc, env, self.cmd):
@@ -172,6 +182,12 @@ class WorkerGroup:
                 f"(local rank {local_rank}) {describe_exit(code)}",
             )
         if all(c == 0 for c in codes):
+            stopped = [i for i in range(len(self.procs))
+                       if read_outcome(str(self.outcome_file(i))) is WorkerOutcome.STOPPED]
+            if stopped:
+                return GroupStatus(GroupState.STOPPED, stopped[0], 0, self.exit_times.get(
+                    stopped[0], time.time()), message="training processes stopped at an "
+                    "agreed step boundary (state saved)")
             return GroupStatus(GroupState.SUCCEEDED)
         hung = self._hung(time.time() if now is None else now)
         if hung is not None:

@@ -6,6 +6,10 @@ Each report (``contract.FailureReport``) goes to two places, independently:
 - the etcd key ``contract.failure_key(rdzv_id, node_id)`` (latest report wins), read by the
   operator or a person with ``etcdctl get --prefix /elastic/<id>/failures/``.
 
+A departure (``FailureReport.DEPARTURES``: the agent was told to leave) goes to the termination
+log only: it is no failure, and etcd's failure keys are for failures. A ``Completion`` goes to
+the termination log too, so the pod itself says that training finished.
+
 Neither write may fail the agent: an unwritable path or an unreachable etcd is logged and
 skipped (the other destination and the agent's exit code still tell the story).
 """
@@ -55,13 +59,16 @@ class FailureReporter:
             reason=reason, message=message, node_id=self.node_id, rank=rank,
             exit_code=exit_code, generation=generation, timestamp=time.time(),
         )
-        log.error("failure on node %s: %s (rank %d, exit %s): %s",
-                  self.node_id, reason, rank, exit_code, message)
+        level = logging.INFO if reason in contract.FailureReport.DEPARTURES else logging.ERROR
+        log.log(level, "%s on node %s: %s (rank %d, exit %s): %s",
+                "departure" if level == logging.INFO else "failure", self.node_id, reason, rank,
+                exit_code, message)
         self.write_termination_log(report)
-        self.write_etcd(report)
+        if reason not in contract.FailureReport.DEPARTURES:
+            self.write_etcd(report)
         return report
 
-    def write_termination_log(self, report: contract.FailureReport) -> bool:
+    def write_termination_log(self, report: contract.FailureReport | contract.Completion) -> bool:
         """Overwrite the termination log with ``report``; False (logged) if not writable."""
         if self.termination_log is None:
             return False

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobStatus, Phase
 from elastic_operator.planner import (
+    COMPLETION_GRACE,
     CreatePod,
     CreateService,
     DeletePod,
@@ -26,7 +27,7 @@ from elastic_operator.planner import (
     observe_pod,
     plan,
 )
-from launcher.contract import FailureReport
+from launcher.contract import Completion, FailureReport
 
 STARTING = "Starting"
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -276,19 +277,103 @@ def test_never_ready_job_does_not_time_out() -> None:
 # ----------------------------------------------------------------------------- success
 
 
-def test_all_workers_succeeded_finishes_the_job() -> None:
-    pods = [pod(0, "Succeeded", False), pod(1, "Succeeded", False)]
+def completion(*indices: int, generation: int = 3, writer: int | None = None,
+               at: datetime = NOW) -> Completion:
+    members = tuple(f"j-worker-{i}-1-abc" for i in indices)
+    node = members[0] if writer is None else f"j-worker-{writer}-1-abc"
+    return Completion(generation, members, node, at.timestamp())
+
+
+def completed(index: int, record: Completion) -> PodView:
+    return pod(index, "Succeeded", False, exit_code=0, completion=record,
+               termination_message=record.to_json())
+
+
+def test_completion_in_a_pod_finishes_the_job() -> None:
+    record = completion(0, 1)
+    pods = [completed(0, record), completed(1, record)]
     p = plan(job(), pods, NOW)
     assert p.status.phase == Phase.SUCCEEDED
-    assert cond(p.status, "Succeeded") == ("True", "WorkersSucceeded")
+    assert cond(p.status, "Succeeded") == ("True", "TrainingCompleted")
+    assert any("generation 3" in c.message for c in p.status.conditions)
     assert len(p.of(DeletePod)) == 2
+    assert p.status.restarts == 0
 
 
-def test_one_succeeded_worker_stops_creating() -> None:
-    pods = [pod(0, "Succeeded", False), pod(1)]
-    p = plan(job(replicas=4), pods, NOW)
-    assert not p.of(CreatePod)
+def test_pods_that_exit_0_without_a_completion_are_not_success() -> None:
+    """The shrink bug: survivors of a resize exit 0; that is never the end of training."""
+    pods = [pod(0, "Succeeded", False, exit_code=0), pod(1, "Succeeded", False, exit_code=0)]
+    p = plan(job(), pods, NOW)
     assert p.status.phase != Phase.SUCCEEDED
+    assert p.status.restarts == 0 and p.status.lastFailure is None
+    assert sorted(a.name for a in p.of(DeletePod)) == ["j-worker-0", "j-worker-1"]
+    assert sorted(a.index for a in p.of(CreatePod)) == [0, 1]
+    assert {e.reason for e in p.of(Event)} >= {"ReplacingWorker"}
+
+
+def test_completion_from_etcd_alone_finishes_the_job() -> None:
+    pods = [pod(0, "Succeeded", False, exit_code=0), pod(1, "Succeeded", False, exit_code=0)]
+    p = plan(job(), pods, NOW, completion=completion(0, 1))
+    assert p.status.phase == Phase.SUCCEEDED
+    assert not p.of(CreatePod)
+
+
+def test_members_still_running_are_awaited_and_others_deleted() -> None:
+    record = completion(0, 1)
+    pods = [completed(0, record), pod(1), pod(2), pod(3, "Pending", False)]
+    p = plan(job(replicas=4), pods, NOW + timedelta(seconds=1))
+    assert p.status.phase != Phase.SUCCEEDED
+    assert not p.of(CreatePod)
+    assert sorted(a.name for a in p.of(DeletePod)) == ["j-worker-2", "j-worker-3"]
+    assert p.requeue_after is not None and p.requeue_after <= 5
+    # ... until the grace runs out, then it is Succeeded whatever still runs.
+    late = plan(job(replicas=4), pods, NOW + COMPLETION_GRACE + timedelta(seconds=1))
+    assert late.status.phase == Phase.SUCCEEDED
+    assert len(late.of(DeletePod)) == 4
+
+
+@pytest.mark.parametrize("departure", [
+    {"termination_reason": "Evicted", "departed": True},
+    {"departed": True, "termination_message": FailureReport(
+        "Shutdown", "agent received SIGTERM", "j-worker-1-1-abc").to_json()},
+])
+def test_departed_worker_is_replaced_without_counting(departure: dict[str, Any]) -> None:
+    pods = [pod(0), pod(1, "Failed", False, exit_code=0, **departure)]
+    p = plan(job(maxRestarts=0), pods, NOW)
+    assert p.status.phase != Phase.FAILED
+    assert p.status.restarts == 0 and p.status.lastFailure is None
+    assert [a.name for a in p.of(DeletePod)] == ["j-worker-1"]
+    assert [a.index for a in p.of(CreatePod)] == [1]
+    assert not [e for e in p.of(Event) if e.type == "Warning"]
+
+
+def test_departed_worker_beyond_desired_is_only_deleted() -> None:
+    pods = [pod(0), pod(1), pod(2, "Failed", False, termination_reason="Evicted",
+                                  departed=True)]
+    p = plan(job(replicas=2), pods, NOW)
+    assert [a.name for a in p.of(DeletePod)] == ["j-worker-2"] and not p.of(CreatePod)
+
+
+def test_observe_pod_reads_completion_and_departures() -> None:
+    record = completion(0, 1)
+
+    def raw(message: str, **status: Any) -> dict[str, Any]:
+        return {"metadata": {"name": "j-worker-0", "labels": {labels.REPLICA_INDEX: "0"}},
+                "status": {"phase": "Succeeded", **status, "containerStatuses": [
+                    {"state": {"terminated": {"exitCode": 0, "message": message}}}]}}
+
+    assert observe_pod(raw(record.to_json())).completion == record
+    assert observe_pod(raw("")).completion is None
+    forged = json.dumps({"completed": True, "generation": 2, "members": ["a"], "node_id": "b"})
+    assert observe_pod(raw(forged)).completion is None  # the writer is no member
+    shutdown = FailureReport("Shutdown", "SIGTERM", "j-worker-0-1-abc").to_json()
+    assert observe_pod(raw(shutdown)).departed
+    assert observe_pod(raw("", reason="Evicted")).departed
+    disrupted = raw("", conditions=[{"type": "DisruptionTarget", "status": "True",
+                                     "reason": "EvictionByEvictionAPI"}])
+    assert observe_pod(disrupted).departed
+    crash = FailureReport("ProcessCrashed", "boom", "j-worker-0-1-abc").to_json()
+    assert not observe_pod(raw(crash)).departed
 
 
 # ----------------------------------------------------------------------------- invalid
@@ -461,7 +546,8 @@ def histories(draw: st.DrawFn) -> tuple[JobView, list[tuple[str, int, int]]]:
     j = job(replicas=draw(st.integers(0, 6)), minReplicas=minimum,
             maxReplicas=draw(st.integers(minimum, 6)), maxRestarts=draw(st.integers(0, 4)),
             belowMinTimeoutSeconds=draw(st.integers(1, 30)))
-    kinds = st.sampled_from(["ready", "fail", "succeed", "scale", "tick"])
+    kinds = st.sampled_from(["ready", "fail", "succeed", "depart", "complete", "scale",
+                             "tick"])
     steps = draw(st.lists(st.tuples(kinds, st.integers(0, 6), st.integers(0, 40)),
                           min_size=1, max_size=25))
     return j, steps
@@ -472,13 +558,15 @@ def histories(draw: st.DrawFn) -> tuple[JobView, list[tuple[str, int, int]]]:
 def test_property_histories_keep_invariants(
     history: tuple[JobView, list[tuple[str, int, int]]],
 ) -> None:
-    """Random kubelet/user histories: restarts never drop and match the failures seen, no
-    index is ever doubled, terminal jobs end with no workers, and plans always converge."""
+    """Random kubelet/user histories: restarts never drop and match the failures seen (a
+    departure or an exit 0 is never counted), no index is ever doubled, the job is Succeeded
+    only after a completion, terminal jobs end with no workers, and plans always converge."""
     j, steps = history
     now = NOW
     pods: list[PodView] = []
     failures = 0
     generation = 1
+    record: Completion | None = None
     for kind, arg, seconds in steps:
         now += timedelta(seconds=seconds)
         target = next((p for p in pods if p.index == arg % max(len(pods), 1)), None)
@@ -492,6 +580,14 @@ def test_property_histories_keep_invariants(
         elif kind == "succeed" and target and target.phase == "Running":
             pods = [dataclasses.replace(p, phase="Succeeded", ready=False) if p is target else p
                     for p in pods]
+        elif kind == "depart" and target and target.phase in ("Pending", "Running"):
+            pods = [dataclasses.replace(p, phase="Failed", ready=False, departed=True,
+                                        termination_reason="Evicted") if p is target else p
+                    for p in pods]
+        elif kind == "complete" and target and target.phase == "Running" and record is None:
+            record = completion(*(p.index or 0 for p in pods if p.phase == "Running"),
+                                writer=target.index, at=now)
+            pods = [completed(p.index or 0, record) if p is target else p for p in pods]
         elif kind == "scale":
             generation += 1
             j = dataclasses.replace(j, generation=generation, spec={**j.spec, "replicas": arg})
@@ -504,6 +600,8 @@ def test_property_histories_keep_invariants(
             assert len(indices) == len(set(indices))
             assert len(pods) <= j.spec["maxReplicas"]
         assert j.status.restarts <= failures
+        if record is None:
+            assert j.status.phase != Phase.SUCCEEDED
         if j.status.phase in (Phase.FAILED, Phase.SUCCEEDED):
             assert pods == []
         assert plan(j, pods, now).of(CreatePod) == []  # converged for this instant

@@ -8,8 +8,14 @@ import threading
 
 import pytest
 
-from elastic_operator.rounds import RendezvousView, RoundReader, parse_failures, parse_round
-from launcher.contract import FailureReport
+from elastic_operator.rounds import (
+    RendezvousView,
+    RoundReader,
+    parse_completion,
+    parse_failures,
+    parse_round,
+)
+from launcher.contract import Completion, FailureReport
 
 
 @pytest.mark.parametrize(
@@ -66,3 +72,42 @@ def test_parse_failures_skips_garbage_and_orders_by_time() -> None:
     early = FailureReport("ProcessCrashed", "m", "n2", timestamp=10.0)
     parsed = parse_failures([late.to_json().encode(), b"{oops", early.to_json().encode()])
     assert parsed == (early, late)
+
+
+ROUND = json.dumps({"generation": 4, "members": ["w-0-1", "w-1-2"], "master_addr": "h",
+                    "master_port": 1}).encode()
+
+
+@pytest.mark.parametrize(
+    ("record", "round_value", "taken"),
+    [
+        (Completion(4, ("w-0-1", "w-1-2"), "w-1-2", 1.0), ROUND, True),
+        # a record for an older round (a resize happened after it was written): no evidence
+        (Completion(3, ("w-0-1", "w-1-2"), "w-0-1", 1.0), ROUND, False),
+        # the right generation but other members: not the round etcd holds
+        (Completion(4, ("w-0-1", "x-9"), "x-9", 1.0), ROUND, False),
+        (Completion(4, ("w-0-1", "w-1-2"), "w-0-1", 1.0), None, False),
+        (Completion(4, ("w-0-1", "w-1-2"), "w-0-1", 1.0), b"garbage", False),
+    ],
+)
+def test_parse_completion_checks_the_record_against_the_round(
+        record: Completion, round_value: bytes | None, taken: bool) -> None:
+    found = parse_completion(record.to_json().encode(), round_value)
+    assert (found == record) if taken else found is None
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json",
+    b'{"completed": true, "generation": 4, "members": ["w-0-1"], "node_id": "intruder"}',
+    b'{"completed": true, "generation": 0, "members": ["w-0-1"], "node_id": "w-0-1"}',
+    b'{"completed": "yes", "generation": 4, "members": ["w-0-1"], "node_id": "w-0-1"}',
+    b'{"completed": true, "generation": 4, "members": "w-0-1", "node_id": "w-0-1"}',
+    b'{"completed": true, "generation": 4, "members": ["w-0-1"], "node_id": "w-0-1", '
+    b'"timestamp": "soon"}',
+    b'{"completed": true, "generation": 4, "members": ["' + b"x" * 300 + b'"], "node_id": "x"}',
+    b'{"completed": true, "pad": "' + b"x" * 2_000_000 + b'"}',
+])
+def test_forged_or_malformed_completions_are_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        Completion.from_json(raw)
+    assert parse_completion(raw, ROUND) is None

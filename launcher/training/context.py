@@ -46,6 +46,7 @@ class ElasticContext:
     checkpoint_dir: str | None
     checkpoint_interval: int
     heartbeat_file: str | None
+    outcome_file: str | None = None  # where to tell the agent "stopped" vs "completed"
     standalone: bool = False
 
     @property
@@ -99,6 +100,7 @@ class ElasticContext:
             checkpoint_dir=env.get(PodEnv.CHECKPOINT_DIR) or None,
             checkpoint_interval=_int(env, PodEnv.CHECKPOINT_INTERVAL, minimum=0, default=0),
             heartbeat_file=env.get(WorkerEnv.HEARTBEAT_FILE) or None,
+            outcome_file=env.get(WorkerEnv.OUTCOME_FILE) or None,
         )
 
     @classmethod

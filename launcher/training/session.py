@@ -14,6 +14,10 @@ Consistency argument (why a checkpoint written by rank 0 is the state of the who
    records samples whose gradients are not in the saved model, and a step cut short (e.g. a
    SIGKILL in the middle of a gradient-accumulation cycle) is not in any checkpoint; after the
    restore it is taken again, whole. The write itself is atomic (``checkpoint.write_atomic``).
+5. The agent learns which of the two ways a process ended: after an agreed stop it records
+   ``WorkerOutcome.STOPPED`` (the world is re-forming, the checkpoint is written), after the
+   last step ``close`` records ``COMPLETED``. Both exit 0; only the second can make a job
+   Succeeded.
 On SIGTERM the agent's grace period must cover finishing the current step plus one save; if it
 does not, the process is killed and the next generation rolls back to the previous checkpoint,
 which is still exact under the lineage definition of ``launcher.training.audit``.
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from launcher.contract import WorkerOutcome, write_outcome
 from launcher.training import rng
 from launcher.training.audit import IndexLog
 from launcher.training.batching import BatchPlan
@@ -88,6 +93,7 @@ class ElasticSession:
         self.restored_step = 0
         self.restored_world_size = 0
         self._saved_step = 0
+        self._stopped = False
         self._heartbeat = Heartbeat(ctx.heartbeat_file)
         self._stop = StopRequest()
 
@@ -173,6 +179,9 @@ class ElasticSession:
         interval = self.checkpoint_interval
         if stop or (interval > 0 and self.global_step % interval == 0):
             self.save()
+        if stop:
+            self._stopped = True
+            self._record(WorkerOutcome.STOPPED)
         return stop
 
     def save(self) -> None:
@@ -201,12 +210,23 @@ class ElasticSession:
         self._saved_step = self.global_step
 
     def close(self) -> None:
-        """Save unsaved progress, release the heartbeat file and the SIGTERM handler."""
+        """Save unsaved progress, release the heartbeat file and the SIGTERM handler.
+
+        Called after the training loop. Unless the loop ended on an agreed stop, this records
+        ``WorkerOutcome.COMPLETED``: the script says training reached its end.
+        """
         self.save()
+        if not self._stopped:
+            self._record(WorkerOutcome.COMPLETED)
         self._heartbeat.close()
         self._stop.uninstall()
         if self.index_log is not None:
             self.index_log.close()
+
+
+    def _record(self, outcome: WorkerOutcome) -> None:
+        if self.ctx.outcome_file:
+            write_outcome(self.ctx.outcome_file, outcome, self.global_step)
 
 
 def _distributed() -> bool:
