@@ -75,7 +75,9 @@ class LauncherCluster:
         self.agents: dict[str, AgentProc] = {}
 
     def start(self, node_id: str, nnodes: str, *script_args: str,
-              launcher_args: tuple[str, ...] = (), lease_ttl: int = 2) -> AgentProc:
+              launcher_args: tuple[str, ...] = (), lease_ttl: int = 2,
+              script: Path | None = None) -> AgentProc:
+        """An agent running ``script`` (default: train_tiny.py with ``--out``)."""
         log_path = self.workdir / f"agent-{node_id}.log"
         term = self.workdir / f"termination-{node_id}.log"
         cmd = [
@@ -87,7 +89,8 @@ class LauncherCluster:
             "--termination-log", str(term),
             "--rdzv-conf", f"lease_ttl={lease_ttl},join_timeout=120",
             *launcher_args,
-            str(TRAIN_SCRIPT), "--out", str(self.out), *script_args,
+            *([str(script)] if script else [str(TRAIN_SCRIPT), "--out", str(self.out)]),
+            *script_args,
         ]
         env = dict(os.environ, PYTHONPATH=str(REPO), GRPC_VERBOSITY="ERROR")
         with open(log_path, "wb") as log:
