@@ -60,10 +60,31 @@ class Driver(Protocol):
         """Give the cluster ``count`` more free GPUs (only where ``can_add_gpus``)."""
 
     async def scale(self, job: str, replicas: int) -> None:
-        """Set the job's replicas through the scale subresource."""
+        """Set the job's replicas through the scale subresource (``kubectl scale``)."""
 
     async def restart_operator(self) -> None:
         """Kill the operator (SIGKILL) and start it again."""
+
+    async def kill_agent(self, pod: str) -> None:
+        """SIGKILL a worker pod's launcher (its training processes die with it)."""
+
+    async def hang_training(self, pod: str) -> int:
+        """Freeze (SIGSTOP) the training processes of a worker pod, the ones that write a
+        heartbeat; returns how many were frozen."""
+
+    async def evict(self, pod: str) -> None:
+        """Take the pod's GPU away (local: the node loses it; real cluster: the Eviction API),
+        so that the pod is evicted."""
+
+    async def lose_node(self, pod: str) -> str:
+        """The machine running ``pod`` is gone (node deleted, its pods garbage-collected);
+        returns the node's name."""
+
+    async def restart_etcd(self) -> None:
+        """Stop the rendezvous etcd and start it again (same data)."""
+
+    async def job_processes(self, job: str) -> list[int]:
+        """Processes still alive that descend from a pod of ``job`` (empty once it is gone)."""
 
     async def delete_job(self, name: str) -> None:
         """Delete the job (its pods go with it)."""
@@ -71,13 +92,15 @@ class Driver(Protocol):
 
 def job_manifest(name: str, *, replicas: int, min_replicas: int, max_replicas: int,
                  train_args: list[str], autoscale: bool = False,
-                 checkpoint_dir: str, checkpoint_interval: int = 4) -> Obj:
+                 checkpoint_dir: str, checkpoint_interval: int = 4, priority: int = 0,
+                 hang_timeout: float = 300.0) -> Obj:
     """An ElasticJob running ``examples/train_elastic.py`` under the launcher, 1 GPU/worker."""
     return {
         "apiVersion": API_VERSION, "kind": "ElasticJob", "metadata": {"name": name},
         "spec": {
             "minReplicas": min_replicas, "maxReplicas": max_replicas, "replicas": replicas,
-            "nprocPerNode": 1, "maxRestarts": 5,
+            "nprocPerNode": 1, "maxRestarts": 5, "priority": priority,
+            "hangTimeoutSeconds": hang_timeout,
             "lrScaling": {"policy": "linear", "baseWorldSize": 2},
             "checkpoint": {"directory": checkpoint_dir, "intervalSteps": checkpoint_interval},
             "autoscale": {"enabled": autoscale, "stabilizationWindowSeconds": 1,

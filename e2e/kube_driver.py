@@ -40,6 +40,23 @@ print(n)
 """
 
 
+# Run inside a worker container: SIGSTOP every process that holds a training heartbeat file
+# open (the training helpers keep it open), i.e. the training processes, not the launcher.
+_FREEZE_TRAINING = """
+import os, signal
+n = 0
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        links = [os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd')]
+    except OSError:
+        continue
+    if any(os.path.basename(link).startswith('heartbeat-') for link in links):
+        os.kill(int(pid), signal.SIGSTOP); n += 1
+print(n)
+"""
+ETCD_SELECTOR = "app.kubernetes.io/name=elastic-etcd"
+
+
 class KubeDriver:
     """Drives the cluster of ``kubeconfig`` with kubectl."""
 
@@ -127,6 +144,39 @@ class KubeDriver:
                            "--force", namespace=OPERATOR_NAMESPACE)
         await self.kubectl("rollout", "status", "deployment/elastic-operator",
                            "--timeout=180s", namespace=OPERATOR_NAMESPACE)
+
+    async def kill_agent(self, pod: str) -> None:
+        await self.kubectl("exec", pod, "--", "python", "-c",
+                           "import os, signal; os.kill(1, signal.SIGKILL)", check=False)
+
+    async def hang_training(self, pod: str) -> int:
+        out = await self.kubectl("exec", pod, "--", "python", "-c", _FREEZE_TRAINING)
+        return int(out.strip() or 0)
+
+    async def evict(self, pod: str) -> None:
+        body = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
+                           "metadata": {"name": pod, "namespace": self.namespace}})
+        await self.kubectl("create", "--raw",
+                           f"/api/v1/namespaces/{self.namespace}/pods/{pod}/eviction",
+                           "-f", "-", stdin=body)
+
+    async def lose_node(self, pod: str) -> str:
+        node = (await self.kubectl("get", "pod", pod, "-o", "jsonpath={.spec.nodeName}")).strip()
+        # A real machine cannot be unplugged from here: drain it hard and delete it, which is
+        # what the cluster does once a lost node's pods are garbage-collected.
+        await self.kubectl("delete", "node", node, "--wait=false")
+        await self.kubectl("delete", "pod", pod, "--grace-period=0", "--force")
+        return node
+
+    async def restart_etcd(self) -> None:
+        await self.kubectl("delete", "pod", "-l", ETCD_SELECTOR, "--wait=true",
+                           namespace=OPERATOR_NAMESPACE)
+        await self.kubectl("wait", "pod", "-l", ETCD_SELECTOR, "--for=condition=Ready",
+                           "--timeout=180s", namespace=OPERATOR_NAMESPACE)
+
+    async def job_processes(self, job: str) -> list[int]:
+        # A container's processes end with it: once the job's pods are gone, none is left.
+        return [0] * len(await self.list_pods(job))
 
     async def delete_job(self, name: str) -> None:
         await self.kubectl("delete", "elasticjob", name, "--ignore-not-found", "--wait=true")

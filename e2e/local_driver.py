@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -76,13 +80,95 @@ class LocalDriver:
         assert self.cluster.nodes is not None
         await self.cluster.nodes.add_gpus(count)
 
+    async def kubectl(self, *args: str) -> str:
+        """The machine's real ``kubectl`` against the cluster's kubeconfig; what a user types."""
+        binary = shutil.which("kubectl")
+        assert binary, "kubectl is not installed (scripts/setup.sh --test installs it)"
+        proc = await asyncio.create_subprocess_exec(
+            binary, "--kubeconfig", str(self.cluster.kubeconfig), "-n", self.namespace, *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {err.decode().strip()}"
+        return out.decode()
+
     async def scale(self, job: str, replicas: int) -> None:
-        await self.cluster.api.patch(_job_path(self.namespace, job) + "/scale",
-                                     {"spec": {"replicas": replicas}})
+        await self.kubectl("scale", f"elasticjob/{job}", f"--replicas={replicas}")
 
     async def restart_operator(self) -> None:
         await self.cluster.stop_operator(signal.SIGKILL)
         await self.cluster.start_operator()
 
+    async def kill_agent(self, pod: str) -> None:
+        assert self.cluster.kubelet is not None
+        assert self.cluster.kubelet.kill_pod(pod, signal.SIGKILL, self.namespace) >= 1
+
+    async def hang_training(self, pod: str) -> int:
+        assert self.cluster.kubelet is not None
+        frozen = 0
+        for pid in self.cluster.kubelet.pids(pod, self.namespace):
+            if _writes_heartbeat(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    frozen += 1
+        return frozen
+
+    async def evict(self, pod: str) -> None:
+        assert self.cluster.nodes is not None
+        node = await self._node_of(pod)
+        evicted = await self.cluster.nodes.remove_gpus(1, node)
+        assert pod in evicted, f"removing a GPU of {node} evicted {evicted}, not {pod}"
+
+    async def lose_node(self, pod: str) -> str:
+        assert self.cluster.nodes is not None
+        node = await self._node_of(pod)
+        lost = await self.cluster.nodes.lose_node(node)
+        assert pod in lost, f"losing {node} took {lost}, not {pod}"
+        return node
+
+    async def restart_etcd(self) -> None:
+        assert self.cluster.etcd is not None
+        await asyncio.to_thread(self.cluster.etcd.stop)
+        # Started from the loop's thread, as the cluster does: etcd's parent-death signal
+        # follows the thread that forks it, and a pool thread may end before the cluster.
+        self.cluster.etcd.start()
+
+    async def job_processes(self, job: str) -> list[int]:
+        marks = (f"ELASTIC_JOB_NAME={job}".encode(),
+                 f"ELASTIC_JOB_NAMESPACE={self.namespace}".encode())
+        alive = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as env:
+                    variables = env.read().split(b"\0")
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    state = stat.read().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != b"Z" and all(mark in variables for mark in marks):
+                alive.append(int(entry))
+        return alive
+
+    async def _node_of(self, pod: str) -> str:
+        obj = await self.cluster.api.get(resource_path("pods", self.namespace, pod))
+        node = (obj.get("spec") or {}).get("nodeName")
+        assert node, f"pod {pod} is not bound to a node"
+        return str(node)
+
     async def delete_job(self, name: str) -> None:
         await self.cluster.api.delete(_job_path(self.namespace, name))
+
+
+def _writes_heartbeat(pid: int) -> bool:
+    """Whether ``pid`` holds a training heartbeat file open (the helpers keep it open), which
+    tells a training process from the launcher and its idle pre-warmed processes."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.path.basename(os.readlink(f"/proc/{pid}/fd/{fd}")).startswith("heartbeat-"):
+                return True
+    return False

@@ -3,16 +3,27 @@
 Each returns nothing and raises AssertionError with what went wrong. Jobs are small (a few
 hundred samples, paced by ``--step-time``) so that a scenario takes well under a minute on
 the local cluster, yet long enough that faults land mid-epoch.
+
+Every membership path (scale down, up, down-and-up, autoscaler shrink, eviction, node loss,
+worker / agent SIGKILL, hang, etcd restart, operator SIGKILL during a shrink) runs
+``examples/train_elastic.py`` itself and ends with the same checks (:func:`finished_well`):
+the job is Succeeded, every sample of every epoch (the last one included) was consumed exactly
+once by the final model's lineage, the distinct world sizes of the committed steps are one of
+the expected sequences, no two live pods ever shared a replica index, and no process descended
+from a job pod is alive once the job has ended.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from e2e.driver import ApplyRefused, Driver, Obj, job_manifest, wait_until
 from elastic_operator.labels import REPLICA_INDEX
-from launcher.training.audit import check_exactly_once
+from launcher.training.audit import check_exactly_once, committed_world_sizes
 
 DATASET = 384
 BATCH = 16
@@ -27,7 +38,7 @@ def train_args(driver: Driver, job: str, *, step_time: float = 0.15,
 
 
 def make_job(driver: Driver, name: str, **kw: Any) -> Obj:
-    step_time = kw.pop("step_time", 0.15)
+    step_time = kw.pop("step_time", 0.2)
     epochs = kw.pop("epochs", EPOCHS)
     kw.setdefault("replicas", 2)
     kw.setdefault("min_replicas", 1)
@@ -77,97 +88,254 @@ async def latest_step(driver: Driver, name: str) -> dict[str, Any] | None:
     return best
 
 
-async def assert_exactly_once(driver: Driver, name: str, epochs: int = EPOCHS) -> None:
+async def index_records(driver: Driver, name: str) -> list[dict[str, Any]]:
     path = f"{driver.shared_dir(name)}/indices.jsonl"
-    records = [json.loads(line) for line in (await driver.read_file(path)).splitlines()
-               if line.startswith("{")]
+    return [json.loads(line) for line in (await driver.read_file(path)).splitlines()
+            if line.startswith("{")]
+
+
+async def assert_exactly_once(driver: Driver, name: str, epochs: int = EPOCHS) -> None:
+    records = await index_records(driver, name)
     report = check_exactly_once([r for r in records if r.get("event") in ("restore", "step")],
                                 dataset_size=DATASET, epochs=epochs)
     assert report.ok, f"job {name}: samples not consumed exactly once: {report.problems}"
 
 
+@contextlib.asynccontextmanager
+async def no_duplicate_pods(driver: Driver, name: str) -> AsyncIterator[None]:
+    """Watch the job's pods while the block runs: two live pods with one replica index (a
+    double create, a lost delete) fail the scenario."""
+    seen: list[str] = []
+
+    async def watch() -> None:
+        while True:
+            pods = [p for p in await driver.list_pods(name)
+                    if not p["metadata"].get("deletionTimestamp")
+                    and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+            indices = sorted(p["metadata"]["labels"][REPLICA_INDEX] for p in pods)
+            if len(indices) != len(set(indices)):
+                seen.append(f"duplicate pods per replica index: {indices}")
+            await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not seen, seen[:3]
+
+
+async def finished_well(driver: Driver, name: str, sizes: Collection[tuple[int, ...]],
+                        epochs: int = EPOCHS) -> None:
+    """The checks every membership scenario ends with (see the module docstring)."""
+    await wait_phase(driver, name, "Succeeded")
+    records = await index_records(driver, name)
+    await assert_exactly_once(driver, name, epochs)
+    last_epoch = max((r["epoch"] for r in records if r.get("event") == "step"), default=-1)
+    assert last_epoch == epochs - 1, f"job {name}: the last epoch trained was {last_epoch}"
+    world = tuple(committed_world_sizes(records))
+    assert world in sizes, f"job {name}: committed world sizes {world}, expected one of {sizes}"
+
+    async def all_gone() -> bool:
+        return not await driver.list_pods(name) and not await driver.job_processes(name)
+    await wait_until(all_gone, f"the pods and processes of {name} to be gone", 120)
+
+
+async def training_at(driver: Driver, name: str, world: int, min_step: int = 3,
+                      timeout: float = 180) -> dict[str, Any]:
+    """Wait for a step at world size ``world`` (and at least step ``min_step``) in epoch 0."""
+    async def probe() -> dict[str, Any] | None:
+        event = await latest_step(driver, name)
+        ok = event and event["world_size"] == world and event["step"] >= min_step
+        return event if ok else None
+    event = await wait_until(probe, f"{name} to train at world size {world}", timeout)
+    assert event["epoch"] == 0, f"too late for a mid-epoch event: {event}"
+    return event
+
+
+async def running_pod(driver: Driver, name: str, highest: bool = True) -> str:
+    """The name of the job's Running worker with the highest (or lowest) replica index."""
+    pods = [p for p in await driver.list_pods(name)
+            if (p.get("status") or {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")]
+    pick = max if highest else min
+    return str(pick(pods, key=lambda p: int(p["metadata"]["labels"][REPLICA_INDEX]))
+               ["metadata"]["name"])
+
+
 async def job_succeeds_and_cleans_up(driver: Driver) -> None:
     """A job runs to Succeeded; its worker pods are deleted afterwards."""
     name = "e2e-basic"
-    await driver.apply([make_job(driver, name, step_time=0.02)])
-    await wait_phase(driver, name, "Succeeded")
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name, step_time=0.02)])
+        await finished_well(driver, name, {(2,)})
 
-    async def no_pods() -> bool:
-        return not await driver.list_pods(name)
-    await wait_until(no_pods, f"the pods of {name} to be cleaned up", 120)
-    await assert_exactly_once(driver, name)
+
+async def scale_down(driver: Driver) -> None:
+    """``kubectl scale`` down mid-epoch: the survivor trains on at world size 1 to the end."""
+    name = "e2e-scale-down"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name)])
+        await training_at(driver, name, 2)
+        await driver.scale(name, 1)
+        await finished_well(driver, name, {(2, 1)})
+
+
+async def scale_up(driver: Driver) -> None:
+    """``kubectl scale`` up mid-epoch: the newcomer joins and training ends at world size 2."""
+    name = "e2e-scale-up"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name, replicas=1, epochs=3)])
+        await training_at(driver, name, 1)
+        await driver.scale(name, 2)
+        await finished_well(driver, name, {(1, 2)}, epochs=3)
+
+
+async def scale_down_and_up(driver: Driver) -> None:
+    """Scale down and up again within one second: the job ends at world size 2, and never has
+    two pods for one index (the removed pod's name is taken until it is gone)."""
+    name = "e2e-scale-flap"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name, epochs=3)])
+        await training_at(driver, name, 2)
+        await driver.scale(name, 1)
+        await asyncio.sleep(0.5)
+        await driver.scale(name, 2)
+        await finished_well(driver, name, {(2,), (2, 1, 2)}, epochs=3)
+
+
+async def autoscaler_shrinks_for_priority(driver: Driver) -> None:
+    """A higher-priority job needs a GPU: the autoscaler shrinks the elastic job for it (never
+    below its min); both jobs succeed."""
+    name, urgent = "e2e-yield", "e2e-urgent"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name, autoscale=True, epochs=3)])
+        await training_at(driver, name, 2)
+        await driver.apply([make_job(driver, urgent, replicas=1, max_replicas=1, priority=100,
+                                     step_time=0.05)])
+        await finished_well(driver, name, {(2, 1), (2, 1, 2)}, epochs=3)
+    await finished_well(driver, urgent, {(1,)})
+
+
+async def worker_evicted(driver: Driver) -> None:
+    """The GPU of one worker goes away (a failed device): the pod is evicted, not counted as a
+    failure, and the job finishes at world size 1."""
+    name = "e2e-evict"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name)])
+        await training_at(driver, name, 2)
+        await driver.evict(await running_pod(driver, name))
+        await finished_well(driver, name, {(2, 1)})
+    job = await driver.get_job(name)
+    assert job is not None and job["status"]["restarts"] == 0, job and job["status"]
+
+
+async def node_lost(driver: Driver) -> None:
+    """The machine of one worker is lost (node deleted, its pods garbage-collected): the job
+    trains on with the other and succeeds; the departure is not a failure."""
+    name = "e2e-node-lost"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name)])
+        await training_at(driver, name, 2)
+        await driver.lose_node(await running_pod(driver, name))
+        await finished_well(driver, name, {(2, 1)})
+    job = await driver.get_job(name)
+    assert job is not None and job["status"]["restarts"] == 0, job and job["status"]
 
 
 async def worker_killed_mid_epoch(driver: Driver) -> None:
-    """SIGKILL the training process of one worker in the middle of epoch 0: the job recovers,
-    succeeds, and every sample of every epoch is consumed exactly once."""
+    """SIGKILL the training process of one worker in the middle of epoch 0: the agent restarts
+    it in place, the job recovers at the same size and succeeds."""
     name = "e2e-kill"
-    await driver.apply([make_job(driver, name)])
-    per_epoch = DATASET // (BATCH * 2)
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name)])
+        await training_at(driver, name, 2)
+        assert await driver.kill_training_processes(await running_pod(driver, name)) >= 1
+        await finished_well(driver, name, {(2,)})
 
-    async def mid_epoch() -> dict[str, Any] | None:
-        event = await latest_step(driver, name)
-        return event if event and event["step"] >= per_epoch // 2 else None
-    event = await wait_until(mid_epoch, f"{name} to reach the middle of epoch 0")
-    assert event["epoch"] == 0, f"too late for a mid-epoch fault: {event}"
-    pods = [p for p in await driver.list_pods(name)
-            if (p.get("status") or {}).get("phase") == "Running"]
-    victim = max(pods, key=lambda p: int(p["metadata"]["labels"][REPLICA_INDEX]))
-    assert await driver.kill_training_processes(victim["metadata"]["name"]) >= 1
-    await wait_phase(driver, name, "Succeeded")
-    await assert_exactly_once(driver, name)
+
+async def agent_killed(driver: Driver) -> None:
+    """SIGKILL a worker's launcher: the pod fails (counted once), the survivor re-forms, the
+    replacement rejoins, and the job succeeds."""
+    name = "e2e-agent-kill"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name, epochs=3)])
+        await training_at(driver, name, 2)
+        await driver.kill_agent(await running_pod(driver, name))
+        await finished_well(driver, name, {(2,), (2, 1, 2), (2, 1)}, epochs=3)
+    job = await driver.get_job(name)
+    assert job is not None and job["status"]["restarts"] == 1, job and job["status"]
+
+
+async def worker_hangs(driver: Driver) -> None:
+    """A training process stops making progress (SIGSTOP): the agent's hang detection kills
+    and restarts it; the job succeeds at the same size."""
+    name = "e2e-hang"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name, hang_timeout=4.0)])
+        await training_at(driver, name, 2)
+        assert await driver.hang_training(await running_pod(driver, name)) >= 1
+        await finished_well(driver, name, {(2,)})
+
+
+async def etcd_restarted(driver: Driver) -> None:
+    """The rendezvous etcd restarts mid-epoch: training goes on in the same round."""
+    name = "e2e-etcd"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name)])
+        await training_at(driver, name, 2)
+        await driver.restart_etcd()
+        await finished_well(driver, name, {(2,)})
+
+
+async def operator_killed_during_shrink(driver: Driver) -> None:
+    """The operator is SIGKILLed right after a scale-down: the restarted one finishes the
+    shrink without duplicates and the job succeeds at world size 1."""
+    name = "e2e-operator-shrink"
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name)])
+        await training_at(driver, name, 2)
+        await driver.scale(name, 1)
+        await driver.restart_operator()
+        await finished_well(driver, name, {(2, 1)})
 
 
 async def job_grows_into_new_gpus(driver: Driver) -> None:
     """Free GPUs appear (or, on a real cluster, the job is scaled): the job grows to use them,
     keeps training and succeeds."""
     name = "e2e-grow"
-    await driver.apply([make_job(driver, name, replicas=1, max_replicas=3, autoscale=True,
-                                 step_time=0.3, epochs=3)])
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name, replicas=1, max_replicas=3, autoscale=True,
+                                     step_time=0.3, epochs=3)])
+        await training_at(driver, name, 1)
+        if driver.can_add_gpus:
+            await driver.add_gpus(2)
+        else:
+            await driver.scale(name, 3)
+        await training_at_any_epoch(driver, name, 3)
+        job = await driver.get_job(name)
+        assert job is not None and job["spec"]["replicas"] == 3, job
+        await finished_well(driver, name, {(1, 3), (1, 2, 3)}, epochs=3)
 
-    async def training() -> dict[str, Any] | None:
-        return await latest_step(driver, name)
-    await wait_until(training, f"{name} to start training")
-    if driver.can_add_gpus:
-        await driver.add_gpus(2)
-    else:
-        await driver.scale(name, 3)
 
+async def training_at_any_epoch(driver: Driver, name: str, world: int) -> None:
     async def grown() -> bool:
         event = await latest_step(driver, name)
-        return bool(event and event["world_size"] == 3)
-    await wait_until(grown, f"{name} to train with world size 3", 180)
-    job = await driver.get_job(name)
-    assert job is not None and job["spec"]["replicas"] == 3, job
-    await wait_phase(driver, name, "Succeeded")
-    await assert_exactly_once(driver, name, epochs=3)
+        return bool(event and event["world_size"] == world)
+    await wait_until(grown, f"{name} to train with world size {world}", 180)
 
 
 async def operator_restarted_mid_run(driver: Driver) -> None:
     """The operator is SIGKILLed and restarted while a job trains: the job still succeeds and
     never has two pods for one replica index."""
     name = "e2e-operator"
-    await driver.apply([make_job(driver, name, step_time=0.2)])
-
-    async def training() -> dict[str, Any] | None:
-        return await latest_step(driver, name)
-    await wait_until(training, f"{name} to start training")
-    await driver.restart_operator()
-    seen: list[str] = []
-
-    async def done_without_duplicates() -> bool:
-        pods = [p for p in await driver.list_pods(name)
-                if not p["metadata"].get("deletionTimestamp")]
-        indices = [p["metadata"]["labels"][REPLICA_INDEX] for p in pods]
-        if len(indices) != len(set(indices)):
-            seen.append(f"duplicate pods per replica index: {sorted(indices)}")
-        names = [p["metadata"]["name"] for p in pods]
-        assert len(pods) <= 2, f"more pods than maxReplicas: {names}"
-        return await phase(driver, name) == "Succeeded"
-    await wait_until(done_without_duplicates, f"{name} to succeed after the operator restart",
-                     240, interval=0.2)
-    assert not seen, seen
-    await assert_exactly_once(driver, name)
+    async with no_duplicate_pods(driver, name):
+        await driver.apply([make_job(driver, name)])
+        await training_at(driver, name, 2)
+        await driver.restart_operator()
+        await finished_well(driver, name, {(2,)})
 
 
 async def invalid_job_is_refused(driver: Driver) -> None:
@@ -188,5 +356,8 @@ async def invalid_job_is_refused(driver: Driver) -> None:
     assert not await driver.list_pods(name)
 
 
-ALL = [job_succeeds_and_cleans_up, worker_killed_mid_epoch, job_grows_into_new_gpus,
+MEMBERSHIP = [scale_down, scale_up, scale_down_and_up, autoscaler_shrinks_for_priority,
+              worker_evicted, node_lost, worker_killed_mid_epoch, agent_killed, worker_hangs,
+              etcd_restarted, operator_killed_during_shrink]
+ALL = [job_succeeds_and_cleans_up, *MEMBERSHIP, job_grows_into_new_gpus,
        operator_restarted_mid_run, invalid_job_is_refused]

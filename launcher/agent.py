@@ -169,9 +169,9 @@ class Agent:
         self._shutting_down = True
         raise ShutdownRequested(signal.Signals(signum).name)
 
-    def _stop_group(self) -> None:
+    def _stop_group(self, grace: float | None = None) -> None:
         if self.group is not None:
-            self.group.stop(self.config.stop_timeout)
+            self.group.stop(self.config.stop_timeout if grace is None else grace)
             self.group = None
 
     # -- the loop --------------------------------------------------------------------------
@@ -218,7 +218,10 @@ class Agent:
                             "the current round; joining the newer one", cfg.node_id,
                             rnd.generation)
                 continue
-            self._stop_group()
+            # A hung process cannot take the SIGTERM path (it would have to reach a step
+            # boundary): the grace would only add to the stall of every survivor.
+            hung = outcome.status is not None and outcome.status.reason == "ProcessHung"
+            self._stop_group(grace=0.0 if hung else None)
             if outcome.kind == "reform":
                 log.info("node %s: re-forming generation %d: %s", cfg.node_id,
                          rnd.generation, outcome.reason)

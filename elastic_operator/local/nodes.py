@@ -135,3 +135,38 @@ class NodePool:
             used -= need
             evicted.append(meta["name"])
         return evicted
+
+    async def lose_node(self, name: str) -> list[str]:
+        """The machine behind node ``name`` is gone; returns the names of the pods it ran.
+
+        What Kubernetes does then, in its order: the Node object is deleted (by the cloud's
+        node controller, or an admin), and the pod garbage collector marks every pod bound to
+        the missing node Failed with a ``DisruptionTarget`` condition (reason
+        ``DeletionByPodGC``) and force-deletes it. The local kubelet kills the processes of a
+        pod removed outright, which is what the machine's loss did to them. (The real pod GC
+        also catches a ``kubectl delete node``; here only this call does.)
+        """
+        try:
+            await self.client.delete(resource_path("nodes", name=name))
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+        pods = [p for p in (await self.client.get(resource_path("pods")))["items"]
+                if (p.get("spec") or {}).get("nodeName") == name]
+        stamp = timestamp()
+        for pod in pods:
+            meta = pod["metadata"]
+            path = resource_path("pods", meta["namespace"], meta["name"])
+            condition = {"type": "DisruptionTarget", "status": "True",
+                         "reason": "DeletionByPodGC", "lastTransitionTime": stamp,
+                         "message": "PodGC: node no longer exists"}
+            conditions = [c for c in (pod.get("status") or {}).get("conditions") or []
+                          if c.get("type") != "DisruptionTarget"]
+            try:
+                await self.client.patch(f"{path}/status", {"status": {
+                    "phase": "Failed", "conditions": [*conditions, condition]}})
+                await self.client.delete(path, gracePeriodSeconds=0)
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+        return [p["metadata"]["name"] for p in pods]

@@ -28,6 +28,7 @@ from launcher.training.audit import (
     check_exactly_once,
     committed_indices,
     committed_steps,
+    committed_world_sizes,
     read_records,
 )
 from launcher.training.batching import BatchPlan, MicroBatch
@@ -63,6 +64,7 @@ __all__ = [
     "check_exactly_once",
     "committed_indices",
     "committed_steps",
+    "committed_world_sizes",
     "lr_factor",
     "read_records",
     "read_verified",

@@ -105,6 +105,24 @@ def committed_steps(records: Iterable[Mapping[str, Any]]) -> list[CommittedStep]
     return [lineage[s] for s in sorted(lineage)]
 
 
+def committed_world_sizes(records: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The distinct world sizes of the committed steps in step order (consecutive repeats
+    folded): ``[2, 1, 2]`` for a job that shrank once and grew back. A step's world size is the
+    number of ranks that logged it in the generation that committed it."""
+    records = list(records)
+    ranks: dict[tuple[int, int], set[int]] = {}
+    for record in records:
+        if record["event"] == "step":
+            key = (int(record["generation"]), int(record["step"]))
+            ranks.setdefault(key, set()).add(int(record["rank"]))
+    sizes: list[int] = []
+    for committed in committed_steps(records):
+        size = len(ranks[(committed.generation, committed.step)])
+        if not sizes or sizes[-1] != size:
+            sizes.append(size)
+    return sizes
+
+
 def committed_indices(records: Iterable[Mapping[str, Any]]) -> dict[int, list[int]]:
     """Per epoch, the indices of the committed steps in commit order."""
     by_epoch: dict[int, list[int]] = {}

@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from launcher import contract
-from launcher.training.audit import check_exactly_once, committed_steps, read_records
+from launcher.training.audit import (
+    check_exactly_once,
+    committed_steps,
+    committed_world_sizes,
+    read_records,
+)
 from tests.launcher.conftest import REPO, LauncherCluster, wait_for
 
 pytestmark = pytest.mark.slow
@@ -33,20 +38,6 @@ def start_three(cluster: LauncherCluster, tmp_path: Path) -> Path:
     for node in ("n0", "n1", "n2"):
         cluster.start(node, "1:3", *args, script=EXAMPLE, launcher_args=("--stop-timeout", "20"))
     return log
-
-
-def world_sizes(log: Path) -> list[int]:
-    """Distinct consecutive world sizes of the committed steps (ranks per step)."""
-    ranks: dict[tuple[int, int], set[int]] = {}
-    for record in read_records(log):
-        if record["event"] == "step":
-            ranks.setdefault((record["generation"], record["step"]), set()).add(record["rank"])
-    sizes: list[int] = []
-    for committed in committed_steps(read_records(log)):
-        size = len(ranks[(committed.generation, committed.step)])
-        if not sizes or sizes[-1] != size:
-            sizes.append(size)
-    return sizes
 
 
 def steps_at(log: Path, world: int) -> int:
@@ -75,7 +66,7 @@ def test_survivors_of_a_shrink_train_every_epoch(cluster: LauncherCluster, tmp_p
     records = read_records(log)
     report = check_exactly_once(records, dataset_size=DATASET, epochs=EPOCHS)
     assert report.ok, report.problems
-    assert world_sizes(log) == [3, 2], world_sizes(log)
+    assert committed_world_sizes(records) == [3, 2], committed_world_sizes(records)
     assert max(c.epoch for c in committed_steps(records)) == EPOCHS - 1
     record = completion(cluster)
     assert record is not None

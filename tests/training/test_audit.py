@@ -11,6 +11,7 @@ from launcher.training import (
     check_exactly_once,
     committed_indices,
     committed_steps,
+    committed_world_sizes,
     read_records,
 )
 
@@ -34,6 +35,23 @@ def test_steps_after_the_restore_point_are_rolled_back(tmp_path: Path) -> None:
                                                                           (3, 1)]
     assert committed_indices(records) == {0: [0, 1, 2, 3, 5, 4]}
     assert check_exactly_once(records, dataset_size=6, epochs=1).ok
+    # Generation 0 trained with one rank, generation 1 with two; step 1 of generation 0 is
+    # all that stays of the first world.
+    assert committed_world_sizes(records) == [1, 2]
+
+
+def test_world_sizes_count_only_the_committed_lineage() -> None:
+    def step(generation: int, number: int, ranks: int) -> list[dict[str, object]]:
+        return [{"event": "step", "generation": generation, "step": number, "epoch": 0,
+                 "rank": r, "indices": []} for r in range(ranks)]
+
+    records = [*step(1, 1, 2), *step(1, 2, 2), *step(2, 3, 1),
+               # generation 3 rolled back to step 2: generation 2's step 3 at world 1 is gone
+               {"event": "restore", "generation": 3, "step": 2, "rank": 0},
+               *step(3, 3, 3), *step(3, 4, 3)]
+    assert committed_world_sizes(records) == [2, 3]
+    assert committed_world_sizes(records[:5]) == [2, 1]
+    assert committed_world_sizes([]) == []
 
 
 def test_report_names_missing_repeated_and_foreign_indices() -> None:
