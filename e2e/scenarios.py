@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from e2e.driver import ApplyRefused, Driver, Obj, job_manifest, wait_until
@@ -238,7 +238,7 @@ async def node_lost(driver: Driver) -> None:
     name = "e2e-node-lost"
     async with no_duplicate_pods(driver, name):
         await driver.apply([make_job(driver, name)])
-        await training_at(driver, name, 2)
+        await training_at(driver, name, 2, min_step=5)  # after the first checkpoint (step 4)
         await driver.lose_node(await running_pod(driver, name))
         await finished_well(driver, name, {(2, 1)})
     job = await driver.get_job(name)
@@ -262,9 +262,10 @@ async def agent_killed(driver: Driver) -> None:
     name = "e2e-agent-kill"
     async with no_duplicate_pods(driver, name):
         await driver.apply([make_job(driver, name, epochs=3)])
-        await training_at(driver, name, 2)
+        await training_at(driver, name, 2, min_step=5)  # after the first checkpoint (step 4)
         await driver.kill_agent(await running_pod(driver, name))
-        await finished_well(driver, name, {(2,), (2, 1, 2), (2, 1)}, epochs=3)
+        # The replacement may rejoin before the survivor commits a step alone: (2,) is fine.
+        await finished_well(driver, name, {(2,), (2, 1, 2)}, epochs=3)
     job = await driver.get_job(name)
     assert job is not None and job["status"]["restarts"] == 1, job and job["status"]
 
@@ -309,22 +310,23 @@ async def job_grows_into_new_gpus(driver: Driver) -> None:
     async with no_duplicate_pods(driver, name):
         await driver.apply([make_job(driver, name, replicas=1, max_replicas=3, autoscale=True,
                                      step_time=0.3, epochs=3)])
-        await training_at(driver, name, 1)
+        await training_with(driver, name, lambda world: True)
         if driver.can_add_gpus:
             await driver.add_gpus(2)
         else:
             await driver.scale(name, 3)
-        await training_at_any_epoch(driver, name, 3)
+        await training_with(driver, name, lambda world: world == 3)
         job = await driver.get_job(name)
         assert job is not None and job["spec"]["replicas"] == 3, job
-        await finished_well(driver, name, {(1, 3), (1, 2, 3)}, epochs=3)
+        # The autoscaler may take the second node's free GPU before the first step.
+        await finished_well(driver, name, {(1, 3), (2, 3), (1, 2, 3)}, epochs=3)
 
 
-async def training_at_any_epoch(driver: Driver, name: str, world: int) -> None:
-    async def grown() -> bool:
+async def training_with(driver: Driver, name: str, world: Callable[[int], bool]) -> None:
+    async def probe() -> bool:
         event = await latest_step(driver, name)
-        return bool(event and event["world_size"] == world)
-    await wait_until(grown, f"{name} to train with world size {world}", 180)
+        return bool(event and world(event["world_size"]))
+    await wait_until(probe, f"{name} to train at the expected world size", 180)
 
 
 async def operator_restarted_mid_run(driver: Driver) -> None:
