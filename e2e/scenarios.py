@@ -128,15 +128,21 @@ async def no_duplicate_pods(driver: Driver, name: str) -> AsyncIterator[None]:
 
 
 async def finished_well(driver: Driver, name: str, sizes: Collection[tuple[int, ...]],
-                        epochs: int = EPOCHS) -> None:
-    """The checks every membership scenario ends with (see the module docstring)."""
+                        epochs: int = EPOCHS, any_world_up_to: int | None = None) -> None:
+    """The checks every membership scenario ends with (see the module docstring).
+
+    ``sizes``: the acceptable sequences of committed world sizes; with ``any_world_up_to``
+    instead, any sequence of sizes in ``1..any_world_up_to`` (random events)."""
     await wait_phase(driver, name, "Succeeded")
     records = await index_records(driver, name)
     await assert_exactly_once(driver, name, epochs)
     last_epoch = max((r["epoch"] for r in records if r.get("event") == "step"), default=-1)
     assert last_epoch == epochs - 1, f"job {name}: the last epoch trained was {last_epoch}"
     world = tuple(committed_world_sizes(records))
-    assert world in sizes, f"job {name}: committed world sizes {world}, expected one of {sizes}"
+    if any_world_up_to is None:
+        assert world in sizes, f"job {name}: committed world sizes {world}, expected {sizes}"
+    else:
+        assert world and all(1 <= w <= any_world_up_to for w in world), (name, world)
 
     async def all_gone() -> bool:
         return not await driver.list_pods(name) and not await driver.job_processes(name)

@@ -10,8 +10,9 @@ Log records (JSON lines, one ``os.write`` each on an ``O_APPEND`` descriptor, so
 several processes never interleave):
 - ``{"event": "restore", "generation": g, "step": s, "rank": r}`` when a process of generation
   ``g`` starts from the checkpoint after step ``s`` (0 for a fresh start);
-- ``{"event": "step", "generation": g, "step": s, "epoch": e, "rank": r, "indices": [...]}``
-  after the optimizer step ``s`` (numbered from 1), with the indices *this rank* trained on.
+- ``{"event": "step", "generation": g, "step": s, "epoch": e, "rank": r, "indices": [...],
+  "time": t}`` after the optimizer step ``s`` (numbered from 1), with the indices *this rank*
+  trained on and the wall-clock time it was committed (for goodput and stall measurements).
 
 Reconstruction requires what the launcher guarantees: every (re)start of the training processes
 is a new, larger rendezvous generation, and each generation resumes from the newest valid
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +49,7 @@ class IndexLog:
              indices: list[int]) -> None:
         """Record the indices ``rank`` trained on in optimizer step ``step``."""
         self._write({"event": "step", "generation": generation, "step": step, "epoch": epoch,
-                     "rank": rank, "indices": indices})
+                     "rank": rank, "indices": indices, "time": round(time.time(), 4)})
 
     def close(self) -> None:
         """Close the file."""
