@@ -7,6 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from elastic_operator import labels
@@ -21,6 +24,7 @@ from elastic_operator.api.kernelreclaim import (
 from elastic_operator.reclaim import plan
 from elastic_operator.reclaim.gpu_metrics import Series, build_query, judge, parse_matrix
 from elastic_operator.reclaim.jupyter import JupyterClient, kernel_facts
+from elastic_operator.reclaim.metrics import ReclaimMetrics
 from elastic_operator.reclaim.rule import GpuState, KernelFacts
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -49,6 +53,12 @@ def test_durations(text: str, seconds: float) -> None:
         ({"jupyter": {"url": "jupyter:8888"}}, "url"),
         ({"jupyter": {"url": "http://j:8888/?token=abc"}}, "url"),
         ({"gpuIdle": {"prometheusUrl": "http://p:9090", "threshold": 101}}, "threshold"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "window": "4m"}}, "window: '4m'"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "sampleInterval": "0s"}},
+         "sampleInterval"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "metric": "my_util"}}, "unit:"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "unit": "fraction"}}, "unit"),
+        ({"startingGrace": "5"}, "startingGrace"),
         ({"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "needs"),
         ({"cullbusy": True}, "cullbusy"),
     ],
@@ -62,6 +72,26 @@ def test_spec_errors_name_the_field(fields: dict, named: str) -> None:
 def test_duration_error_says_how_to_fix() -> None:
     with pytest.raises(ValidationError, match=r'e\.g\. "45s", "30m" or "1h30m"'):
         policy(warningPeriod="5 min")
+
+
+def test_short_window_error_says_how_to_fix() -> None:
+    with pytest.raises(ValidationError, match=r"shorter than 10 samples of sampleInterval "
+                       r"'30s'; make window at least 300s"):
+        policy(gpuIdle={"prometheusUrl": "http://p:9090", "window": "299s"})
+    # Ten samples exactly is enough, and a faster exporter allows a shorter window.
+    policy(gpuIdle={"prometheusUrl": "http://p:9090", "window": "5m"})
+    policy(gpuIdle={"prometheusUrl": "http://p:9090", "window": "10s", "sampleInterval": "1s"})
+
+
+def test_gpu_defaults_follow_dcgm_exporter() -> None:
+    gpu = GpuIdleSpec(prometheusUrl="http://p:9090")
+    assert (gpu.metric, gpu.metric_unit(), gpu.sampleInterval) == (
+        "DCGM_FI_DEV_GPU_UTIL", "percent", "30s")
+    profiling = GpuIdleSpec(prometheusUrl="http://p:9090", metric="DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+    assert profiling.metric_unit() == "ratio"
+    custom = GpuIdleSpec(prometheusUrl="http://p:9090", metric="my_util", unit="ratio")
+    assert custom.metric_unit() == "ratio"
+    assert policy().startingGrace == "5m"
 
 
 def test_defaults_select_enterprise_gateway_kernel_pods() -> None:
@@ -92,6 +122,16 @@ def test_crd_is_generated_with_duration_patterns() -> None:
     assert props["idleAfter"]["pattern"].startswith("^(")
     assert props["action"]["enum"] == ["shutdown", "deletePod"]
     assert props["gpuIdle"]["properties"]["metric"]["default"] == "DCGM_FI_DEV_GPU_UTIL"
+    assert props["gpuIdle"]["properties"]["sampleInterval"]["default"] == "30s"
+    assert props["gpuIdle"]["properties"]["unit"]["enum"] == ["percent", "ratio"]
+    assert props["startingGrace"]["default"] == "5m"
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert list(columns) == ["Seen", "Idle", "Warned", "Reclaimed", "GPUs", "GPU-Hours",
+                             "DryRun", "Age"]
+    assert columns["Idle"] == ".status.eligible"
+    assert columns["GPU-Hours"] == ".status.gpuHoursReclaimed"
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["gpuHoursReclaimed"]["type"] == "number"
 
 
 def kernel_pod(name: str, kernel_id: str | None, gpus: int = 1, **annotations: str) -> dict:
@@ -103,6 +143,19 @@ def kernel_pod(name: str, kernel_id: str | None, gpus: int = 1, **annotations: s
     resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
     return {"metadata": meta, "spec": {"containers": [{"name": "k", "resources": resources}]},
             "status": {"phase": "Running"}}
+
+
+def test_running_since_is_when_the_last_container_ran() -> None:
+    body = kernel_pod("p", "k1")
+    assert plan.pod_facts(body, policy()).running_since is None  # no container status
+    body["status"]["containerStatuses"] = [
+        {"name": "a", "state": {"running": {"startedAt": "2026-01-01T11:00:00Z"}}},
+        {"name": "b", "state": {"running": {"startedAt": "2026-01-01T11:30:00Z"}}}]
+    assert plan.pod_facts(body, policy()).running_since == NOW - timedelta(minutes=30)
+    body["status"]["containerStatuses"][1]["state"] = {"waiting": {"reason": "PullBackOff"}}
+    assert plan.running_since(body) is None
+    pending = {**body, "status": {**body["status"], "phase": "Pending"}}
+    assert plan.running_since(pending) is None
 
 
 def test_pod_facts() -> None:
@@ -130,8 +183,8 @@ def test_client_repr_redacts_the_token() -> None:
     assert "<redacted>" in repr(client)
 
 
-GPU = GpuIdleSpec(prometheusUrl="http://prom:9090", window="60s", metricLagGrace="10s",
-                  threshold=5)
+GPU = GpuIdleSpec(prometheusUrl="http://prom:9090", window="60s", sampleInterval="5s",
+                  metricLagGrace="10s", threshold=5)
 
 
 def series(pod: str, start: float, end: float, value: float, step: float = 5) -> Series:
@@ -158,6 +211,58 @@ def test_gpu_judge() -> None:
         "short": GpuState.UNKNOWN, "two-gpus": GpuState.UNKNOWN, "absent": GpuState.UNKNOWN,
     }
     assert "70%" in verdicts["busy"].detail
+
+
+def flat(pod: str, value: float) -> Series:
+    return series(pod, 58, 2, value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "value", "state"),
+    [
+        # threshold 0: strictly zero is idle, any utilisation at all is busy.
+        ({"threshold": 0}, 0.0, GpuState.IDLE),
+        ({"threshold": 0}, 1.0, GpuState.BUSY),
+        # A low percentage: at or below it is idle.
+        ({"threshold": 10}, 10.0, GpuState.IDLE),
+        ({"threshold": 10}, 11.0, GpuState.BUSY),
+        # The profiling metric is a 0-1 ratio; the threshold stays in percent.
+        ({"threshold": 10, "metric": "DCGM_FI_PROF_GR_ENGINE_ACTIVE"}, 0.1, GpuState.IDLE),
+        ({"threshold": 10, "metric": "DCGM_FI_PROF_GR_ENGINE_ACTIVE"}, 0.11, GpuState.BUSY),
+        ({"threshold": 0, "metric": "DCGM_FI_PROF_GR_ENGINE_ACTIVE"}, 0.001, GpuState.BUSY),
+        ({"threshold": 12, "metric": "custom", "unit": "ratio"}, 0.12, GpuState.IDLE),
+        ({"threshold": 12, "metric": "custom", "unit": "percent"}, 0.12, GpuState.IDLE),
+        ({"threshold": 0, "metric": "custom", "unit": "percent"}, 0.12, GpuState.BUSY),
+    ],
+)
+def test_gpu_threshold_and_unit(fields: dict, value: float, state: GpuState) -> None:
+    spec = GPU.model_copy(update=fields)
+    (verdict,) = judge([flat("p", value)], ["p"], spec, NOW).values()
+    assert verdict.state == state, verdict
+
+
+def test_gpu_detail_is_in_percent_for_a_ratio_metric() -> None:
+    spec = GPU.model_copy(update={"metric": "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "threshold": 10})
+    verdicts = judge([flat("busy", 0.37), flat("idle", 0.02)], ["busy", "idle"], spec, NOW)
+    assert verdicts["busy"].detail == "peak 37% > 10%"
+    assert verdicts["idle"].detail == "peak 2% <= 10% over 60s"
+
+
+@settings(max_examples=200, deadline=None)
+@given(percents=st.lists(st.integers(0, 100), min_size=1, max_size=12),
+       threshold=st.integers(0, 100))
+def test_a_ratio_metric_judges_like_its_percent_twin(percents: list[int], threshold: int) -> None:
+    """The same readings as a 0-1 ratio and as a percent give the same verdict."""
+    t0 = NOW.timestamp()
+    step = 56 / len(percents)
+    points = [(t0 - 58 + i * step, float(v)) for i, v in enumerate(percents)] + [
+        (t0 - 2, float(percents[-1]))]
+    as_percent = judge([Series("p", points)], ["p"], GPU.model_copy(update={
+        "threshold": threshold}), NOW)["p"]
+    as_ratio = judge([Series("p", [(t, v / 100) for t, v in points])], ["p"], GPU.model_copy(
+        update={"threshold": threshold, "metric": "DCGM_FI_PROF_GR_ENGINE_ACTIVE"}), NOW)["p"]
+    assert as_percent.state == as_ratio.state
+    assert as_percent.state == (GpuState.BUSY if max(percents) > threshold else GpuState.IDLE)
 
 
 def test_gpu_query_and_matrix_parsing() -> None:
@@ -187,15 +292,17 @@ def test_plan_and_status_counters() -> None:
         ("a", "reclaim"), ("b", "reclaim"), ("c", "keep"), ("d", "clearWarning")]
     assert plan.candidates_for_gpu_check(pods, spec) == ["a", "b", "d"]
 
-    outcomes = [plan.Outcome(v.pod, str(plan.record_action(v.decision, False)), "r")
+    outcomes = [plan.Outcome(v.pod, str(plan.record_action(v.decision, False)), "r",
+                             v.decision.idle_seconds)
                 for v in verdicts if plan.record_action(v.decision, False)]
     outcomes[0] = plan.Outcome(outcomes[0].pod, "failed", "shutdown failed")
-    previous = KernelReclaimPolicyStatus(reclaimed=3, gpusReclaimed=5)
+    previous = KernelReclaimPolicyStatus(reclaimed=3, gpusReclaimed=5, gpuHoursReclaimed=1.5)
     ready = Condition(type=plan.READY, status="True", reason="Checked")
     status = plan.next_status(previous, now=NOW, verdicts=verdicts, outcomes=outcomes,
                               ready=ready, gpu_condition=None, generation=4)
     assert (status.kernelsSeen, status.eligible, status.warned) == (4, 2, 0)
     assert (status.reclaimed, status.gpusReclaimed) == (4, 7)  # only b succeeded (2 GPUs)
+    assert status.gpuHoursReclaimed == 3.5  # + 2 GPUs x 1 h idle
     assert [r.action for r in status.recentDecisions] == ["failed", "reclaim", "clearWarning"]
     assert status.observedGeneration == 4 and status.conditions[0].type == "Ready"
 
@@ -205,6 +312,26 @@ def test_plan_and_status_counters() -> None:
                              gpu_condition=None, generation=4)
     assert (after.kernelsSeen, after.reclaimed) == (4, 4)
     assert after.conditions[0].reason == "JupyterUnreachable"
+
+
+def test_gauges_show_the_last_check_and_go_with_the_policy() -> None:
+    registry = CollectorRegistry()
+    metrics = ReclaimMetrics(registry)
+    metrics.checked("ns", "p", seen=4, idle=2, warned=1, idle_gpus=3)
+    metrics.reclaimed("ns", "p", "shutdown", gpus=2, idle_seconds=5400)
+
+    def value(name: str, **extra: str) -> float | None:
+        return registry.get_sample_value(name, {"namespace": "ns", "policy": "p", **extra})
+
+    assert value("elastic_operator_reclaim_kernels", state="idle") == 2
+    assert value("elastic_operator_reclaim_kernels", state="warned") == 1
+    assert value("elastic_operator_reclaim_idle_gpus") == 3
+    assert value("elastic_operator_reclaimed_gpu_hours_total") == 3.0
+    metrics.forget("ns", "p")
+    metrics.forget("ns", "p")  # twice is fine (the daemon may stop before a first check)
+    assert value("elastic_operator_reclaim_kernels", state="seen") is None
+    assert value("elastic_operator_reclaim_idle_gpus") is None
+    assert value("elastic_operator_reclaimed_gpu_hours_total") == 3.0  # counters stay
 
 
 def test_dry_run_records_would_reclaim_only() -> None:
