@@ -395,6 +395,7 @@ async def test_client_sends_the_token_and_maps_errors_without_it() -> None:
             with pytest.raises(JupyterError) as info:
                 await client.list_kernels()
         assert info.value.reason == "Unauthorized" and "tokenSecretRef" in str(info.value)
+        assert "EG_LIST_KERNELS" in str(info.value)  # 403: also the gateway's listing switch
         async with JupyterClient(url + "/broken", token) as client:
             with pytest.raises(JupyterError) as info:
                 await client.list_kernels()
