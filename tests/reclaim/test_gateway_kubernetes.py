@@ -6,7 +6,8 @@ Enterprise Gateway 3.3 whose KubernetesProcessProxy launches each kernel through
 API with its own ``launch_kubernetes.py`` and ``kernel-pod.yaml.j2`` (GPUs from
 ``KERNEL_GPUS``). The kubelet runs the pod's ``launch_ipykernel.py``, the gateway connects to
 it, and a reclaim (``action: shutdown``) is the gateway's ``DELETE /api/kernels/{id}``, which
-deletes the pod: the GPU goes back to its node and a pod waiting for it is scheduled. The
+deletes the pod: the GPU goes back to its node and a pod waiting for it is scheduled (and with
+``action: deletePod`` the gateway drops the kernel whose pod went, starting no new one). The
 reclaimed kernel is one nobody connected to, so ``startingGrace`` counts from the Running
 time the kubelet reported.
 
@@ -31,7 +32,7 @@ from elastic_operator import k8s, labels
 from tests.harness import ROOT, Api, pods_path
 from tests.reclaim.conftest import TOKEN, Jupyter, wait_for
 from tests.reclaim.gateway import KUBERNETES_KERNEL, running_gateway
-from tests.reclaim.scenario import POLICY, annotations, make_policy, status
+from tests.reclaim.scenario import POLICY, annotations, checks_after, make_policy, status
 
 pytestmark = pytest.mark.slow
 
@@ -148,3 +149,24 @@ def test_gateway_kernel_pod_reclaimed_and_its_gpu_used_again(
     gateway.shutdown(exempt)
     wait_for(lambda: kernel_pod(api, exempt) is None, WAIT, "the exempt kernel's pod to go")
     api.delete(k8s.path("pods", NAMESPACE, "trainer"))
+
+
+def test_gateway_drops_a_kernel_whose_pod_was_deleted(
+    cluster: tuple[Path, Api], gateway: Jupyter
+) -> None:
+    """``action: deletePod`` bypasses the gateway; it notices at its next poll of the pod and
+    drops the kernel without starting a new pod (which would take a GPU again)."""
+    _, api = cluster
+    ns = "notebooks-delete"
+    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                      "metadata": {"name": ns}})
+    kernel = gateway.start_kernel(KUBERNETES_KERNEL, KERNEL_NAMESPACE=ns)
+    gateway.use(kernel)
+    make_policy(api, ns, gateway.url, action="deletePod", warningPeriod="0s")
+
+    wait_for(lambda: status(api, ns).get("reclaimed") == 1, WAIT, "the pod to be deleted")
+    deleted = time.monotonic()
+    wait_for(lambda: kernel not in gateway.kernels(), WAIT, "the gateway to drop the kernel")
+    print(f"\ngateway dropped the kernel {time.monotonic() - deleted:.1f}s after its pod went")
+    checks_after(api, ns, 3)
+    assert not api.list(pods_path(ns), label_selector=f"kernel_id={kernel}")
