@@ -9,8 +9,9 @@ busy, no connections), made safe:
   an execution state other than ``idle``/``busy`` (``restarting``, ``unknown`` ...),
   GPU metrics that are missing, stale or do not cover the window;
 - a kernel ``starting`` for ``startingGrace`` since its pod became Running, with no activity in
-  that time, is no start-up but a kernel nobody connected to (jupyter_server leaves those
-  ``starting`` for good) and is judged like an idle one; a younger one is kept;
+  that time, is no start-up but a kernel nobody connected to (jupyter_server and Enterprise
+  Gateway leave those ``starting`` for good) and is judged like an idle one; a younger one
+  is kept;
 - a pod annotated ``elastic.dev/reclaim: "never"`` is never reclaimed;
 - a kernel is first marked with the time it will go (``warningPeriod``), and activity in that
   period clears the mark.
@@ -89,7 +90,7 @@ class RulePolicy:
     idle_after: float
     min_running: float
     warning_period: float
-    starting_grace: float = 300.0
+    starting_grace: float
     cull_busy: bool = False
     cull_connected: bool = False
     gpu_only: bool = True
@@ -115,8 +116,9 @@ def decide(
 ) -> Decision:
     """Decide for one kernel pod. ``kernel`` is None when the server does not list the kernel.
 
-    Guarantees: RECLAIM only if every fact is known and says idle, the pod is not exempt, and a
-    warning mark set at least ``warning_period`` ago (or a zero period) is still valid.
+    Guarantees: RECLAIM only if every fact is known and says idle (a kernel stuck in starting
+    past the grace counts as idle), the pod is not exempt, and a warning mark set at least
+    ``warning_period`` ago (or a zero period) is still valid.
     CLEAR_WARNING only if the pod carries a mark; WARN only if it carries none (or a void one).
     """
     warned = pod.reclaim_at is not None

@@ -21,7 +21,7 @@ from elastic_operator.reclaim.rule import (
 )
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-POLICY = RulePolicy(idle_after=600, min_running=300, warning_period=120)
+POLICY = RulePolicy(idle_after=600, min_running=300, warning_period=120, starting_grace=300)
 
 
 def ago(seconds: float) -> datetime:
