@@ -136,7 +136,7 @@ class JupyterSpec(ApiModel):
 # The utilisation gauges dcgm-exporter exports by default (its default-counters.csv), with
 # their units: GPU_UTIL in percent, the profiling metric GR_ENGINE_ACTIVE as a 0-1 ratio.
 DCGM_METRIC_UNITS = {"DCGM_FI_DEV_GPU_UTIL": "percent", "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "ratio"}
-# dcgm-exporter's default collection interval (-c 30000 ms).
+# dcgm-exporter's default collection interval (-c / DCGM_EXPORTER_INTERVAL, 30000 ms).
 DCGM_SAMPLE_INTERVAL = "30s"
 # A window must hold this many samples: fewer make "idle all window" rest on a handful of
 # readings, and one missed scrape would already leave the window uncovered.
@@ -180,7 +180,8 @@ class GpuIdleSpec(ApiModel):
     sampleInterval: Duration = Field(
         default=DCGM_SAMPLE_INTERVAL,
         description="How often the exporter samples the GPU (dcgm-exporter: 30s unless its -c "
-        f"flag says otherwise). window must span at least {MIN_SAMPLES_PER_WINDOW} samples.",
+        "flag or DCGM_EXPORTER_INTERVAL, in ms, says otherwise). window must span at least "
+        f"{MIN_SAMPLES_PER_WINDOW} samples.",
     )
     window: Duration = Field(
         default="10m",
