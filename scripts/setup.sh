@@ -3,7 +3,8 @@
 # missing), a virtual environment in .venv, torch's CPU wheel first (an unpinned torch would pull a
 # multi-GB CUDA build), then the project. Idempotent: a second run installs nothing new.
 #   scripts/setup.sh          what the embedded local cluster needs (etcd)
-#   scripts/setup.sh --test   also what the tests need (prometheus, pytest, jupyter_server, ...)
+#   scripts/setup.sh --test   also what the tests need (prometheus, pytest, jupyter_server, ...,
+#                             and Jupyter Enterprise Gateway in .venv-gateway)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,21 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 .venv/bin/python -c 'import torch' >/dev/null 2>&1 || "${pip[@]}" "torch==2.13.0"
 if [[ $with_tests -eq 1 ]]; then
   "${pip[@]}" -e ".[test]"
+  # Enterprise Gateway 3.3 pins jupyter_server<2 and jupyter_client<7, which exclude the
+  # jupyter_server 2 of the test extra, so it gets a virtualenv of its own; ipykernel<7 as
+  # the gateway's own tests pin it. Its kernel launchers (launch_kubernetes.py,
+  # launch_ipykernel.py, kernel-pod.yaml.j2) are not in the wheel: the sdist carries them.
+  eg=jupyter_enterprise_gateway==3.3.0
+  [[ -x .venv-gateway/bin/python ]] || python3 -m venv .venv-gateway
+  gw=(.venv-gateway/bin/python -m pip)
+  "${gw[@]}" install -q --disable-pip-version-check "$eg" "ipykernel>=6.29,<7"
+  if [[ ! -d .venv-gateway/kernel-launchers ]]; then
+    tmp=$(mktemp -d)
+    "${gw[@]}" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$tmp" "$eg"
+    tar -xzf "$tmp"/*.tar.gz -C "$tmp"
+    cp -r "$tmp"/*/etc/kernel-launchers .venv-gateway/kernel-launchers
+    rm -rf "$tmp"
+  fi
 else
   "${pip[@]}" -e .
 fi

@@ -133,6 +133,16 @@ class JupyterSpec(ApiModel):
     timeout: Duration = Field(default="10s", description="Timeout of one request.")
 
 
+# The utilisation gauges dcgm-exporter exports by default (its default-counters.csv), with
+# their units: GPU_UTIL in percent, the profiling metric GR_ENGINE_ACTIVE as a 0-1 ratio.
+DCGM_METRIC_UNITS = {"DCGM_FI_DEV_GPU_UTIL": "percent", "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "ratio"}
+# dcgm-exporter's default collection interval (-c / DCGM_EXPORTER_INTERVAL, 30000 ms).
+DCGM_SAMPLE_INTERVAL = "30s"
+# A window must hold this many samples: fewer make "idle all window" rest on a handful of
+# readings, and one missed scrape would already leave the window uncovered.
+MIN_SAMPLES_PER_WINDOW = 10
+
+
 class GpuIdleSpec(ApiModel):
     """GPU idleness from a DCGM exporter scraped by Prometheus; a kernel whose GPU stayed busy
     is kept whatever its Jupyter activity says."""
@@ -143,7 +153,14 @@ class GpuIdleSpec(ApiModel):
     metric: str = Field(
         default="DCGM_FI_DEV_GPU_UTIL",
         pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
-        description="Utilisation gauge in percent, one series per GPU.",
+        description="Utilisation gauge, one series per GPU: DCGM_FI_DEV_GPU_UTIL (percent) or "
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE (0-1 ratio), both exported by dcgm-exporter by default, "
+        "or another gauge with its unit.",
+    )
+    unit: Literal["percent", "ratio"] | None = Field(
+        default=None,
+        description="Unit of the metric's samples: percent (0-100) or ratio (0-1). Unset: the "
+        "unit of the DCGM metric named; required for any other metric.",
     )
     podLabel: str = Field(
         default="pod", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Series label: pod."
@@ -157,16 +174,49 @@ class GpuIdleSpec(ApiModel):
         default=5.0,
         ge=0,
         le=100,
-        description="A GPU at or above this utilisation (percent) at any sample is busy.",
+        description="Percent, whatever the metric's unit: a GPU above this utilisation at any "
+        "sample is busy. 0: only a GPU that read exactly zero all window is idle.",
+    )
+    sampleInterval: Duration = Field(
+        default=DCGM_SAMPLE_INTERVAL,
+        description="How often the exporter samples the GPU (dcgm-exporter: 30s unless its -c "
+        "flag or DCGM_EXPORTER_INTERVAL, in ms, says otherwise). window must span at least "
+        f"{MIN_SAMPLES_PER_WINDOW} samples.",
     )
     window: Duration = Field(
-        default="10m", description="Every sample in this window must be below the threshold."
+        default="10m",
+        description="Every sample in this window must be at or below the threshold; at least "
+        f"{MIN_SAMPLES_PER_WINDOW} x sampleInterval.",
     )
     metricLagGrace: Duration = Field(
         default="1m",
         description="Scrape and export lag tolerated: the newest sample may be this old, and "
         "the oldest may start this late in the window. Older or shorter data counts as unknown.",
     )
+
+    def metric_unit(self) -> str:
+        """The unit of the metric's samples (``unit``, else the named DCGM metric's)."""
+        return self.unit or DCGM_METRIC_UNITS[self.metric]
+
+    @model_validator(mode="after")
+    def _unit_known_and_window_long_enough(self) -> GpuIdleSpec:
+        if self.unit is None and self.metric not in DCGM_METRIC_UNITS:
+            known = ", ".join(f"{m} ({u})" for m, u in DCGM_METRIC_UNITS.items())
+            raise ValueError(
+                f"unit: metric {self.metric!r} is not one whose unit is known ({known}); "
+                "set unit: percent or unit: ratio"
+            )
+        interval = duration_seconds(self.sampleInterval)
+        if interval <= 0:
+            raise ValueError(f"sampleInterval: {self.sampleInterval!r} must be longer than 0s")
+        shortest = MIN_SAMPLES_PER_WINDOW * interval
+        if duration_seconds(self.window) < shortest:
+            raise ValueError(
+                f"window: {self.window!r} is shorter than {MIN_SAMPLES_PER_WINDOW} samples of "
+                f"sampleInterval {self.sampleInterval!r}; make window at least {shortest:g}s "
+                "(or set sampleInterval to the exporter's real interval)"
+            )
+        return self
 
 
 class ReclaimAction(StrEnum):
@@ -193,6 +243,12 @@ class KernelReclaimPolicySpec(ApiModel):
     checkEvery: Duration = Field(default="1m", description="How often the policy is evaluated.")
     minRunning: Duration = Field(
         default="0s", description="A kernel pod younger than this is never reclaimed."
+    )
+    startingGrace: Duration = Field(
+        default="5m",
+        description="A kernel still 'starting' this long after its pod became Running, with no "
+        "activity since, was started and never connected to (jupyter_server leaves such "
+        "kernels 'starting'): it is then judged like an idle one. Before that it is kept.",
     )
     warningPeriod: Duration = Field(
         default="10m",
@@ -250,6 +306,12 @@ class KernelReclaimPolicyStatus(ApiModel):
     warned: int = Field(default=0, ge=0, description="Kernel pods marked for reclaim now.")
     reclaimed: int = Field(default=0, ge=0, description="Kernels reclaimed since creation.")
     gpusReclaimed: int = Field(default=0, ge=0, description="GPUs freed since creation.")
+    gpuHoursReclaimed: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPU-hours freed since creation: for each reclaim, its GPUs x how long the "
+        "kernel had been idle (the idle time the reclaim ended).",
+    )
     recentDecisions: list[DecisionRecord] = Field(
         default_factory=list, description=f"The last {RECENT_DECISIONS} decisions, newest last."
     )
@@ -259,9 +321,11 @@ class KernelReclaimPolicyStatus(ApiModel):
 
 PRINTER_COLUMNS = [
     {"name": "Seen", "type": "integer", "jsonPath": ".status.kernelsSeen"},
+    {"name": "Idle", "type": "integer", "jsonPath": ".status.eligible"},
     {"name": "Warned", "type": "integer", "jsonPath": ".status.warned"},
     {"name": "Reclaimed", "type": "integer", "jsonPath": ".status.reclaimed"},
     {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpusReclaimed"},
+    {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.gpuHoursReclaimed"},
     {"name": "DryRun", "type": "boolean", "jsonPath": ".spec.dryRun"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

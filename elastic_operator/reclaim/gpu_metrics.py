@@ -1,5 +1,9 @@
 """GPU idleness of kernel pods from a DCGM exporter's utilisation gauge in Prometheus.
 
+The gauge is ``DCGM_FI_DEV_GPU_UTIL`` (percent) or ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` (a 0-1
+ratio), the two dcgm-exporter exports by default, or another one with its unit; samples are
+compared in percent, so ``threshold`` means the same for every metric.
+
 One instant query of a range selector (``DCGM_FI_DEV_GPU_UTIL{namespace="ns",pod=~"a|b"}[600s]``)
 returns the raw samples of every GPU series of the pods in the window, with their real scrape
 times. Raw samples matter: ``query_range`` or ``max_over_time`` would stretch the last value of a
@@ -7,7 +11,8 @@ vanished exporter over Prometheus's 5-minute lookback and make stale data look f
 
 A pod's GPUs are IDLE only when every series is fresh (newest sample at most ``metricLagGrace``
 old), covers the window (oldest sample at most ``metricLagGrace`` after its start), and every
-sample is below the threshold. No series, stale or short data, or a failed query give UNKNOWN.
+sample is at or below the threshold (so ``threshold: 0`` asks for a GPU that read exactly zero).
+No series, stale or short data, or a failed query give UNKNOWN.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ def judge(
 ) -> dict[str, GpuFacts]:
     """The verdict per pod from its series (pure; see the module docstring for the rule)."""
     threshold = spec.threshold
+    # Compared in the metric's own unit (0.1 > 10 / 100 is exact, 0.1 * 100 > 10 is not);
+    # reported in percent.
+    to_percent = 100.0 if spec.metric_unit() == "ratio" else 1.0
+    limit = threshold / to_percent
     window = duration_seconds(spec.window)
     grace = duration_seconds(spec.metricLagGrace)
     end = now.timestamp()
@@ -83,9 +92,10 @@ def judge(
         if not found or not samples:
             verdicts[pod] = GpuFacts(GpuState.UNKNOWN, "no GPU utilisation samples")
             continue
-        peak = max(samples)
-        if peak >= threshold:
-            verdicts[pod] = GpuFacts(GpuState.BUSY, f"peak {peak:g}% >= {threshold:g}%")
+        top = max(samples)
+        peak = top * to_percent
+        if top > limit:
+            verdicts[pod] = GpuFacts(GpuState.BUSY, f"peak {peak:g}% > {threshold:g}%")
             continue
         newest = min(s.samples[-1][0] for s in found if s.samples)
         oldest = max(s.samples[0][0] if s.samples else end for s in found)
@@ -97,7 +107,7 @@ def judge(
             )
         else:
             verdicts[pod] = GpuFacts(
-                GpuState.IDLE, f"peak {peak:g}% < {threshold:g}% over {window:.0f}s"
+                GpuState.IDLE, f"peak {peak:g}% <= {threshold:g}% over {window:.0f}s"
             )
     return verdicts
 

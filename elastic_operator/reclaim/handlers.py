@@ -64,9 +64,13 @@ async def reclaim_policy(
     # This daemon is the status's only writer, so what it wrote last is the truth; the live
     # body may not have caught up with it yet (the watch lags), and counters must not go back.
     status = previous_status(body)
-    while not stopped:
-        interval, status = await check_policy(kube, metrics, body, status, datetime.now(UTC))
-        await stopped.wait(interval)
+    try:
+        while not stopped:
+            interval, status = await check_policy(kube, metrics, body, status, datetime.now(UTC))
+            await stopped.wait(interval)
+    finally:
+        meta = body.get("metadata") or {}
+        metrics.forget(meta.get("namespace", "default"), meta.get("name", ""))
 
 
 def previous_status(body: kopf.Body | dict[str, Any]) -> KernelReclaimPolicyStatus:
@@ -158,6 +162,14 @@ async def check_policy(
         ready=ready,
         gpu_condition=gpu_condition,
         generation=generation,
+    )
+    metrics.checked(
+        namespace,
+        name,
+        seen=status.kernelsSeen,
+        idle=status.eligible,
+        warned=status.warned,
+        idle_gpus=sum(v.pod.gpus for v in verdicts if v.decision.eligible),
     )
     await _write_status(kube, namespace, name, status)
     return interval, status
@@ -268,7 +280,7 @@ class _Actor:
                 _pod_ref(pod), "ReclaimFailed", f"{action} failed: {err}", warning=True
             )
             return Outcome(pod, "failed", f"{action} failed: {err}")
-        return Outcome(pod, action, decision.reason)
+        return Outcome(pod, action, decision.reason, decision.idle_seconds)
 
     async def _reclaim(self, pod: PodFacts, reason: str, idle_seconds: float) -> None:
         if self.spec.action == ReclaimAction.SHUTDOWN:

@@ -106,10 +106,17 @@ class JupyterClient:
         where = f"{method} {self._where(path)}"
         try:
             async with self._session.request(method, self._base + path) as resp:
-                if resp.status in (401, 403):
+                if resp.status == 401:
                     raise JupyterError(
                         "Unauthorized",
-                        f"{where}: HTTP {resp.status}; check the token in jupyter.tokenSecretRef",
+                        f"{where}: HTTP 401; check the token in jupyter.tokenSecretRef",
+                    )
+                if resp.status == 403:
+                    # Enterprise Gateway answers 403 to a good token while listing is off.
+                    raise JupyterError(
+                        "Unauthorized",
+                        f"{where}: HTTP 403; check the token in jupyter.tokenSecretRef, and on "
+                        "Enterprise Gateway that listing kernels is on (EG_LIST_KERNELS=True)",
                     )
                 if resp.status not in ok:
                     raise JupyterError("HttpError", f"{where}: HTTP {resp.status}")

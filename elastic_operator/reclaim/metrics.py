@@ -6,14 +6,20 @@
 - ``elastic_operator_reclaimed_gpu_hours_total{namespace,policy}``: GPUs x idle time at
   reclaim, the idle GPU-hours each reclaim ended;
 - ``elastic_operator_reclaim_check_failures_total{namespace,policy,reason}``: checks that
-  decided nothing (Jupyter unreachable, token unreadable, invalid spec).
+  decided nothing (Jupyter unreachable, token unreadable, invalid spec);
+- ``elastic_operator_reclaim_kernels{namespace,policy,state}``: at the last check that could
+  decide, the kernel pods ``seen``, ``idle`` (eligible by every rule) and ``warned``;
+- ``elastic_operator_reclaim_idle_gpus{namespace,policy}``: GPUs those idle kernels hold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from elastic_operator.reclaim.plan import gpu_hours
 
 
 class ReclaimMetrics:
@@ -44,6 +50,19 @@ class ReclaimMetrics:
             ["namespace", "policy", "reason"],
             registry=registry,
         )
+        self.kernels_now = Gauge(
+            "elastic_operator_reclaim_kernels",
+            "Kernel pods of a KernelReclaimPolicy at its last check, by state (seen, idle, "
+            "warned)",
+            ["namespace", "policy", "state"],
+            registry=registry,
+        )
+        self.idle_gpus = Gauge(
+            "elastic_operator_reclaim_idle_gpus",
+            "GPUs held by kernels idle by every rule at the policy's last check",
+            ["namespace", "policy"],
+            registry=registry,
+        )
 
     def reclaimed(
         self, namespace: str, policy: str, action: str, gpus: int, idle_seconds: float
@@ -51,7 +70,23 @@ class ReclaimMetrics:
         """Count one successful reclaim."""
         self.kernels.labels(namespace, policy, action).inc()
         self.gpus.labels(namespace, policy).inc(gpus)
-        self.gpu_hours.labels(namespace, policy).inc(gpus * idle_seconds / 3600.0)
+        self.gpu_hours.labels(namespace, policy).inc(gpu_hours(gpus, idle_seconds))
+
+    def checked(
+        self, namespace: str, policy: str, *, seen: int, idle: int, warned: int, idle_gpus: int
+    ) -> None:
+        """Set the gauges from a check that could decide."""
+        for state, value in (("seen", seen), ("idle", idle), ("warned", warned)):
+            self.kernels_now.labels(namespace, policy, state).set(value)
+        self.idle_gpus.labels(namespace, policy).set(idle_gpus)
+
+    def forget(self, namespace: str, policy: str) -> None:
+        """Drop a policy's gauges (it was deleted): a gone policy holds no kernels."""
+        for state in ("seen", "idle", "warned"):
+            with contextlib.suppress(KeyError):
+                self.kernels_now.remove(namespace, policy, state)
+        with contextlib.suppress(KeyError):
+            self.idle_gpus.remove(namespace, policy)
 
 
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, ReclaimMetrics] = (

@@ -35,6 +35,7 @@ def rule_policy(spec: KernelReclaimPolicySpec) -> rule.RulePolicy:
         idle_after=spec.seconds("idleAfter"),
         min_running=spec.seconds("minRunning"),
         warning_period=spec.seconds("warningPeriod"),
+        starting_grace=spec.seconds("startingGrace"),
         cull_busy=spec.cullBusy,
         cull_connected=spec.cullConnected,
         gpu_only=spec.gpuOnly,
@@ -62,6 +63,21 @@ def gpu_request(pod: dict[str, Any], resource: str) -> int:
     return total
 
 
+def running_since(pod: dict[str, Any]) -> datetime | None:
+    """When the pod's last container started running: the moment the pod as a whole ran.
+    None unless the pod is Running with every container's ``running.startedAt`` known."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running":
+        return None
+    starts = [
+        parse_time(((c.get("state") or {}).get("running") or {}).get("startedAt"))
+        for c in status.get("containerStatuses") or []
+    ]
+    if not starts or any(s is None for s in starts):
+        return None
+    return max(s for s in starts if s is not None)
+
+
 def pod_facts(pod: dict[str, Any], spec: KernelReclaimPolicySpec) -> PodFacts:
     """The rule's facts about a pod body as the API returned it."""
     meta = pod.get("metadata") or {}
@@ -75,6 +91,7 @@ def pod_facts(pod: dict[str, Any], spec: KernelReclaimPolicySpec) -> PodFacts:
         started_at=parse_time(status.get("startTime")) or parse_time(meta.get("creationTimestamp")),
         exempt=annotations.get(labels.RECLAIM) == rule.EXEMPT_VALUE,
         reclaim_at=parse_time(annotations.get(labels.RECLAIM_AT)),
+        running_since=running_since(pod),
     )
 
 
@@ -134,6 +151,13 @@ class Outcome:
     pod: PodFacts
     action: str  # a DecisionRecord action
     reason: str
+    idle_seconds: float = 0.0  # how long the kernel had been idle (for reclaims)
+
+
+def gpu_hours(gpus: int, idle_seconds: float) -> float:
+    """The idle GPU-hours a reclaim ended: its GPUs x how long the kernel had been idle. The
+    one definition behind status.gpuHoursReclaimed and the gpu_hours metric."""
+    return gpus * idle_seconds / 3600.0
 
 
 def next_status(
@@ -173,6 +197,12 @@ def next_status(
         "recentDecisions": records[-RECENT_DECISIONS:],
         "reclaimed": previous.reclaimed + len(reclaimed),
         "gpusReclaimed": previous.gpusReclaimed + sum(o.pod.gpus for o in reclaimed),
+        # Rounded so the printer column and status stay readable; counters only grow.
+        "gpuHoursReclaimed": round(
+            previous.gpuHoursReclaimed
+            + sum(gpu_hours(o.pod.gpus, o.idle_seconds) for o in reclaimed),
+            3,
+        ),
         "observedGeneration": generation,
     }
     if checked:

@@ -6,8 +6,12 @@ The rule is the one Jupyter's cullers share (idle longer than a limit by ``last_
 busy, no connections), made safe:
 
 - an unknown fact never reclaims: a failed or partial probe, a kernel the server does not list,
-  an execution state other than ``idle``/``busy`` (``starting``, ``restarting``, ``unknown`` ...),
+  an execution state other than ``idle``/``busy`` (``restarting``, ``unknown`` ...),
   GPU metrics that are missing, stale or do not cover the window;
+- a kernel ``starting`` for ``startingGrace`` since its pod became Running, with no activity in
+  that time, is no start-up but a kernel nobody connected to (jupyter_server and Enterprise
+  Gateway leave those ``starting`` for good) and is judged like an idle one; a younger one
+  is kept;
 - a pod annotated ``elastic.dev/reclaim: "never"`` is never reclaimed;
 - a kernel is first marked with the time it will go (``warningPeriod``), and activity in that
   period clears the mark.
@@ -19,9 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-# The only execution states the rule trusts; anything else is kept as unknown.
+# The only execution states the rule trusts; anything else is kept as unknown, and STARTING
+# only until the starting grace is over.
 IDLE = "idle"
 BUSY = "busy"
+STARTING = "starting"
 
 EXEMPT_VALUE = "never"
 
@@ -56,6 +62,7 @@ class PodFacts:
     started_at: datetime | None
     exempt: bool = False
     reclaim_at: datetime | None = None  # the mark; None when not warned (or unparseable)
+    running_since: datetime | None = None  # when every container ran; None: not Running
 
 
 class GpuState(StrEnum):
@@ -83,6 +90,7 @@ class RulePolicy:
     idle_after: float
     min_running: float
     warning_period: float
+    starting_grace: float
     cull_busy: bool = False
     cull_connected: bool = False
     gpu_only: bool = True
@@ -108,8 +116,9 @@ def decide(
 ) -> Decision:
     """Decide for one kernel pod. ``kernel`` is None when the server does not list the kernel.
 
-    Guarantees: RECLAIM only if every fact is known and says idle, the pod is not exempt, and a
-    warning mark set at least ``warning_period`` ago (or a zero period) is still valid.
+    Guarantees: RECLAIM only if every fact is known and says idle (a kernel stuck in starting
+    past the grace counts as idle), the pod is not exempt, and a warning mark set at least
+    ``warning_period`` ago (or a zero period) is still valid.
     CLEAR_WARNING only if the pod carries a mark; WARN only if it carries none (or a void one).
     """
     warned = pod.reclaim_at is not None
@@ -133,7 +142,16 @@ def decide(
     state = kernel.execution_state
     if state == BUSY and not policy.cull_busy:
         return keep("kernel is busy")
-    if state not in (IDLE, BUSY):
+    stuck_note = ""
+    if state == STARTING:
+        stuck = _stuck_starting(kernel, pod, policy, now)
+        if isinstance(stuck, str):
+            return wait(stuck)
+        stuck_note = (
+            f"never left starting in {stuck:.0f}s since its pod ran "
+            f"(startingGrace {policy.starting_grace:.0f}s), judged as idle; "
+        )
+    elif state not in (IDLE, BUSY):
         return wait(f"kernel state is {state or 'missing'}; only idle kernels are reclaimed")
     if kernel.connections is None:
         return wait("kernel connections unknown")
@@ -156,7 +174,7 @@ def decide(
         return wait(f"GPU idleness unknown: {gpu.detail}")
 
     gpu_note = f"; GPU idle: {gpu.detail}" if gpu.state == GpuState.IDLE else ""
-    idle = f"idle {idle_for:.0f}s (idleAfter {policy.idle_after:.0f}s){gpu_note}"
+    idle = f"{stuck_note}idle {idle_for:.0f}s (idleAfter {policy.idle_after:.0f}s){gpu_note}"
     if pod.reclaim_at is not None:
         marked_at = pod.reclaim_at - timedelta(seconds=policy.warning_period)
         if kernel.last_activity > marked_at:
@@ -170,3 +188,24 @@ def decide(
         return Decision(Action.RECLAIM, idle, True, idle_seconds=idle_for)
     reclaim_at = now + timedelta(seconds=policy.warning_period)
     return Decision(Action.WARN, idle, True, reclaim_at, idle_for)
+
+
+def _stuck_starting(
+    kernel: KernelFacts, pod: PodFacts, policy: RulePolicy, now: datetime
+) -> float | str:
+    """Seconds a ``starting`` kernel has been stuck (grace over), or why it is kept.
+
+    The grace counts from the later of the pod becoming Running and the kernel's last
+    activity: a start-up takes place in a running pod, and any activity restarts the count.
+    """
+    if pod.running_since is None:
+        return "kernel state is starting and its pod is not Running yet"
+    if kernel.last_activity is None:
+        return "kernel state is starting and its last_activity is unknown"
+    stuck = (now - max(pod.running_since, kernel.last_activity)).total_seconds()
+    if stuck < policy.starting_grace:
+        return (
+            f"kernel starting for {stuck:.0f}s since its pod ran or was last active "
+            f"(startingGrace {policy.starting_grace:.0f}s)"
+        )
+    return stuck

@@ -24,10 +24,11 @@ import pytest
 import websocket
 import yaml
 
-from tests.harness import free_port, poll_until
+from tests.harness import OperatorProcess, free_port, poll_until
 
 TOKEN = "jt-" + uuid.uuid4().hex  # the Jupyter token; must never show up anywhere
 START_TIMEOUT = 90.0  # generous: 7 helpers share 2 cores
+SCRAPE_INTERVAL = "500ms"  # Prometheus's, so a GPU window of ten samples lasts 5s
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -52,15 +53,31 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
+@pytest.fixture(scope="module")
+def operator_args() -> list[str]:
+    """Debug logging: the token must not appear even there."""
+    return ["--verbose"]
+
+
+@pytest.fixture
+def operator(operator_process: OperatorProcess) -> OperatorProcess:
+    return operator_process
+
+
 # -- Jupyter ------------------------------------------------------------------------------
 
 
 class Jupyter:
-    """A running jupyter_server and the few REST/websocket calls the tests make."""
+    """A running jupyter_server or Enterprise Gateway (the same kernels REST and websocket
+    API) and the few calls the tests make. ``kernel_env`` goes with every kernel start: the
+    gateway takes the kernel's user, namespace and GPUs from it."""
 
-    def __init__(self, port: int, token: str) -> None:
+    def __init__(self, port: int, token: str, kernel_env: dict[str, str] | None = None,
+                 kind: str = "jupyter_server") -> None:
+        self.kind = kind
         self.url = f"http://127.0.0.1:{port}"
         self.token = token
+        self.kernel_env = dict(kernel_env or {})
         self._sockets: list[websocket.WebSocket] = []
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
@@ -76,8 +93,11 @@ class Jupyter:
     def kernels(self) -> dict[str, dict[str, Any]]:
         return {k["id"]: k for k in self._request("GET", "/api/kernels")}
 
-    def start_kernel(self) -> str:
-        return str(self._request("POST", "/api/kernels", {"name": "python3"})["id"])
+    def start_kernel(self, name: str = "python3", **env: str) -> str:
+        body: dict[str, Any] = {"name": name}
+        if self.kernel_env or env:
+            body["env"] = {**self.kernel_env, **env}
+        return str(self._request("POST", "/api/kernels", body)["id"])
 
     def shutdown(self, kernel_id: str) -> None:
         """Shut a kernel down (cleanup; a kernel already gone is fine)."""
@@ -135,16 +155,24 @@ class Jupyter:
         self._sockets.clear()
 
 
-@pytest.fixture(scope="module")
-def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
-    """A jupyter_server on a random port of 127.0.0.1 with token auth and private dirs."""
-    base = tmp_path_factory.mktemp("jupyter")
+def private_jupyter_dirs(base: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Fresh root/runtime/config/data dirs under ``base`` and the environment that makes a
+    Jupyter process use only them (no user config or kernelspecs leak in)."""
     dirs = {name: base / name for name in ("root", "runtime", "config", "data")}
     for path in dirs.values():
         path.mkdir()
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
            "JUPYTER_CONFIG_DIR": str(dirs["config"]), "JUPYTER_DATA_DIR": str(dirs["data"]),
-           "JUPYTER_PLATFORM_DIRS": "1", "IPYTHONDIR": str(base / "ipython")}
+           "JUPYTER_PATH": str(dirs["data"]), "JUPYTER_PLATFORM_DIRS": "1",
+           "IPYTHONDIR": str(base / "ipython")}
+    return dirs, env
+
+
+@pytest.fixture(scope="module")
+def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
+    """A jupyter_server on a random port of 127.0.0.1 with token auth and private dirs."""
+    base = tmp_path_factory.mktemp("jupyter")
+    dirs, env = private_jupyter_dirs(base)
     log = (base / "jupyter.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1",
@@ -173,7 +201,9 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
 
 
 class Exporter:
-    """Serves ``DCGM_FI_DEV_GPU_UTIL`` gauges; ``util[(namespace, pod)]`` sets a pod's value."""
+    """Serves the two gauges dcgm-exporter exports by default, ``DCGM_FI_DEV_GPU_UTIL``
+    (percent) and ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` (the same reading as a 0-1 ratio);
+    ``util[(namespace, pod)]`` sets a pod's utilisation in percent."""
 
     def __init__(self) -> None:
         self.util: dict[tuple[str, str], float] = {}
@@ -181,11 +211,13 @@ class Exporter:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                lines = ["# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).",
-                         "# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
-                for i, ((ns, pod), value) in enumerate(sorted(exporter.util.items())):
-                    lines.append(f'DCGM_FI_DEV_GPU_UTIL{{gpu="{i}",UUID="GPU-{i}",'
-                                 f'pod="{pod}",namespace="{ns}",container="kernel"}} {value}')
+                lines = []
+                for metric, scale in (("DCGM_FI_DEV_GPU_UTIL", 1.0),
+                                      ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", 0.01)):
+                    lines.append(f"# TYPE {metric} gauge")
+                    for i, ((ns, pod), value) in enumerate(sorted(exporter.util.items())):
+                        lines.append(f'{metric}{{gpu="{i}",UUID="GPU-{i}",pod="{pod}",'
+                                     f'namespace="{ns}",container="kernel"}} {value * scale}')
                 body = ("\n".join(lines) + "\n").encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -208,13 +240,13 @@ class Exporter:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Exporter]]:
-    """A real Prometheus scraping the exporter every second; yields (url, exporter)."""
+    """A real Prometheus scraping the exporter every SCRAPE_INTERVAL; yields (url, exporter)."""
     binary = Path("/usr/bin/prometheus")
     if not binary.exists():
         pytest.fail("Prometheus is required: apt-get install prometheus (/usr/bin/prometheus)")
     base = tmp_path_factory.mktemp("prometheus")
     exporter = Exporter()
-    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+    config = {"global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL},
               "scrape_configs": [{"job_name": "dcgm", "static_configs": [
                   {"targets": [f"127.0.0.1:{exporter.port}"]}]}]}
     (base / "prometheus.yml").write_text(yaml.safe_dump(config))

@@ -92,3 +92,18 @@ async def test_counters_survive_a_lagging_body() -> None:
     assert (status.reclaimed, status.gpusReclaimed) == (4, 8)
     assert kube.statuses[-1]["reclaimed"] == 4
     assert previous_status({"status": {"reclaimed": "many"}}) == KernelReclaimPolicyStatus()
+
+
+async def test_a_gpu_window_shorter_than_ten_samples_is_invalid() -> None:
+    kube = FakeKube()
+    await check_policy(
+        kube, ReclaimMetrics(CollectorRegistry()),
+        body(gpuIdle={"prometheusUrl": "http://p:9090", "window": "2m"}),
+        KernelReclaimPolicyStatus(), NOW,
+    )
+    condition = ready(kube.statuses[0])
+    assert condition["reason"] == "Invalid"
+    assert condition["message"].startswith("spec.gpuIdle:")
+    assert "window: '2m' is shorter than 10 samples of sampleInterval '30s'" in (
+        condition["message"])
+    assert "at least 300s" in condition["message"]

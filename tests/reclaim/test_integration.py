@@ -8,8 +8,6 @@ the CI machine is loaded, and nothing sleeps to synchronise.
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,159 +15,32 @@ from typing import Any
 
 import pytest
 
-from elastic_operator import k8s, labels
+from elastic_operator import labels
 from tests.harness import (
     Api,
     Cluster,
     OperatorProcess,
     calls_rbac_denies,
-    events_for,
     free_port,
     operator_calls,
     pods_path,
 )
-from tests.reclaim.conftest import TOKEN, Exporter, Jupyter, wait_for
+from tests.reclaim.conftest import SCRAPE_INTERVAL, Exporter, Jupyter, wait_for
+from tests.reclaim.scenario import (
+    POLICY,
+    WAIT,
+    annotations,
+    assert_no_token,
+    checks_after,
+    make_pod,
+    make_policy,
+    policy_path,
+    ready_reason,
+    reasons,
+    status,
+)
 
 pytestmark = pytest.mark.slow
-
-WAIT = 60.0
-POLICY = "notebooks"
-
-
-@pytest.fixture(scope="module")
-def operator_args() -> list[str]:
-    """Debug logging: the token must not appear even there."""
-    return ["--verbose"]
-
-
-@pytest.fixture
-def operator(operator_process: OperatorProcess) -> OperatorProcess:
-    return operator_process
-
-
-def policy_path(ns: str, name: str | None = None, sub: str | None = None) -> str:
-    return k8s.path("kernelreclaimpolicies", ns, name, sub, group=labels.GROUP,
-                    version=labels.VERSION)
-
-
-def make_pod(api: Api, ns: str, kernel_id: str, gpus: int = 1,
-             annotations: dict[str, str] | None = None) -> str:
-    """A kernel pod as Enterprise Gateway would create it, labelled with the kernel id."""
-    name = f"kernel-{kernel_id[:8]}"
-    resources = {"limits": {"nvidia.com/gpu": str(gpus)},
-                 "requests": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
-    api.create(pods_path(ns), {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "annotations": annotations or {},
-                     "labels": {"app": "enterprise-gateway", "component": "kernel",
-                                "kernel_id": kernel_id}},
-        "spec": {"containers": [{"name": "kernel", "image": "elyra/kernel-py",
-                                 "resources": resources}]},
-    })
-    return name
-
-
-def make_policy(api: Api, ns: str, url: str, **spec: Any) -> None:
-    """A KernelReclaimPolicy with the token Secret, short durations unless given."""
-    api.create(k8s.path("secrets", ns), {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "jupyter-token"},
-        "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
-    })
-    api.create(policy_path(ns), {
-        "apiVersion": labels.API_VERSION, "kind": "KernelReclaimPolicy",
-        "metadata": {"name": POLICY},
-        "spec": {"jupyter": {"url": url, "tokenSecretRef": {"name": "jupyter-token"}},
-                 "idleAfter": "2s", "warningPeriod": "3s", "checkEvery": "1s", **spec},
-    })
-
-
-def status(api: Api, ns: str) -> dict[str, Any]:
-    return api.get(policy_path(ns, POLICY)).get("status") or {}
-
-
-def annotations(api: Api, ns: str, pod: str) -> dict[str, str]:
-    return api.get(pods_path(ns, pod))["metadata"].get("annotations") or {}
-
-
-def checks_after(api: Api, ns: str, count: int) -> None:
-    """Wait until the operator has finished ``count`` more checks of the policy."""
-    seen: list[str] = []
-
-    def advanced() -> bool:
-        stamp = status(api, ns).get("lastCheckTime")
-        if stamp and (not seen or seen[-1] != stamp):
-            seen.append(stamp)
-        return len(seen) > count
-
-    wait_for(advanced, WAIT, f"{count} more checks")
-
-
-def reasons(api: Api, ns: str, name: str) -> list[str]:
-    return [e["reason"] for e in events_for(api, ns, name)]
-
-
-def assert_no_token(api: Api, operator: OperatorProcess, ns: str) -> None:
-    """The Jupyter token (plain or as the Secret stores it) is in no log line, event or
-    status."""
-    encoded = base64.b64encode(TOKEN.encode()).decode()
-    texts = {"operator log": operator.log(),
-             "events": json.dumps(api.list(k8s.path("events", ns))),
-             "policy": json.dumps(api.get(policy_path(ns, POLICY)))}
-    for what, text in texts.items():
-        assert TOKEN not in text and encoded not in text, f"token leaked into the {what}"
-
-
-def test_idle_kernel_is_warned_then_reclaimed_others_kept(
-    api: Api, operator: OperatorProcess, namespace: str,
-    jupyter: Jupyter
-) -> None:
-    ns = namespace
-    idle, busy, connected, exempt = (jupyter.start_kernel() for _ in range(4))
-    jupyter.use(idle)
-    jupyter.use(busy, "import time; time.sleep(600)", wait=False)  # then disconnects
-    jupyter.use(connected, keep_open=True)
-    jupyter.use(exempt)
-    pods = {
-        "idle": make_pod(api, ns, idle),
-        "busy": make_pod(api, ns, busy),
-        "connected": make_pod(api, ns, connected),
-        "exempt": make_pod(api, ns, exempt, annotations={labels.RECLAIM: "never"}),
-    }
-    make_policy(api, ns, jupyter.url, warningPeriod="5s")
-
-    # Warned first: the mark and a Warning event with the time it will go ...
-    mark = wait_for(lambda: annotations(api, ns, pods["idle"]).get(labels.RECLAIM_AT), WAIT,
-                    "the reclaim-at mark")
-    assert idle in jupyter.kernels()
-    assert "ReclaimScheduled" in reasons(api, ns, pods["idle"])
-    # ... then shut down through the Jupyter API.
-    wait_for(lambda: idle not in jupyter.kernels(), WAIT, "the idle kernel to be shut down")
-    assert mark, "reclaimed without being warned first"
-    wait_for(lambda: status(api, ns).get("reclaimed") == 1, WAIT, "status.reclaimed")
-    st = status(api, ns)
-    assert st["gpusReclaimed"] == 1
-    assert any(d["action"] == "reclaim" and d["pod"] == pods["idle"]
-               for d in st["recentDecisions"])
-    assert "Reclaimed" in reasons(api, ns, pods["idle"])
-    assert "Reclaimed" in reasons(api, ns, POLICY)
-    metrics = operator.metrics()
-    labelled = f'namespace="{ns}",policy="{POLICY}"'
-    assert f'elastic_operator_reclaimed_kernels_total{{action="shutdown",{labelled}}} 1.0' in (
-        metrics)
-    assert f"elastic_operator_reclaimed_gpus_total{{{labelled}}} 1.0" in metrics
-    assert f"elastic_operator_reclaimed_gpu_hours_total{{{labelled}}}" in metrics
-
-    checks_after(api, ns, 2)
-    kernels = jupyter.kernels()
-    assert {busy, connected, exempt} <= set(kernels)
-    assert kernels[busy]["execution_state"] == "busy"
-    assert kernels[connected]["connections"] >= 1
-    for key in ("busy", "connected", "exempt"):
-        assert labels.RECLAIM_AT not in annotations(api, ns, pods[key]), key
-    assert status(api, ns)["reclaimed"] == 1
-    assert_no_token(api, operator, ns)
-    for kernel in (busy, connected, exempt):
-        jupyter.shutdown(kernel)
 
 
 def test_activity_during_the_warning_clears_the_mark(
@@ -293,16 +164,11 @@ def test_unreachable_or_failing_jupyter_reclaims_nothing(
     pod = make_pod(api, ns, "0c2d9e7a-dead-4bee-8f00-000000000001")
     make_policy(api, ns, f"http://127.0.0.1:{free_port()}", warningPeriod="0s")
 
-    def ready_reason() -> str | None:
-        conditions = {c["type"]: c for c in status(api, ns).get("conditions", [])}
-        ready = conditions.get("Ready", {})
-        return ready.get("reason") if ready.get("status") == "False" else None
-
-    assert wait_for(ready_reason, WAIT, "Ready=False") == "JupyterUnreachable"
+    assert wait_for(lambda: ready_reason(api, ns), WAIT, "Ready=False") == "JupyterUnreachable"
     assert "CheckJupyterUnreachable" in reasons(api, ns, POLICY)
 
     api.patch(policy_path(ns, POLICY), {"spec": {"jupyter": {"url": failing_jupyter.url}}})
-    wait_for(lambda: ready_reason() == "JupyterHttpError", WAIT, "JupyterHttpError")
+    wait_for(lambda: ready_reason(api, ns) == "JupyterHttpError", WAIT, "JupyterHttpError")
     message = {c["type"]: c for c in status(api, ns)["conditions"]}["Ready"]["message"]
     assert "HTTP 500" in message and "nothing reclaimed" in message
     checks_after(api, ns, 1)
@@ -325,8 +191,10 @@ def test_gpu_busy_kernel_is_kept_gpu_idle_is_reclaimed(
     busy_pod, idle_pod = make_pod(api, ns, gpu_busy), make_pod(api, ns, gpu_idle)
     exporter.util[(ns, busy_pod)] = 87.0
     exporter.util[(ns, idle_pod)] = 0.0
+    # The profiling metric (a 0-1 ratio) with threshold 0: only a GPU that read zero is idle.
     make_policy(api, ns, jupyter.url, warningPeriod="1s", gpuIdle={
-        "prometheusUrl": url, "threshold": 5, "window": "4s", "metricLagGrace": "3s"})
+        "prometheusUrl": url, "metric": "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "threshold": 0,
+        "sampleInterval": SCRAPE_INTERVAL, "window": "5s", "metricLagGrace": "3s"})
 
     wait_for(lambda: gpu_idle not in jupyter.kernels(), WAIT * 1.5,
              "the GPU-idle kernel to be shut down")
@@ -336,7 +204,8 @@ def test_gpu_busy_kernel_is_kept_gpu_idle_is_reclaimed(
     assert conditions["GpuMetricsAvailable"]["status"] == "True"
     decisions = status(api, ns)["recentDecisions"]
     assert [d["pod"] for d in decisions if d["action"] == "reclaim"] == [idle_pod]
-    assert "GPU idle" in next(d["reason"] for d in decisions if d["action"] == "reclaim")
+    reason = next(d["reason"] for d in decisions if d["action"] == "reclaim")
+    assert "GPU idle: peak 0% <= 0%" in reason
     assert labels.RECLAIM_AT not in annotations(api, ns, busy_pod)
     assert_no_token(api, operator, ns)
     jupyter.shutdown(gpu_busy)

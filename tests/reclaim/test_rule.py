@@ -21,7 +21,7 @@ from elastic_operator.reclaim.rule import (
 )
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-POLICY = RulePolicy(idle_after=600, min_running=300, warning_period=120)
+POLICY = RulePolicy(idle_after=600, min_running=300, warning_period=120, starting_grace=300)
 
 
 def ago(seconds: float) -> datetime:
@@ -33,6 +33,9 @@ POD = PodFacts("ns", "kernel-k1", "k1", gpus=1, started_at=ago(7200))
 WARNED = replace(POD, reclaim_at=NOW - timedelta(seconds=1))
 WARNED_LATER = replace(POD, reclaim_at=NOW + timedelta(seconds=60))
 GPU_IDLE = GpuFacts(GpuState.IDLE, "peak 0%")
+# Started through the API, never connected to: jupyter_server keeps such a kernel "starting".
+STARTING = replace(IDLE_KERNEL, execution_state="starting")
+RUNNING = replace(POD, running_since=ago(7000))
 
 
 @pytest.mark.parametrize(
@@ -90,6 +93,34 @@ GPU_IDLE = GpuFacts(GpuState.IDLE, "peak 0%")
          "GPU busy"),
         (IDLE_KERNEL, POD, GpuFacts(GpuState.UNKNOWN, "stale"), POLICY, Action.KEEP,
          "GPU idleness unknown"),
+        # Stuck in "starting": kept through startingGrace (default 300s), then judged as idle.
+        (STARTING, RUNNING, GPU_OFF, POLICY, Action.WARN, "never left starting in 3600s"),
+        (STARTING, RUNNING, GPU_OFF, POLICY, Action.WARN, "judged as idle; idle 3600s"),
+        (STARTING, replace(RUNNING, reclaim_at=NOW - timedelta(seconds=1)), GPU_OFF, POLICY,
+         Action.RECLAIM, "warning period over"),
+        (STARTING, replace(RUNNING, running_since=None), GPU_OFF, POLICY, Action.KEEP,
+         "not Running"),
+        (STARTING, replace(RUNNING, running_since=ago(200)), GPU_OFF, POLICY, Action.KEEP,
+         "starting for 200s"),
+        (STARTING, replace(RUNNING, running_since=ago(200), reclaim_at=ago(1)), GPU_OFF, POLICY,
+         Action.KEEP, "startingGrace 300s"),
+        # Activity restarts the count; so does a longer grace.
+        (replace(STARTING, last_activity=ago(100)), RUNNING, GPU_OFF, POLICY, Action.KEEP,
+         "starting for 100s"),
+        (STARTING, RUNNING, GPU_OFF, replace(POLICY, starting_grace=4000), Action.KEEP,
+         "startingGrace 4000s"),
+        (replace(STARTING, last_activity=None), RUNNING, GPU_OFF, POLICY, Action.KEEP,
+         "last_activity is unknown"),
+        # Past the grace the usual rules apply: idleAfter, minRunning, connections, GPU.
+        (replace(STARTING, last_activity=ago(400)), RUNNING, GPU_OFF, POLICY, Action.KEEP,
+         "active 400s ago"),
+        (STARTING, RUNNING, GPU_OFF, replace(POLICY, min_running=8000), Action.KEEP,
+         "minRunning"),
+        (replace(STARTING, connections=1), RUNNING, GPU_OFF, POLICY, Action.KEEP, "1 open"),
+        (STARTING, RUNNING, GpuFacts(GpuState.BUSY, "peak 80%"), POLICY, Action.KEEP,
+         "GPU busy"),
+        (STARTING, RUNNING, GPU_OFF, replace(POLICY, warning_period=0), Action.RECLAIM,
+         "never left starting"),
         (IDLE_KERNEL, WARNED, GpuFacts(GpuState.UNKNOWN, "stale"), POLICY, Action.KEEP,
          "GPU idleness unknown"),
     ],
@@ -128,13 +159,13 @@ kernels = st.one_of(st.none(), st.builds(
 pods = st.builds(
     PodFacts, namespace=st.just("ns"), name=st.just("p"),
     kernel_id=st.one_of(st.none(), st.just("k1")), gpus=st.integers(0, 4), started_at=times,
-    exempt=st.booleans(), reclaim_at=times,
+    exempt=st.booleans(), reclaim_at=times, running_since=times,
 )
 gpus = st.builds(GpuFacts, state=st.sampled_from(list(GpuState)), detail=st.just(""))
 policies = st.builds(
     RulePolicy, idle_after=st.floats(0, 5000), min_running=st.floats(0, 5000),
-    warning_period=st.floats(0, 5000), cull_busy=st.booleans(), cull_connected=st.booleans(),
-    gpu_only=st.booleans(),
+    warning_period=st.floats(0, 5000), starting_grace=st.floats(0, 5000),
+    cull_busy=st.booleans(), cull_connected=st.booleans(), gpu_only=st.booleans(),
 )
 
 
@@ -148,8 +179,13 @@ def test_never_reclaims_on_unknown_or_exempt(
         return
     assert not pod.exempt
     assert kernel is not None and pod.kernel_id is not None
-    assert kernel.execution_state in ("idle", "busy")
+    assert kernel.execution_state in ("idle", "busy", "starting")
     assert kernel.last_activity is not None and kernel.connections is not None
+    if kernel.execution_state == "starting":
+        # Only a kernel stuck past the grace, counted from its pod running and its activity.
+        assert pod.running_since is not None
+        since = max(pod.running_since, kernel.last_activity)
+        assert (NOW - since).total_seconds() >= policy.starting_grace
     assert pod.started_at is not None
     assert gpu.state in (GpuState.OFF, GpuState.IDLE)
     assert kernel.execution_state == "idle" or policy.cull_busy
@@ -173,3 +209,24 @@ def test_marks_change_only_consistently(
         assert decision.reclaim_at > NOW
     if decision.action in (Action.WARN, Action.RECLAIM):
         assert decision.eligible
+
+
+@settings(max_examples=150, deadline=None)
+@given(kernel=kernels, pod=pods, gpu=gpus, policy=policies)
+def test_starting_kernel_in_its_grace_is_left_alone(
+    kernel: KernelFacts | None, pod: PodFacts, gpu: GpuFacts, policy: RulePolicy
+) -> None:
+    """Within startingGrace (or with the pod not Running) a starting kernel is neither warned
+    nor reclaimed, and a mark it carries stays: a start-up is no evidence either way."""
+    if kernel is None or kernel.execution_state != "starting":
+        return
+    decision = decide(kernel, pod, gpu, policy, NOW)
+    stuck = (
+        pod.running_since is not None and kernel.last_activity is not None
+        and (NOW - max(pod.running_since, kernel.last_activity)).total_seconds()
+        >= policy.starting_grace
+    )
+    if not stuck and not pod.exempt and not (policy.gpu_only and pod.gpus <= 0):
+        assert decision.action == Action.KEEP
+    if decision.action in (Action.WARN, Action.RECLAIM):
+        assert stuck and "never left starting" in decision.reason

@@ -1,5 +1,6 @@
-"""Pure parts around the rule: the API model, pod and kernel parsing, the GPU verdict, the
-check plan and the status it produces, and the client's redaction."""
+"""Pure parts around the rule: the API model, pod and kernel parsing, the check plan and the
+status it produces, the metrics, and the client's redaction (the GPU verdict:
+``test_gpu_metrics.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from elastic_operator import labels
@@ -19,9 +21,9 @@ from elastic_operator.api.kernelreclaim import (
     duration_seconds,
 )
 from elastic_operator.reclaim import plan
-from elastic_operator.reclaim.gpu_metrics import Series, build_query, judge, parse_matrix
 from elastic_operator.reclaim.jupyter import JupyterClient, kernel_facts
-from elastic_operator.reclaim.rule import GpuState, KernelFacts
+from elastic_operator.reclaim.metrics import ReclaimMetrics
+from elastic_operator.reclaim.rule import KernelFacts
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SPEC = {"jupyter": {"url": "http://jupyter:8888"}}
@@ -49,6 +51,12 @@ def test_durations(text: str, seconds: float) -> None:
         ({"jupyter": {"url": "jupyter:8888"}}, "url"),
         ({"jupyter": {"url": "http://j:8888/?token=abc"}}, "url"),
         ({"gpuIdle": {"prometheusUrl": "http://p:9090", "threshold": 101}}, "threshold"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "window": "4m"}}, "window: '4m'"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "sampleInterval": "0s"}},
+         "sampleInterval"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "metric": "my_util"}}, "unit:"),
+        ({"gpuIdle": {"prometheusUrl": "http://p:9090", "unit": "fraction"}}, "unit"),
+        ({"startingGrace": "5"}, "startingGrace"),
         ({"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "needs"),
         ({"cullbusy": True}, "cullbusy"),
     ],
@@ -62,6 +70,26 @@ def test_spec_errors_name_the_field(fields: dict, named: str) -> None:
 def test_duration_error_says_how_to_fix() -> None:
     with pytest.raises(ValidationError, match=r'e\.g\. "45s", "30m" or "1h30m"'):
         policy(warningPeriod="5 min")
+
+
+def test_short_window_error_says_how_to_fix() -> None:
+    with pytest.raises(ValidationError, match=r"shorter than 10 samples of sampleInterval "
+                       r"'30s'; make window at least 300s"):
+        policy(gpuIdle={"prometheusUrl": "http://p:9090", "window": "299s"})
+    # Ten samples exactly is enough, and a faster exporter allows a shorter window.
+    policy(gpuIdle={"prometheusUrl": "http://p:9090", "window": "5m"})
+    policy(gpuIdle={"prometheusUrl": "http://p:9090", "window": "10s", "sampleInterval": "1s"})
+
+
+def test_gpu_defaults_follow_dcgm_exporter() -> None:
+    gpu = GpuIdleSpec(prometheusUrl="http://p:9090")
+    assert (gpu.metric, gpu.metric_unit(), gpu.sampleInterval) == (
+        "DCGM_FI_DEV_GPU_UTIL", "percent", "30s")
+    profiling = GpuIdleSpec(prometheusUrl="http://p:9090", metric="DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+    assert profiling.metric_unit() == "ratio"
+    custom = GpuIdleSpec(prometheusUrl="http://p:9090", metric="my_util", unit="ratio")
+    assert custom.metric_unit() == "ratio"
+    assert policy().startingGrace == "5m"
 
 
 def test_defaults_select_enterprise_gateway_kernel_pods() -> None:
@@ -92,6 +120,16 @@ def test_crd_is_generated_with_duration_patterns() -> None:
     assert props["idleAfter"]["pattern"].startswith("^(")
     assert props["action"]["enum"] == ["shutdown", "deletePod"]
     assert props["gpuIdle"]["properties"]["metric"]["default"] == "DCGM_FI_DEV_GPU_UTIL"
+    assert props["gpuIdle"]["properties"]["sampleInterval"]["default"] == "30s"
+    assert props["gpuIdle"]["properties"]["unit"]["enum"] == ["percent", "ratio"]
+    assert props["startingGrace"]["default"] == "5m"
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert list(columns) == ["Seen", "Idle", "Warned", "Reclaimed", "GPUs", "GPU-Hours",
+                             "DryRun", "Age"]
+    assert columns["Idle"] == ".status.eligible"
+    assert columns["GPU-Hours"] == ".status.gpuHoursReclaimed"
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["gpuHoursReclaimed"]["type"] == "number"
 
 
 def kernel_pod(name: str, kernel_id: str | None, gpus: int = 1, **annotations: str) -> dict:
@@ -103,6 +141,19 @@ def kernel_pod(name: str, kernel_id: str | None, gpus: int = 1, **annotations: s
     resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
     return {"metadata": meta, "spec": {"containers": [{"name": "k", "resources": resources}]},
             "status": {"phase": "Running"}}
+
+
+def test_running_since_is_when_the_last_container_ran() -> None:
+    body = kernel_pod("p", "k1")
+    assert plan.pod_facts(body, policy()).running_since is None  # no container status
+    body["status"]["containerStatuses"] = [
+        {"name": "a", "state": {"running": {"startedAt": "2026-01-01T11:00:00Z"}}},
+        {"name": "b", "state": {"running": {"startedAt": "2026-01-01T11:30:00Z"}}}]
+    assert plan.pod_facts(body, policy()).running_since == NOW - timedelta(minutes=30)
+    body["status"]["containerStatuses"][1]["state"] = {"waiting": {"reason": "PullBackOff"}}
+    assert plan.running_since(body) is None
+    pending = {**body, "status": {**body["status"], "phase": "Pending"}}
+    assert plan.running_since(pending) is None
 
 
 def test_pod_facts() -> None:
@@ -130,49 +181,6 @@ def test_client_repr_redacts_the_token() -> None:
     assert "<redacted>" in repr(client)
 
 
-GPU = GpuIdleSpec(prometheusUrl="http://prom:9090", window="60s", metricLagGrace="10s",
-                  threshold=5)
-
-
-def series(pod: str, start: float, end: float, value: float, step: float = 5) -> Series:
-    t0 = NOW.timestamp()
-    points, t = [], t0 - start
-    while t <= t0 - end + 1e-9:
-        points.append((t, value))
-        t += step
-    return Series(pod, points)
-
-
-def test_gpu_judge() -> None:
-    data = [
-        series("idle", 58, 2, 1.0),
-        series("busy", 58, 2, 1.0), Series("busy", [(NOW.timestamp() - 30, 70.0)]),
-        series("stale", 58, 30, 0.0),
-        series("short", 20, 2, 0.0),
-        series("two-gpus", 58, 2, 0.0), series("two-gpus", 58, 40, 0.0),
-    ]
-    pods = ["idle", "busy", "stale", "short", "two-gpus", "absent"]
-    verdicts = judge(data, pods, GPU, NOW)
-    assert {p: v.state for p, v in verdicts.items()} == {
-        "idle": GpuState.IDLE, "busy": GpuState.BUSY, "stale": GpuState.UNKNOWN,
-        "short": GpuState.UNKNOWN, "two-gpus": GpuState.UNKNOWN, "absent": GpuState.UNKNOWN,
-    }
-    assert "70%" in verdicts["busy"].detail
-
-
-def test_gpu_query_and_matrix_parsing() -> None:
-    query = build_query(GPU, "ns", ["kernel-a.1", "kernel-b"])
-    assert query == ('DCGM_FI_DEV_GPU_UTIL{namespace="ns",pod=~"kernel\\\\-a\\\\.1|'
-                     'kernel\\\\-b"}[60s]')
-    body = {"status": "success", "data": {"resultType": "matrix", "result": [
-        {"metric": {"pod": "a", "gpu": "0"}, "values": [[1.5, "3"], [2.5, "4"]]},
-        {"metric": {"gpu": "1"}, "values": [[1.5, "3"]]},
-    ]}}
-    assert parse_matrix(body, "pod") == [Series("a", [(1.5, 3.0), (2.5, 4.0)])]
-    with pytest.raises(ValueError, match="bad query"):
-        parse_matrix({"status": "error", "error": "bad query"}, "pod")
-
-
 def test_plan_and_status_counters() -> None:
     spec = policy(idleAfter="10m", warningPeriod="0s", minRunning="0s")
     pods = [kernel_pod("a", "ka"), kernel_pod("b", "kb", gpus=2),
@@ -187,15 +195,17 @@ def test_plan_and_status_counters() -> None:
         ("a", "reclaim"), ("b", "reclaim"), ("c", "keep"), ("d", "clearWarning")]
     assert plan.candidates_for_gpu_check(pods, spec) == ["a", "b", "d"]
 
-    outcomes = [plan.Outcome(v.pod, str(plan.record_action(v.decision, False)), "r")
+    outcomes = [plan.Outcome(v.pod, str(plan.record_action(v.decision, False)), "r",
+                             v.decision.idle_seconds)
                 for v in verdicts if plan.record_action(v.decision, False)]
     outcomes[0] = plan.Outcome(outcomes[0].pod, "failed", "shutdown failed")
-    previous = KernelReclaimPolicyStatus(reclaimed=3, gpusReclaimed=5)
+    previous = KernelReclaimPolicyStatus(reclaimed=3, gpusReclaimed=5, gpuHoursReclaimed=1.5)
     ready = Condition(type=plan.READY, status="True", reason="Checked")
     status = plan.next_status(previous, now=NOW, verdicts=verdicts, outcomes=outcomes,
                               ready=ready, gpu_condition=None, generation=4)
     assert (status.kernelsSeen, status.eligible, status.warned) == (4, 2, 0)
     assert (status.reclaimed, status.gpusReclaimed) == (4, 7)  # only b succeeded (2 GPUs)
+    assert status.gpuHoursReclaimed == 3.5  # + 2 GPUs x 1 h idle
     assert [r.action for r in status.recentDecisions] == ["failed", "reclaim", "clearWarning"]
     assert status.observedGeneration == 4 and status.conditions[0].type == "Ready"
 
@@ -205,6 +215,26 @@ def test_plan_and_status_counters() -> None:
                              gpu_condition=None, generation=4)
     assert (after.kernelsSeen, after.reclaimed) == (4, 4)
     assert after.conditions[0].reason == "JupyterUnreachable"
+
+
+def test_gauges_show_the_last_check_and_go_with_the_policy() -> None:
+    registry = CollectorRegistry()
+    metrics = ReclaimMetrics(registry)
+    metrics.checked("ns", "p", seen=4, idle=2, warned=1, idle_gpus=3)
+    metrics.reclaimed("ns", "p", "shutdown", gpus=2, idle_seconds=5400)
+
+    def value(name: str, **extra: str) -> float | None:
+        return registry.get_sample_value(name, {"namespace": "ns", "policy": "p", **extra})
+
+    assert value("elastic_operator_reclaim_kernels", state="idle") == 2
+    assert value("elastic_operator_reclaim_kernels", state="warned") == 1
+    assert value("elastic_operator_reclaim_idle_gpus") == 3
+    assert value("elastic_operator_reclaimed_gpu_hours_total") == 3.0
+    metrics.forget("ns", "p")
+    metrics.forget("ns", "p")  # twice is fine (the daemon may stop before a first check)
+    assert value("elastic_operator_reclaim_kernels", state="seen") is None
+    assert value("elastic_operator_reclaim_idle_gpus") is None
+    assert value("elastic_operator_reclaimed_gpu_hours_total") == 3.0  # counters stay
 
 
 def test_dry_run_records_would_reclaim_only() -> None:
@@ -268,6 +298,7 @@ async def test_client_sends_the_token_and_maps_errors_without_it() -> None:
             with pytest.raises(JupyterError) as info:
                 await client.list_kernels()
         assert info.value.reason == "Unauthorized" and "tokenSecretRef" in str(info.value)
+        assert "EG_LIST_KERNELS" in str(info.value)  # 403: also the gateway's listing switch
         async with JupyterClient(url + "/broken", token) as client:
             with pytest.raises(JupyterError) as info:
                 await client.list_kernels()
