@@ -3,8 +3,10 @@ the end, and how much training survived (goodput).
 
 :func:`soak` draws ``events`` events from :data:`KINDS` with ``random.Random(seed)`` (each kind
 only when it makes sense, e.g. no scale-down at one worker; at least ``min(5, events)``
-different kinds), applies one, waits until the job has trained :data:`STEPS_BETWEEN` more
-committed steps, and goes on to the next. At the end it checks what every e2e scenario checks
+different kinds) and applies one every ``interval`` seconds, each only once the job has
+trained :data:`STEPS_BETWEEN` committed steps since the previous one (so every event hits a
+job that recovered). The job is sized to train through all events (about
+``events x interval`` seconds). At the end it checks what every e2e scenario checks
 (:func:`e2e.scenarios.finished_well`).
 
 Goodput = committed steps of the final lineage x the median step time of an undisturbed run of
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import statistics
 import time
@@ -31,6 +34,7 @@ from launcher.training.audit import committed_steps
 
 STEPS_BETWEEN = 6
 MAX_REPLICAS = 3
+STEP_TIME = 0.1  # seconds per step (--step-time), the baseline's and the soak job's
 
 
 @dataclass
@@ -159,21 +163,24 @@ async def median_step_time(driver: Driver, name: str) -> float:
     return statistics.median(gaps)
 
 
-async def soak(driver: LocalDriver, seed: int, events: int) -> SoakResult:
+async def soak(driver: LocalDriver, seed: int, events: int, interval: float) -> SoakResult:
     """Run the soak (see the module docstring) on a local cluster with ``MAX_REPLICAS`` free
     GPUs; raises AssertionError when a check fails."""
     assert driver.cluster.nodes is not None
     rng = random.Random(seed)
     random.seed(seed)  # the events' own choices (which pod) follow the seed too
     baseline = f"chaos-base-{seed}"
-    await driver.apply([scenarios.make_job(driver, baseline, epochs=2, step_time=0.1)])
+    await driver.apply([scenarios.make_job(driver, baseline, epochs=2, step_time=STEP_TIME)])
     await scenarios.finished_well(driver, baseline, {(2,)})
     median = await median_step_time(driver, baseline)
 
     name = f"chaos-{seed}"
-    epochs = 4 + events
+    # Long enough to train through every event: at world size 2 an epoch is DATASET / (2 x
+    # BATCH) steps; about half of the soak's wall time is training between the events.
+    epoch_s = scenarios.DATASET / (2 * scenarios.BATCH) * median
+    epochs = 2 + math.ceil(0.5 * events * interval / epoch_s)
     st = State(name)
-    job = scenarios.make_job(driver, name, epochs=epochs, step_time=0.1, hang_timeout=4.0,
+    job = scenarios.make_job(driver, name, epochs=epochs, step_time=STEP_TIME, hang_timeout=4.0,
                              max_replicas=MAX_REPLICAS)
     job["spec"]["maxRestarts"] = 10 * events  # the soak kills on purpose; budget is not tested
     applied: list[tuple[str, float]] = []
@@ -183,6 +190,10 @@ async def soak(driver: LocalDriver, seed: int, events: int) -> SoakResult:
         for kind in draw(rng, events):
             if not allowed(kind, st):
                 kind = rng.choice([k for k in sorted(KINDS) if allowed(k, st)])
+            if applied:
+                await asyncio.sleep(max(0.0, applied[-1][1] + interval - time.time()))
+            assert await scenarios.phase(driver, name) != "Succeeded", \
+                f"job {name} finished after {len(applied)} of {events} events; it is too short"
             before = await _max_step(driver, name)
             applied.append((kind, time.time()))
             await KINDS[kind](driver, st)
@@ -193,9 +204,6 @@ async def soak(driver: LocalDriver, seed: int, events: int) -> SoakResult:
             for node in st.evicted_nodes:
                 await driver.cluster.nodes.add_gpus(1, node)
             st.evicted_nodes.clear()
-        phase = await scenarios.phase(driver, name)
-        assert phase not in ("Succeeded", "Failed"), \
-            f"job {name} was {phase} before the soak's events were all applied"
         await scenarios.finished_well(driver, name, (), epochs=epochs,
                                       any_world_up_to=MAX_REPLICAS)
 

@@ -12,7 +12,8 @@ or alone with ``--standalone``. Every step, rank 0 prints one JSON line to stdou
 plus ``start``, ``stopped`` (after an agreed SIGTERM, checkpoint written) and ``done`` (final
 loss on the whole data set) events. ``--log-indices FILE`` makes every rank append the indices
 it trained on (see ``launcher.training.audit``) for exactly-once checks. Exits 0 when the
-epochs are done, and 0 after a SIGTERM-triggered checkpoint (the agent restarts it).
+epochs are done, and 0 after a SIGTERM-triggered checkpoint (the agent restarts it); the
+session tells the agent which of the two it was (``ELASTIC_OUTCOME_FILE``).
 """
 
 from __future__ import annotations
