@@ -29,12 +29,12 @@ from elastic_operator.local.cluster import ClusterConfig, LocalCluster  # noqa: 
 OPERATOR_ARGS = ["--backoff-base", "0.3", "--backoff-cap", "2", "--resync", "2"]
 
 
-async def run(seed: int, events: int, interval: float, state_dir: Path) -> int:
+async def run(seed: int, events: int, gap: int, state_dir: Path) -> int:
     config = ClusterConfig(state_dir=state_dir, nodes=MAX_REPLICAS, gpus_per_node=1,
                            workdir=REPO, operator_args=OPERATOR_ARGS)
     async with LocalCluster(config) as cluster:
         try:
-            result = await soak(LocalDriver(cluster), seed, events, interval)
+            result = await soak(LocalDriver(cluster), seed, events, gap)
         except AssertionError as exc:
             print(f"check failed: {exc}")
             print(f"events={events} succeeded=0 exactly_once=0 goodput=0")
@@ -47,14 +47,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--events", type=int, default=10)
-    parser.add_argument("--interval", type=float, default=20.0,
-                        help="seconds between two events (default 20: a hostile cluster)")
+    parser.add_argument("--gap", type=int, default=200,
+                        help="training between two events, in steps at world size 2 (default "
+                             "200, about 20 s: a hostile cluster)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="the cluster's files (default: a temporary directory)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        return asyncio.run(run(args.seed, args.events, args.interval,
+        return asyncio.run(run(args.seed, args.events, args.gap,
                                args.state_dir or Path(tmp)))
 
 

@@ -3,11 +3,11 @@ the end, and how much training survived (goodput).
 
 :func:`soak` draws ``events`` events from :data:`KINDS` with ``random.Random(seed)`` (each kind
 only when it makes sense, e.g. no scale-down at one worker; at least ``min(5, events)``
-different kinds) and applies one every ``interval`` seconds, each only once the job has
-trained :data:`STEPS_BETWEEN` committed steps since the previous one (so every event hits a
-job that recovered). The job is sized to train through all events (about
-``events x interval`` seconds). At the end it checks what every e2e scenario checks
-(:func:`e2e.scenarios.finished_well`).
+different kinds) and applies one each time the job's committed progress has grown by ``gap``
+steps' worth of samples at world size 2 (so every event hits a job that recovered and trained
+a while, whatever its size). The job holds ``events + 1`` such gaps: after the last event it
+trains one gap more, like after every other one, so the tail does not flatter the goodput.
+At the end it checks what every e2e scenario checks (:func:`e2e.scenarios.finished_well`).
 
 Goodput = committed steps of the final lineage x the median step time of an undisturbed run of
 the same job (measured first, on the same cluster) / wall time from the first committed step
@@ -32,7 +32,6 @@ from e2e.driver import Driver, wait_until
 from e2e.local_driver import LocalDriver
 from launcher.training.audit import committed_steps
 
-STEPS_BETWEEN = 6
 MAX_REPLICAS = 3
 STEP_TIME = 0.1  # seconds per step (--step-time), the baseline's and the soak job's
 
@@ -149,8 +148,13 @@ async def _steps(driver: Driver, name: str) -> list[dict[str, Any]]:
     return [r for r in await scenarios.index_records(driver, name) if r.get("event") == "step"]
 
 
-async def _max_step(driver: Driver, name: str) -> int:
-    return max((int(r["step"]) for r in await _steps(driver, name)), default=0)
+async def _consumed(driver: Driver, name: str) -> int:
+    """Samples in the committed lineage so far (all epochs); 0 before the first step."""
+    try:
+        records = await scenarios.index_records(driver, name)
+    except (OSError, RuntimeError):  # the log does not exist yet (local / kubectl exec)
+        return 0
+    return sum(len(c.indices) for c in committed_steps(records))
 
 
 async def median_step_time(driver: Driver, name: str) -> float:
@@ -163,9 +167,9 @@ async def median_step_time(driver: Driver, name: str) -> float:
     return statistics.median(gaps)
 
 
-async def soak(driver: LocalDriver, seed: int, events: int, interval: float) -> SoakResult:
+async def soak(driver: LocalDriver, seed: int, events: int, gap: int) -> SoakResult:
     """Run the soak (see the module docstring) on a local cluster with ``MAX_REPLICAS`` free
-    GPUs; raises AssertionError when a check fails."""
+    GPUs; ``gap`` is in steps at world size 2. Raises AssertionError when a check fails."""
     assert driver.cluster.nodes is not None
     rng = random.Random(seed)
     random.seed(seed)  # the events' own choices (which pod) follow the seed too
@@ -175,10 +179,8 @@ async def soak(driver: LocalDriver, seed: int, events: int, interval: float) -> 
     median = await median_step_time(driver, baseline)
 
     name = f"chaos-{seed}"
-    # Long enough to train through every event: at world size 2 an epoch is DATASET / (2 x
-    # BATCH) steps; about half of the soak's wall time is training between the events.
-    epoch_s = scenarios.DATASET / (2 * scenarios.BATCH) * median
-    epochs = 2 + math.ceil(0.5 * events * interval / epoch_s)
+    gap_samples = gap * 2 * scenarios.BATCH
+    epochs = math.ceil((events + 1) * gap_samples / scenarios.DATASET)
     st = State(name)
     job = scenarios.make_job(driver, name, epochs=epochs, step_time=STEP_TIME, hang_timeout=4.0,
                              max_replicas=MAX_REPLICAS)
@@ -186,24 +188,28 @@ async def soak(driver: LocalDriver, seed: int, events: int, interval: float) -> 
     applied: list[tuple[str, float]] = []
     async with scenarios.no_duplicate_pods(driver, name):
         await driver.apply([job])
-        await scenarios.training_at(driver, name, 2)
-        for kind in draw(rng, events):
+        for number, kind in enumerate(draw(rng, events), start=1):
             if not allowed(kind, st):
                 kind = rng.choice([k for k in sorted(KINDS) if allowed(k, st)])
-            if applied:
-                await asyncio.sleep(max(0.0, applied[-1][1] + interval - time.time()))
+
+            async def due(target: int = number * gap_samples) -> bool:
+                return await _consumed(driver, name) >= target
+            await wait_until(due, f"{name} to train before event {number} ({kind})", 300,
+                             interval=0.3)
             assert await scenarios.phase(driver, name) != "Succeeded", \
                 f"job {name} finished after {len(applied)} of {events} events; it is too short"
-            before = await _max_step(driver, name)
             applied.append((kind, time.time()))
             await KINDS[kind](driver, st)
-
-            async def progressed(floor: int = before) -> bool:
-                return await _max_step(driver, name) >= floor + STEPS_BETWEEN
-            await wait_until(progressed, f"{name} to train on after {kind}", 240, interval=0.3)
-            for node in st.evicted_nodes:
-                await driver.cluster.nodes.add_gpus(1, node)
-            st.evicted_nodes.clear()
+            if st.evicted_nodes:
+                # The GPU comes back once the job trained on without it (a repaired device).
+                async def recovered(target: int = number * gap_samples + gap_samples // 4
+                                    ) -> bool:
+                    return await _consumed(driver, name) >= target
+                await wait_until(recovered, f"{name} to train on after {kind}", 300,
+                                 interval=0.3)
+                for node in st.evicted_nodes:
+                    await driver.cluster.nodes.add_gpus(1, node)
+                st.evicted_nodes.clear()
         await scenarios.finished_well(driver, name, (), epochs=epochs,
                                       any_world_up_to=MAX_REPLICAS)
 

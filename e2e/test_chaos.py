@@ -21,7 +21,7 @@ async def test_chaos_soak_seed_1(tmp_path: Path) -> None:
                                                         "--backoff-cap", "2", "--resync", "2"])
     async with LocalCluster(config) as cluster:
         # Events closer together than the benchmark's default: this test checks correctness.
-        result = await soak(LocalDriver(cluster), seed=1, events=10, interval=6.0)
+        result = await soak(LocalDriver(cluster), seed=1, events=10, gap=24)
     print(result.summary())
     assert len(result.events) == 10
     assert len({kind for kind, _ in result.events}) >= 5
