@@ -1,8 +1,11 @@
 """kopf handlers of the ElasticJob operator: they only route watch events to the reconciler.
 
-- ElasticJob events (create, update, resume at startup, the scale subresource) reconcile
-  that job; a DELETED event forgets it (its workers go by owner-reference GC).
-- Worker pod events (pods labelled ``elastic.dev/job-name``) reconcile the owning job.
+- ElasticJob events (create, update, resume at startup, the scale subresource) keep the
+  job's newest body in the reconciler's cache and reconcile that job; a DELETED event forgets
+  it (its workers go by owner-reference GC).
+- Worker pods (labelled ``elastic.dev/job-name``) are indexed by kopf (:func:`worker_pods`),
+  which fills the index from its initial listing before calling any handler; their events
+  reconcile the owning job, which reads its pods from that index.
 - A startup handler builds the shared runtime into kopf's ``memo``: ``memo.api``
   (:class:`elastic_operator.k8s.Api`), ``memo.metrics`` and ``memo.reconciler``; other
   handler modules (autoscaler, reclaim) may use ``memo.api`` and ``memo.config`` too.
@@ -24,7 +27,8 @@ import kopf
 from elastic_operator import k8s, labels
 from elastic_operator.api.elasticjob import PLURAL
 from elastic_operator.metrics import Metrics
-from elastic_operator.reconciler import Reconciler
+from elastic_operator.podcache import CachedPod, indexed_pod
+from elastic_operator.reconciler import Key, Reconciler
 
 log = logging.getLogger("elastic_operator.handlers")
 
@@ -54,16 +58,24 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await memo.api.close()
 
 
+@kopf.index("", "v1", "pods", labels={labels.JOB_NAME: kopf.PRESENT})
+def worker_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[Key, CachedPod]:
+    """Worker pods by (namespace, job name), as the reconciler reads them."""
+    return {(namespace, body.metadata.labels[labels.JOB_NAME]): indexed_pod(body)}
+
+
 @kopf.on.event(labels.GROUP, labels.VERSION, PLURAL)
 async def job_event(
     event: dict[str, Any], body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
-    **_: Any,
+    worker_pods: kopf.Index[Key, CachedPod], **_: Any,
 ) -> None:
     """Reconcile a job on every change that is not the echo of our own status write."""
     reconciler: Reconciler = memo.reconciler
+    reconciler.bind_pods(worker_pods)
     if event.get("type") == "DELETED":
         reconciler.forget((namespace, name), body.metadata.uid)
         return
+    reconciler.observe_job((namespace, name), body)
     if reconciler.is_own_write(body.metadata.get("resourceVersion")):
         return
     await reconciler.request((namespace, name))
@@ -71,10 +83,12 @@ async def job_event(
 
 @kopf.on.event("", "v1", "pods", labels={labels.JOB_NAME: kopf.PRESENT})
 async def pod_event(
-    event: dict[str, Any], body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any
+    event: dict[str, Any], body: kopf.Body, namespace: str, memo: kopf.Memo,
+    worker_pods: kopf.Index[Key, CachedPod], **_: Any,
 ) -> None:
     """Reconcile the job a worker pod belongs to (the pod's own writes excepted)."""
     reconciler: Reconciler = memo.reconciler
+    reconciler.bind_pods(worker_pods)
     if event.get("type") != "DELETED" and reconciler.is_own_write(
         body.metadata.get("resourceVersion")
     ):

@@ -334,9 +334,10 @@ def _reconcile_pods(
         out.actions.append(DeletePod(pod.name, "Departed"))
         if not finishing:
             out.actions.append(CreatePod(pod.index, "Replace"))
-            why = pod.termination_reason or f"exited {pod.exit_code or 0} before training ended"
+            why = (f"told to leave: {pod.termination_reason or 'shutdown'}" if pod.departed
+                   else "exited 0 before training completed")
             out.actions.append(Event("Normal", "ReplacingWorker",
-                                     f"{pod.name} left without failing ({why}); recreating it"))
+                                     f"{pod.name} {why}; not a failure, recreating it"))
 
     delay = settings.backoff(status.restarts)
     for pod in sorted(live, key=lambda p: p.index or 0):

@@ -6,9 +6,12 @@ Guarantees:
 - **One reconcile per job at a time.** Requests for a job that is being reconciled only mark
   it dirty; it is reconciled once more afterwards. So a burst of pod events costs one or two
   reconciles, and two reconciles never race on the same status.
-- **Fresh reads.** Each reconcile GETs the job and LISTs its pods (label selector), so it
-  never decides on a stale cache; writes are idempotent (deterministic names: 409 and 404
-  are success), which makes a restarted operator converge without duplicates.
+- **No reads per reconcile.** The job and its pods come from what the watches delivered
+  (:mod:`elastic_operator.podcache`: a kopf index of worker pods, filled before any handler
+  runs, the job bodies of watch events and our own writes, and expectations for writes the
+  watch has not shown yet), so a reconcile costs no request unless it changes something, and
+  its cost does not grow with the cluster. Writes stay idempotent (deterministic names: 409
+  and 404 are success), which makes a restarted operator converge without duplicates.
 - **Cheap repeats.** The status is patched only when it changed; watch events caused by the
   operator's own writes (recognised by resourceVersion) do not trigger a reconcile.
 - **Never crash, never hot-loop.** An error is logged, counted in metrics and retried with
@@ -25,6 +28,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +49,10 @@ from elastic_operator.planner import (
     MarkFailureRecorded,
     Plan,
     PlannerSettings,
-    observe_pod,
     plan,
     utcnow,
 )
+from elastic_operator.podcache import CachedPod, Expectations, JobCache, indexed_pod
 from elastic_operator.rounds import RendezvousView, RoundReader
 
 log = logging.getLogger("elastic_operator.reconciler")
@@ -69,13 +73,6 @@ class ReconcilerSettings:
 
 def job_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
     return k8s.path(PLURAL, namespace, name, sub, group=labels.GROUP, version=labels.VERSION)
-
-
-def _controller_uid(obj: Obj) -> str | None:
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == KIND:
-            return str(ref.get("uid"))
-    return None
 
 
 def _parse_status(raw: Any) -> ElasticJobStatus:
@@ -107,9 +104,20 @@ class Reconciler:
         self._services: set[str] = set()
         self._own_versions: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.jobs = JobCache()
+        self.expectations = Expectations()
+        self._pods: Mapping[Key, Iterable[CachedPod]] = {}
         self._instance = os.environ.get("HOSTNAME", "elastic-operator")
 
     # ------------------------------------------------------------------ triggers
+
+    def bind_pods(self, index: Mapping[Key, Iterable[CachedPod]]) -> None:
+        """Use kopf's live index of worker pods (``handlers.worker_pods``)."""
+        self._pods = index
+
+    def observe_job(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Keep the newest body of a job from a watch event."""
+        self.jobs.observe(key, body)
 
     def is_own_write(self, resource_version: str | None) -> bool:
         """Whether a watch event only echoes a write this operator made."""
@@ -139,6 +147,8 @@ class Reconciler:
         """The job is gone: drop its timers and bookkeeping (its pods go by owner GC)."""
         self._slots.pop(key, None)
         self._terminal.discard(key)
+        self.jobs.forget(key)
+        self.expectations.forget(key)
         timer = self._timers.pop(key, None)
         if timer:
             timer[1].cancel()
@@ -199,28 +209,18 @@ class Reconciler:
 
     async def _reconcile(self, key: Key) -> None:
         namespace, name = key
-        try:
-            body = await self.api.get(job_path(namespace, name))
-        except k8s.ApiError as exc:
-            if exc.code == 404:
-                self.forget(key)
-                return
-            raise
+        body = self.jobs.get(key)
+        if body is None:
+            return  # not seen by the watch (yet), or deleted: nothing to decide
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid", ""))
         if meta.get("deletionTimestamp"):
             return  # going away: owner GC removes the workers; nothing to decide
-        raw_pods = await self.api.list(
-            k8s.path("pods", namespace), label_selector=f"{labels.JOB_NAME}={name}"
-        )
+        cached = self.expectations.merge(key, self._pods.get(key, ()), time.monotonic())
         # Pods of an earlier job with the same name still wait for GC: not ours to manage,
         # but their names block ours, so they count as terminating.
-        pods = []
-        for raw in raw_pods:
-            view = observe_pod(raw)
-            if _controller_uid(raw) != uid:
-                view = dataclasses.replace(view, terminating=True)
-            pods.append(view)
+        pods = [p.view if p.owner_uid == uid else dataclasses.replace(p.view, terminating=True)
+                for p in cached]
         old_status = _parse_status(body.get("status"))
         job = JobView(
             namespace=namespace,
@@ -263,15 +263,19 @@ class Reconciler:
         self, job: JobView, body: Obj, old_status: ElasticJobStatus, result: Plan
     ) -> None:
         ns, name = job.namespace, job.name
+        key = (ns, name)
         pods_path = k8s.path("pods", ns)
         for mark in result.of(MarkFailureRecorded):
             patch = {"metadata": {"annotations": {labels.FAILURE_RECORDED_AT: mark.at}}}
             with contextlib.suppress(_Missing):
-                await self._write(self.api.merge_patch(f"{pods_path}/{mark.name}", patch))
+                marked = await self._write(
+                    self.api.merge_patch(f"{pods_path}/{mark.name}", patch))
+                self.expectations.wrote(key, indexed_pod(marked), time.monotonic())
         if result.status.wire() != old_status.wire():
             written = await self.api.merge_patch(
                 job_path(ns, name, "status"), {"status": result.status.wire()}
             )
+            self.jobs.observe(key, written)
             # Its watch event is an echo only if nobody changed the spec meanwhile; kopf may
             # merge a user's edit and this write into one event, which must not be skipped.
             if (written.get("metadata") or {}).get("generation") == job.generation:
@@ -287,6 +291,7 @@ class Reconciler:
             with contextlib.suppress(_Missing):
                 await self._write(self.api.delete(f"{pods_path}/{delete.name}"))
                 self.metrics.pods_deleted.labels(reason=delete.reason).inc()
+            self.expectations.deleted(key, delete.name, time.monotonic())
         if result.of(CreateService):
             service = workers.headless_service(ns, name, job.uid)
             with contextlib.suppress(_Exists):
@@ -311,7 +316,10 @@ class Reconciler:
         log.info("%s/%s: creating pod %s (%s)", job.namespace, job.name,
                  manifest["metadata"]["name"], create.reason)
         try:
-            await self._write(self.api.create(k8s.path("pods", job.namespace), manifest))
+            created = await self._write(self.api.create(k8s.path("pods", job.namespace),
+                                                        manifest))
+            self.expectations.wrote((job.namespace, job.name), indexed_pod(created),
+                                    time.monotonic())
             self.metrics.pods_created.inc()
         except _Exists:
             return  # created before a restart, or the old one is still terminating

@@ -16,7 +16,7 @@ import pytest
 from elastic_operator import labels
 from elastic_operator.api.common import Condition
 from elastic_operator.local.etcd import EtcdServer
-from launcher.contract import FailureReport, PodEnv, failure_key, round_key
+from launcher.contract import Completion, FailureReport, PodEnv, failure_key, round_key
 from tests.harness import (
     Api,
     Cluster,
@@ -204,16 +204,33 @@ def test_max_restarts_exceeded_fails_the_job(
     wait_workers(api, namespace, "mr", 0)
 
 
-def test_all_workers_succeeded_finishes_the_job(
+def test_a_completion_finishes_the_job_and_exit_0_alone_does_not(
     api: Api, namespace: str, operator_process: OperatorProcess
 ) -> None:
     api.create(jobs_path(namespace), elastic_job("ok", 2, 2))
     pods = wait_workers(api, namespace, "ok", 2)
+    first = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+    # Exit 0 without a Completion (a worker stopped for a resize): replaced, not counted.
     for pod in pods:
         set_pod_phase(api, namespace, pod["metadata"]["name"], "Succeeded", exit_code=0)
+
+    def replaced() -> list[Obj] | None:
+        now = wait_workers(api, namespace, "ok", 2)
+        return now if all(first[p["metadata"]["name"]] != p["metadata"]["uid"]
+                          for p in now) else None
+    pods = api.wait_for(replaced, 20, "both workers replaced")
+    status = api.get(jobs_path(namespace, "ok"))["status"]
+    assert status["phase"] != "Succeeded" and status.get("restarts", 0) == 0, status
+    # The agents' Completion in the termination messages: Succeeded.
+    names = [p["metadata"]["name"] for p in pods]
+    record = Completion(3, tuple(f"{n}-1-abc" for n in names), f"{names[0]}-1-abc", time.time())
+    for pod in pods:
+        set_pod_phase(api, namespace, pod["metadata"]["name"], "Succeeded", exit_code=0,
+                      message=record.to_json())
     status = wait_status(api, namespace, "ok", lambda s: s.get("phase") == "Succeeded",
                          "phase Succeeded")
-    assert condition(status, "Succeeded").status == "True"  # type: ignore[union-attr]
+    assert condition(status, "Succeeded").reason == "TrainingCompleted"  # type: ignore[union-attr]
+    assert status.get("restarts", 0) == 0
     wait_workers(api, namespace, "ok", 0)
     assert api.get(jobs_path(namespace, "ok"))  # the job is kept
 
