@@ -2,7 +2,7 @@
 # Set up elastic-operator on a fresh Debian machine with Python 3.11: system packages (only those
 # missing), a virtual environment in .venv, torch's CPU wheel first (an unpinned torch would pull a
 # multi-GB CUDA build), then the project. Idempotent: a second run installs nothing new.
-#   scripts/setup.sh          what the embedded local cluster needs (etcd)
+#   scripts/setup.sh          what the embedded local cluster needs (etcd, the [local] extra)
 #   scripts/setup.sh --test   also what the tests need (prometheus, pytest, jupyter_server, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +30,8 @@ fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 .venv/bin/python -c 'import torch' >/dev/null 2>&1 || "${pip[@]}" "torch==2.13.0"
 if [[ $with_tests -eq 1 ]]; then
-  "${pip[@]}" -e ".[test]"
+  "${pip[@]}" -e ".[local,test]"
 else
-  "${pip[@]}" -e .
+  "${pip[@]}" -e ".[local]"
 fi
 echo "setup: ready (.venv)"

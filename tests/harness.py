@@ -46,7 +46,7 @@ import yaml
 from elastic_operator import k8s, labels
 from elastic_operator.api import crd
 from elastic_operator.api.elasticjob import PLURAL
-from elastic_operator.local.apiserver import ApiServerThread, AuditRecord
+from kube_emulator.apiserver.server import ApiServerThread, AuditRecord
 
 T = TypeVar("T")
 Obj = dict[str, Any]
