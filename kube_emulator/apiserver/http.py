@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
 
-from kube_emulator.apiserver import discovery, errors, patching
+from kube_emulator.apiserver import discovery, errors, openapi, patching, strategy
 from kube_emulator.apiserver.resources import POD_KEY, ResourceInfo
 from kube_emulator.apiserver.scale import read_scale, write_scale
 from kube_emulator.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -86,13 +86,19 @@ class _Handler:
         try:
             user = self._user(request)
             path = request.path.rstrip("/")
-            discovery = self._discovery(path, request)
-            if discovery is not None:
-                return discovery
+            answer = self._discovery(path, request)
+            if answer is not None:
+                return answer
             parsed = self._parse(path)
             verb = self._verb(request.method, parsed, request.query)
             self.server.record(_audit(verb, parsed, user))
-            return await self._serve(request, parsed, verb)
+            warnings: list[str] = []
+            strategy.WARNINGS.set(warnings)
+            response = await self._serve(request, parsed, verb)
+            for text in warnings:
+                quoted = text.replace('"', '\\"')
+                response.headers.add("Warning", f'299 - "{quoted}"')
+            return response
         except errors.ApiError as exc:
             return _json(exc.status(), exc.code)
         except SelectorError as exc:
@@ -120,7 +126,10 @@ class _Handler:
         if path in ("/healthz", "/readyz", "/livez"):
             return web.Response(text="ok")
         host = request.host or f"{self.server.host}:{self.server.port}"
-        doc = discovery.document(path, self.store.registry.resources(), host)
+        resources = self.store.registry.resources()
+        doc = discovery.document(path, resources, host)
+        if doc is None:
+            doc = openapi.document(path, request.headers.get("Accept", ""), resources)
         return None if doc is None else _json(doc)
 
     def _parse(self, path: str) -> _Request:

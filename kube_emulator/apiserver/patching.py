@@ -5,9 +5,12 @@
 - ``application/strategic-merge-patch+json``: a merge patch in which the lists Kubernetes merges
   by key in its built-in types (containers, initContainers, env, ports, volumes, volumeMounts,
   conditions, ...) are merged item by item on that key instead of replaced; an item holding
-  ``"$patch": "delete"`` removes the matching item. Other directives (``$retainKeys``,
-  ``$setElementOrder``, ``$deleteFromPrimitiveList``) are not supported and raise
-  :class:`PatchError`. Custom resources refuse this type (415), exactly as kube-apiserver does.
+  ``"$patch": "delete"`` removes the matching item. ``$setElementOrder/FIELD`` (which kubectl's
+  client-side apply sends) orders the listed items as given, followed by the items only the
+  server had, in their order (kube-apiserver interleaves those instead);
+  ``$deleteFromPrimitiveList/FIELD`` removes values from a list of scalars. ``$retainKeys``
+  is not supported and raises :class:`PatchError`. Custom resources refuse this type (415),
+  exactly as kube-apiserver does.
 - ``application/json-patch+json``: RFC 6902 (add, remove, replace, move, copy, test) with
   RFC 6901 pointers (``~0``, ``~1``, ``-`` for the end of a list).
 
@@ -71,16 +74,36 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    orders: dict[str, list[Any]] = {}
     for key, value in patch.items():
-        if isinstance(key, str) and key.startswith("$"):
+        if isinstance(key, str) and key.startswith("$setElementOrder/"):
+            orders[key.partition("/")[2]] = value if isinstance(value, list) else []
+        elif isinstance(key, str) and key.startswith("$deleteFromPrimitiveList/"):
+            field = key.partition("/")[2]
+            drop = value if isinstance(value, list) else []
+            if isinstance(result.get(field), list):
+                result[field] = [v for v in result[field] if v not in drop]
+        elif isinstance(key, str) and key.startswith("$"):
             raise PatchError(f"strategic merge patch directive {key!r} is not supported")
-        if value is None:
+        elif value is None:
             result.pop(key, None)
         elif key in STRATEGIC_MERGE_KEYS and isinstance(value, list):
             result[key] = _merge_list(result.get(key), value, STRATEGIC_MERGE_KEYS[key], key)
         else:
             result[key] = strategic_merge_patch(result.get(key), value)
+    for field, order in orders.items():
+        if isinstance(result.get(field), list):
+            result[field] = _ordered(result[field], order, STRATEGIC_MERGE_KEYS.get(field))
     return result
+
+
+def _ordered(items: list[Any], order: list[Any], merge_key: str | None) -> list[Any]:
+    """``items`` with those named in ``order`` first, in that order, then the rest."""
+    def ident(item: Any) -> Any:
+        return item.get(merge_key) if merge_key and isinstance(item, dict) else item
+    wanted = [ident(o) for o in order]
+    first = sorted((i for i in items if ident(i) in wanted), key=lambda i: wanted.index(ident(i)))
+    return first + [i for i in items if ident(i) not in wanted]
 
 
 def _merge_list(current: Any, patch: list[Any], merge_key: str, field: str) -> list[Any]:

@@ -16,11 +16,14 @@ Not emulated (documented differences): the rest of pod and service validation (a
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import re
 from collections.abc import Callable
 from typing import Any
 
 from kube_emulator.apiserver import errors
+from kube_emulator.apiserver.openapi import prune_builtin
 from kube_emulator.apiserver.resources import (
     CRD_KEY,
     NAMESPACE_KEY,
@@ -34,6 +37,9 @@ from kube_emulator.times import now_rfc3339
 
 Obj = dict[str, Any]
 
+# Warnings of the request being served (a fresh list per request, set by the HTTP layer),
+# sent back as ``Warning`` headers, which kubectl prints.
+WARNINGS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("warnings")
 FOREGROUND = "foregroundDeletion"
 DEFAULT_POD_GRACE = 30
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -78,21 +84,30 @@ def _invalid(info: ResourceInfo, name: str, causes: list[dict[str, str]]) -> err
 
 
 def admit(info: ResourceInfo, obj: Obj, field_validation: str | None = None) -> None:
-    """Validate (and for custom resources prune and default) ``obj`` in place; 422 if bad."""
+    """Validate, prune unknown fields and (for custom resources) default ``obj`` in place;
+    422 if bad. Unknown fields are a 400 under ``fieldValidation=Strict`` and a warning in
+    :data:`WARNINGS` under ``Warn``, as kube-apiserver's decoder treats them."""
     name = obj["metadata"].get("name", "")
     if info.storage_key == CRD_KEY:
         problems = validate_crd(obj)
         if problems:
             raise _invalid(info, name, [{"reason": "FieldValueInvalid", "field": f,
                                          "message": m} for f, m in problems])
+    causes: list[dict[str, str]] = []
+    pruned: list[str] = []
     if info.schema is not None:
-        pruned: list[str] = []
         causes = admit_custom_resource(info.schema, obj, pruned)
-        if pruned and (field_validation or "").lower() == "strict":
-            unknown = ", ".join(f'unknown field "{p}"' for p in pruned)
-            raise errors.bad_request(f"strict decoding error: {unknown}")
-        if causes:
-            raise _invalid(info, name, causes)
+    else:
+        pruned = prune_builtin(info, obj)
+    directive = (field_validation or "").lower()
+    if pruned and directive == "strict":
+        unknown = ", ".join(f'unknown field "{p}"' for p in pruned)
+        raise errors.bad_request(f"strict decoding error: {unknown}")
+    sink = WARNINGS.get(None)
+    if pruned and directive == "warn" and sink is not None:
+        sink.extend(f'unknown field "{p}"' for p in pruned)
+    if causes:
+        raise _invalid(info, name, causes)
     if not _NAME_RE.match(name) or len(name) > 253:
         raise _invalid(info, name, [{
             "reason": "FieldValueInvalid", "field": "metadata.name",
@@ -159,6 +174,9 @@ def check_update(info: ResourceInfo, old: Obj, new: Obj) -> None:
     is set through the ``pods/binding`` subresource)."""
     if info.storage_key != POD_KEY:
         return
+    # Compared as decoded: a field the decoder drops (unknown) is no change.
+    new = copy.deepcopy(new)
+    prune_builtin(info, new)
     if _pod_spec_essence(old.get("spec") or {}) != _pod_spec_essence(new.get("spec") or {}):
         raise _invalid(info, old["metadata"]["name"], [
             {"reason": "FieldValueForbidden", "field": "spec", "message": _POD_FORBIDDEN}])
