@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
 
-from kube_emulator.apiserver import discovery, errors, openapi, patching, strategy
+from kube_emulator.apiserver import discovery, errors, openapi, patching, strategy, tables
 from kube_emulator.apiserver.resources import POD_KEY, ResourceInfo
 from kube_emulator.apiserver.scale import read_scale, write_scale
 from kube_emulator.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -208,8 +208,9 @@ class _Handler:
         query = request.query
         if verb == "watch":
             return await self._watch(request, req)
+        as_table = tables.table_version(request.headers.get("Accept", ""))
         if verb == "list":
-            return self._list(req, query)
+            return self._list(req, query, as_table)
         assert name is not None or verb in ("create", "deletecollection")
         if req.subresource == "scale":
             return await self._scale(request, req, verb)
@@ -219,7 +220,13 @@ class _Handler:
             return self._bind(req, await self._body(request))
         sub = "status" if req.subresource in ("status", "finalize") else None
         if verb == "get":
-            return _json(self.store.get(info, ns, name or ""))
+            obj = self.store.get(info, ns, name or "")
+            if as_table and sub is None:
+                return _json(tables.table(info, [obj], as_table,
+                                          include=query.get("includeObject"),
+                                          list_meta={"resourceVersion":
+                                                     obj["metadata"]["resourceVersion"]}))
+            return _json(obj)
         write = {"dry_run": bool(query.get("dryRun")),
                  "field_validation": query.get("fieldValidation")}
         if verb == "create":
@@ -250,7 +257,7 @@ class _Handler:
         return (LabelSelector.parse(query.get("labelSelector")),
                 FieldSelector.parse(query.get("fieldSelector"), info.selectable_fields()))
 
-    def _list(self, req: _Request, query: Any) -> web.Response:
+    def _list(self, req: _Request, query: Any, as_table: str | None) -> web.Response:
         labels, fields = self._selectors(req.info, query)
         items, rv = self.store.list(req.info, req.namespace, labels, fields)
         metadata: dict[str, Any] = {"resourceVersion": rv}
@@ -269,6 +276,9 @@ class _Handler:
             metadata["continue"] = base64.urlsafe_b64encode(token).decode()
             metadata["remainingItemCount"] = len(items) - limit
             items = items[:limit]
+        if as_table:
+            return _json(tables.table(req.info, items, as_table,
+                                      include=query.get("includeObject"), list_meta=metadata))
         return _json({"kind": f"{req.info.kind}List", "apiVersion": req.info.api_version,
                       "metadata": metadata, "items": items})
 
@@ -277,6 +287,9 @@ class _Handler:
         labels, fields = self._selectors(req.info, query)
         timeout = _int(query, "timeoutSeconds") or None
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        as_table = tables.table_version(request.headers.get("Accept", ""))
+        include = query.get("includeObject")
+        first = True
         response = web.StreamResponse(headers={"Content-Type": "application/json",
                                                "Transfer-Encoding": "chunked"})
         await response.prepare(request)
@@ -303,7 +316,15 @@ class _Handler:
                     continue
                 if event is None:
                     break
-                await _send(response, {"type": event[0], "object": event[1]})
+                obj = event[1]
+                if as_table:
+                    # Column definitions only in the first event, as kube-apiserver sends them.
+                    obj = tables.table(req.info, [obj], as_table, include=include,
+                                       list_meta={"resourceVersion":
+                                                  obj["metadata"]["resourceVersion"]},
+                                       headers=first)
+                    first = False
+                await _send(response, {"type": event[0], "object": obj})
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

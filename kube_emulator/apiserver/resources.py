@@ -43,6 +43,7 @@ class ResourceInfo:
     schema: dict[str, Any] | None = None
     field_selectors: tuple[str, ...] = ()
     extra_subresources: tuple[str, ...] = ()  # e.g. pods/log, pods/binding
+    printer_columns: tuple[dict[str, Any], ...] = ()  # a CRD's additionalPrinterColumns
 
     @property
     def api_version(self) -> str:
@@ -160,6 +161,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
             scale=ScaleSpec(scale["specReplicasPath"], scale["statusReplicasPath"],
                             scale.get("labelSelectorPath")) if scale is not None else None,
             schema=schema,
+            printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
         ))
     return out
 
