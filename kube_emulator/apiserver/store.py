@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kube_emulator.apiserver import errors
+from kube_emulator.apiserver import defaults, errors
 from kube_emulator.apiserver.ownership import OwnershipIndex
 from kube_emulator.apiserver.registry import ResourceRegistry
 from kube_emulator.apiserver.resources import (
@@ -192,6 +192,7 @@ class ObjectStore:
             meta["generation"] = 1
             obj["apiVersion"], obj["kind"] = info.api_version, info.kind
             prepare_create(info, obj, self._service_ip)
+            defaults.on_write(info, obj)
             admit(info, obj, field_validation)
             if dry_run:
                 return self._out(info, obj)
@@ -253,6 +254,7 @@ class ObjectStore:
                         new["status"] = clone(old["status"])
                     else:
                         new.pop("status", None)
+                defaults.on_write(info, new)
                 check_update(info, old, new)
             new["apiVersion"], new["kind"] = info.api_version, info.kind
             return self._commit(info, (ns, name), old, new, dry_run=dry_run,

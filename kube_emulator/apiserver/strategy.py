@@ -2,12 +2,12 @@
 
 What a create or update does beyond storing the body: the body's kind and namespace must
 fit the URL; names are RFC 1123 subdomains; namespaces start Active with the ``kubernetes``
-finalizer; pods start Pending with defaults for ``terminationGracePeriodSeconds`` and
-``restartPolicy``, and their spec is immutable afterwards (but for images, tolerations and
-deadlines); services get a clusterIP from 10.96.0.0/16 (unless ``None``: headless); custom
-resources with a status subresource drop status on create and are admitted against their
-schema (with ``fieldValidation=Strict`` unknown fields are an error instead of being
-pruned); CRDs are checked and become Established. Deletion rules decide the grace period
+finalizer; pods start Pending and their spec is immutable afterwards (but for images,
+tolerations and deadlines); the defaults and write-time conversions of built-in kinds are
+:mod:`~kube_emulator.apiserver.defaults`'s; unknown fields are dropped (an error with
+``fieldValidation=Strict``, a warning with ``Warn``); custom resources with a status
+subresource drop status on create and are admitted against their schema; CRDs are checked
+and become Established. Deletion rules decide the grace period
 (graceful only for bound, unfinished pods) and when a deleting object is gone.
 
 Not emulated (documented differences): the rest of pod and service validation (a pod without
@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from kube_emulator.apiserver import errors
+from kube_emulator.apiserver import defaults, errors
 from kube_emulator.apiserver.openapi import prune_builtin
 from kube_emulator.apiserver.resources import (
     CRD_KEY,
@@ -123,31 +123,13 @@ def prepare_create(info: ResourceInfo, obj: Obj, service_ip: Callable[[], str]) 
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj["status"] = {"phase": "Active"}
     elif info.storage_key == POD_KEY:
-        spec = obj.setdefault("spec", {})
-        spec.setdefault("terminationGracePeriodSeconds", DEFAULT_POD_GRACE)
-        spec.setdefault("restartPolicy", "Always")
-        obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        defaults.default_pod(obj, DEFAULT_POD_GRACE)
     elif info.storage_key == SERVICE_KEY:
-        _default_service(obj, service_ip)
+        defaults.default_service(obj, service_ip)
     elif info.schema is not None and info.status:
         obj.pop("status", None)  # custom resources ignore status on create
     elif info.storage_key == CRD_KEY:
         obj["status"] = crd_status(obj)
-
-
-def _default_service(obj: Obj, service_ip: Callable[[], str]) -> None:
-    spec = obj.setdefault("spec", {})
-    spec.setdefault("type", "ClusterIP")
-    spec.setdefault("sessionAffinity", "None")
-    if not spec.get("clusterIP"):
-        spec["clusterIP"] = service_ip()
-    spec.setdefault("clusterIPs", [spec["clusterIP"]])
-    for port in spec.get("ports") or ():
-        if isinstance(port, dict):
-            port.setdefault("protocol", "TCP")
-            if "port" in port:
-                port.setdefault("targetPort", port["port"])
-    obj["status"] = {"loadBalancer": {}}
 
 
 # What kube-apiserver lets an update change in a pod's spec (validation.ValidatePodUpdate).
@@ -172,6 +154,9 @@ def check_update(info: ResourceInfo, old: Obj, new: Obj) -> None:
     """422 for updates kube-apiserver forbids: a pod's spec is immutable except for images,
     activeDeadlineSeconds, tolerations and terminationGracePeriodSeconds (``spec.nodeName``
     is set through the ``pods/binding`` subresource)."""
+    immutable = defaults.check_immutable(info, old, new)
+    if immutable:
+        raise _invalid(info, old["metadata"]["name"], immutable)
     if info.storage_key != POD_KEY:
         return
     # Compared as decoded: a field the decoder drops (unknown) is no change.
