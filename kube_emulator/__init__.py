@@ -8,7 +8,7 @@ pod's termination-message file) the product passes in as settings.
 
 Rooms:
 - :mod:`kube_emulator.apiserver`: the API server over HTTP (discovery, CRUD, watch, CRDs,
-  garbage collection);
+  garbage collection, OpenAPI, Table output, server-side apply: what a real kubectl needs);
 - :mod:`kube_emulator.node`: what runs on the emulated nodes (scheduler, kubelet, process
   runtime, placement rules, the Node objects);
 - :mod:`kube_emulator.client`: the small REST client the node components use;

@@ -17,9 +17,18 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import yaml
 from aiohttp import web
 
-from kube_emulator.apiserver import discovery, errors, openapi, patching, strategy, tables
+from kube_emulator.apiserver import (
+    discovery,
+    errors,
+    managedfields,
+    openapi,
+    patching,
+    strategy,
+    tables,
+)
 from kube_emulator.apiserver.resources import POD_KEY, ResourceInfo
 from kube_emulator.apiserver.scale import read_scale, write_scale
 from kube_emulator.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -228,7 +237,9 @@ class _Handler:
                                                      obj["metadata"]["resourceVersion"]}))
             return _json(obj)
         write = {"dry_run": bool(query.get("dryRun")),
-                 "field_validation": query.get("fieldValidation")}
+                 "field_validation": query.get("fieldValidation"),
+                 "manager": managedfields.manager_name(query.get("fieldManager"),
+                                                       request.headers.get("User-Agent", ""))}
         if verb == "create":
             body = await self._body(request)
             return _json(self.store.create(info, ns, body or {}, **write), 201)
@@ -237,6 +248,8 @@ class _Handler:
             if req.subresource == "finalize":
                 return _json(self._finalize(req, body or {}))
             return _json(self.store.update(info, ns, name or "", body or {}, sub, **write))
+        if verb == "patch" and request.content_type == patching.APPLY_PATCH:
+            return await self._server_side_apply(request, req, sub, write)
         if verb == "patch":
             return _json(await self._patch(request, req, sub, write))
         options = await self._body(request) or {}
@@ -345,6 +358,36 @@ class _Handler:
                                  self._apply_patch(req.info, content_type, current, patch), sub,
                                  **write)
 
+    async def _server_side_apply(self, request: web.Request, req: _Request, sub: str | None,
+                                 write: dict[str, Any]) -> web.Response:
+        """``application/apply-patch+yaml``: create or merge the applied configuration, with
+        field ownership and conflicts (:mod:`~kube_emulator.apiserver.managedfields`)."""
+        raw = await request.read()
+        try:
+            config = yaml.safe_load(raw.decode()) if raw else None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise errors.bad_request(f"the applied configuration is not YAML: {exc}") from None
+        manager = request.query.get("fieldManager") or ""
+        force = request.query.get("force") in ("true", "1")
+        info, name = req.info, req.name or ""
+        write = {**write, "manager": manager, "applied": True}
+        if isinstance(config, dict):
+            meta = config.setdefault("metadata", {})
+            if meta.get("name") not in (None, name):
+                raise errors.bad_request(f"the name of the applied object ({meta.get('name')}) "
+                                         f"does not match the name on the URL ({name})")
+            meta["name"] = name
+        try:
+            live = self.store.get(info, req.namespace, name)
+        except errors.ApiError as exc:
+            if exc.code != 404 or sub is not None:
+                raise
+            merged = managedfields.apply(None, config, manager, info.api_version, force=force)
+            return _json(self.store.create(info, req.namespace, merged, **write), 201)
+        merged = managedfields.apply(live, config, manager, info.api_version, force=force,
+                                     subresource=sub or "")
+        return _json(self.store.update(info, req.namespace, name, merged, sub, **write))
+
     def _apply_patch(self, info: ResourceInfo, content_type: str, current: Obj,
                      patch: Any) -> Obj:
         if content_type == patching.MERGE_PATCH:
@@ -360,7 +403,7 @@ class _Handler:
         raise errors.unsupported_media_type(
             f"the body of the request was in an unknown format ({content_type!r}) - accepted "
             f"media types include: {patching.JSON_PATCH}, {patching.MERGE_PATCH}, "
-            f"{patching.STRATEGIC_MERGE_PATCH} (server-side apply is not emulated)")
+            f"{patching.STRATEGIC_MERGE_PATCH}, {patching.APPLY_PATCH}")
 
     async def _scale(self, request: web.Request, req: _Request, verb: str) -> web.Response:
         info, ns, name = req.info, req.namespace, req.name or ""
@@ -372,7 +415,9 @@ class _Handler:
             body = self._apply_patch(info, request.content_type, current, body)
         if verb not in ("update", "patch"):
             raise errors.method_not_allowed(f"{verb} is not allowed on {info.plural}/scale")
-        return _json(write_scale(self.store, info, ns, name, body or {}))
+        manager = managedfields.manager_name(request.query.get("fieldManager"),
+                                             request.headers.get("User-Agent", ""))
+        return _json(write_scale(self.store, info, ns, name, body or {}, manager))
 
     def _log(self, req: _Request, query: Any) -> web.Response:
         source = self.server.log_source

@@ -49,8 +49,9 @@ def read_scale(info: ResourceInfo, obj: Obj) -> Obj:
 
 
 def write_scale(store: ObjectStore, info: ResourceInfo, namespace: str | None, name: str,
-                scale: Obj) -> Obj:
-    """Set the resource's replicas from a Scale body and return the new Scale."""
+                scale: Obj, manager: str | None = None) -> Obj:
+    """Set the resource's replicas from a Scale body and return the new Scale; ``manager``
+    then owns the replicas field (managedFields entry with subresource ``scale``)."""
     assert info.scale is not None
     replicas = (scale.get("spec") or {}).get("replicas")
     if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
@@ -68,4 +69,5 @@ def write_scale(store: ObjectStore, info: ResourceInfo, namespace: str | None, n
     for part in parts[:-1]:
         target = target.setdefault(part, {})
     target[parts[-1]] = replicas
-    return read_scale(info, store.update(info, namespace, name, obj))
+    return read_scale(info, store.update(info, namespace, name, obj, manager=manager,
+                                         owner_subresource="scale"))

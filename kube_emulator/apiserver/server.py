@@ -1,30 +1,37 @@
 """An in-process Kubernetes API server over plain HTTP, for the local cluster and tests.
 
-Clients (kopf, kubernetes_asyncio, kubectl-style tools, our own controllers) talk to it over
-HTTP exactly as to kube-apiserver: discovery, get/list/watch/create/update/patch/delete/
-deletecollection, label and field selectors, resourceVersion and optimistic concurrency,
-status and scale subresources, CRDs with schema validation, finalizers, graceful pod
+Clients (kopf, kubernetes_asyncio, kubectl, our own controllers) talk to it over HTTP
+exactly as to kube-apiserver: discovery, OpenAPI v2/v3, get/list/watch/create/update/patch/
+delete/deletecollection, server-side apply with managed fields, Table output for ``kubectl
+get``, label and field selectors, resourceVersion and optimistic concurrency, status and
+scale subresources, CRDs with schema validation, write-time defaults, finalizers, graceful pod
 deletion, owner-reference garbage collection and namespace finalization. Where things live:
 :mod:`~kube_emulator.apiserver.store` (objects, resourceVersion),
-:mod:`~kube_emulator.apiserver.strategy` (per-resource rules),
+:mod:`~kube_emulator.apiserver.strategy` and :mod:`~kube_emulator.apiserver.defaults`
+(per-resource rules), :mod:`~kube_emulator.apiserver.managedfields` (field ownership, apply),
 :mod:`~kube_emulator.apiserver.watch` (watch history), :mod:`~kube_emulator.apiserver.garbage`
 (GC and finalization controllers), :mod:`~kube_emulator.apiserver.schema` and
-:mod:`~kube_emulator.apiserver.cel` (CRD validation),
+:mod:`~kube_emulator.apiserver.cel` (CRD validation), :mod:`~kube_emulator.apiserver.openapi`
+and :mod:`~kube_emulator.apiserver.tables` (what kubectl reads),
 :mod:`~kube_emulator.apiserver.http` (the HTTP mapping). This module starts and stops
 the server, writes kubeconfigs and keeps an audit trail of who called what.
 
 Differences from a real cluster a client can notice (by design):
 - bearer tokens only name the caller for the audit trail (an unknown token is 401); there is
   no authorization, no admission webhooks, no quotas;
-- no server-side apply (415), no protobuf, no Table output, no aggregated discovery, no
-  OpenAPI documents; ``resourceVersionMatch`` and ``sendInitialEvents`` are ignored;
+- JSON only: no protobuf (an OpenAPI request accepting only protobuf gets 406), no
+  aggregated discovery; ``resourceVersionMatch`` and ``sendInitialEvents`` are ignored;
+- server-side apply treats lists as atomic, and built-in schemas carry no patch strategies
+  (see :mod:`~kube_emulator.apiserver.managedfields` and
+  :mod:`~kube_emulator.apiserver.openapi`);
 - the versions of a CRD share one storage and only ``apiVersion`` changes between them (the
   ``conversion: None`` strategy); ``core/v1`` and ``events.k8s.io/v1`` events are stored
   apart;
 - CEL rules outside :mod:`~kube_emulator.apiserver.cel` are skipped with a warning;
-  pods are not validated beyond spec immutability (no ``image`` needed: the local runtime
-  ignores images);
+  pods are not validated beyond spec immutability and unknown fields (no ``image`` needed:
+  the local runtime ignores images);
 - paging with ``limit``/``continue`` reads current data, not a snapshot;
+- ``pods/log`` returns the log so far and ends, also with ``follow=true``;
 - Orphan propagation strips ownerReferences at once instead of through the ``orphan``
   finalizer; the garbage collector runs right after each change, not milliseconds later;
 - a watch older than the kept history (``history_size`` events) gets an ERROR event with

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kube_emulator.apiserver import defaults, errors
+from kube_emulator.apiserver import defaults, errors, managedfields
 from kube_emulator.apiserver.ownership import OwnershipIndex
 from kube_emulator.apiserver.registry import ResourceRegistry
 from kube_emulator.apiserver.resources import (
@@ -58,6 +58,11 @@ from kube_emulator.times import now_rfc3339
 Obj = dict[str, Any]
 StorageKey = tuple[str, str]
 ObjKey = tuple[str, str]  # (namespace or "", name)
+
+def _drop_empty_managed(meta: Obj) -> None:
+    if not meta.get("managedFields"):
+        meta.pop("managedFields", None)
+
 
 def clone(value: Any) -> Any:
     """An independent copy of a JSON value (several times faster than copy.deepcopy)."""
@@ -166,9 +171,12 @@ class ObjectStore:
         self.on_change()
 
     def create(self, info: ResourceInfo, namespace: str | None, body: Obj, *,
-               dry_run: bool = False, field_validation: str | None = None) -> Obj:
+               dry_run: bool = False, field_validation: str | None = None,
+               manager: str | None = None, applied: bool = False) -> Obj:
         """Store a new object (generateName, uid, timestamps, rv, generation=1 filled in);
-        with ``dry_run`` return what would be stored without storing it."""
+        with ``dry_run`` return what would be stored without storing it. ``manager`` owns
+        every field (see :mod:`~kube_emulator.apiserver.managedfields`); ``applied``: the
+        body's managedFields were computed by a server-side apply and are kept."""
         with self.lock:
             check_body_kind(info, body)
             obj = clone(body)
@@ -194,6 +202,10 @@ class ObjectStore:
             prepare_create(info, obj, self._service_ip)
             defaults.on_write(info, obj)
             admit(info, obj, field_validation)
+            if not applied:
+                meta["managedFields"] = managedfields.record_update(
+                    None, obj, manager, info.api_version)
+            _drop_empty_managed(meta)
             if dry_run:
                 return self._out(info, obj)
             meta["resourceVersion"] = str(self._next_rv())
@@ -217,8 +229,11 @@ class ObjectStore:
 
     def update(self, info: ResourceInfo, namespace: str | None, name: str, body: Obj,
                subresource: str | None = None, *, dry_run: bool = False,
-               field_validation: str | None = None) -> Obj:
-        """Replace an object (PUT); ``subresource="status"`` writes only the status."""
+               field_validation: str | None = None, manager: str | None = None,
+               applied: bool = False, owner_subresource: str | None = None) -> Obj:
+        """Replace an object (PUT); ``subresource="status"`` writes only the status.
+        ``manager`` and ``applied`` as for :meth:`create`; ``owner_subresource`` names the
+        subresource in the manager's entry when it is not ``subresource`` (scale)."""
         with self.lock:
             check_body_kind(info, body)
             old = self._stored(info, namespace, name)
@@ -257,8 +272,13 @@ class ObjectStore:
                 defaults.on_write(info, new)
                 check_update(info, old, new)
             new["apiVersion"], new["kind"] = info.api_version, info.kind
+            if applied:
+                new["metadata"]["managedFields"] = clone(body["metadata"]["managedFields"])
             return self._commit(info, (ns, name), old, new, dry_run=dry_run,
-                                field_validation=field_validation)
+                                field_validation=field_validation, manager=manager,
+                                subresource=owner_subresource or subresource or "",
+                                applied=applied,
+                                reset=managedfields.reset_requested(body))
 
     def _service_ip(self) -> str:
         number = self._next_service_ip
@@ -285,9 +305,16 @@ class ObjectStore:
 
     def _commit(self, info: ResourceInfo, okey: ObjKey, old: Obj, new: Obj, *,
                 validate: bool = True, dry_run: bool = False,
-                field_validation: str | None = None) -> Obj:
+                field_validation: str | None = None, manager: str | None = None,
+                subresource: str = "", applied: bool = False, reset: bool = False) -> Obj:
         meta = new["metadata"]
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
+        # A client's own managedFields are not content (only an apply's, or a reset, are).
+        computed = meta.pop("managedFields", None) if applied else None
+        if "managedFields" in old["metadata"]:
+            meta["managedFields"] = old["metadata"]["managedFields"]
+        else:
+            meta.pop("managedFields", None)
         if old["metadata"].get("deletionTimestamp"):
             added = set(meta.get("finalizers") or ()) - set(
                 old["metadata"].get("finalizers") or ())
@@ -300,8 +327,17 @@ class ObjectStore:
             meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         if validate:
             admit(info, new, field_validation)
-        if same_content(old, new):
+        if same_content(old, new) and not reset and (
+                computed is None or computed == old["metadata"].get("managedFields")):
             return self._out(info, old)
+        if reset:
+            meta.pop("managedFields", None)
+        elif computed is not None:
+            meta["managedFields"] = computed
+        else:
+            meta["managedFields"] = managedfields.record_update(
+                old, new, manager, info.api_version, subresource)
+        _drop_empty_managed(meta)
         if dry_run:
             return self._out(info, new)
         if meta.get("finalizers") == []:

@@ -131,7 +131,9 @@ async def test_patch_errors_over_http(crd_api: Client) -> None:
     await api.ok("POST", WIDGETS, widget("w"))
     status, body = await api.patch(f"{WIDGETS}/w", {"spec": {}}, STRATEGIC)
     assert (status, body["reason"]) == (415, "UnsupportedMediaType")
-    status, body = await api.patch(f"{WIDGETS}/w", {"spec": {}}, "application/apply-patch+yaml")
+    status, body = await api.patch(f"{WIDGETS}/w", {"spec": {}}, "text/plain")
     assert status == 415
+    status, body = await api.patch(f"{WIDGETS}/w", {"spec": {}}, "application/apply-patch+yaml")
+    assert (status, body["reason"]) == (400, "BadRequest")  # an apply needs a fieldManager
     status, body = await api.patch(f"{WIDGETS}/w", {"op": "add"}, JSONPATCH)
     assert (status, body["reason"]) == (400, "BadRequest")
