@@ -303,12 +303,18 @@ class _Handler:
         as_table = tables.table_version(request.headers.get("Accept", ""))
         include = query.get("includeObject")
         first = True
+        initial = query.get("sendInitialEvents") in ("true", "1")
+        if initial and (query.get("resourceVersionMatch") != "NotOlderThan" or not bookmarks):
+            raise errors.ApiError(422, "Invalid", "sendInitialEvents=true needs "
+                                  "resourceVersionMatch=NotOlderThan and "
+                                  "allowWatchBookmarks=true")
         response = web.StreamResponse(headers={"Content-Type": "application/json",
                                                "Transfer-Encoding": "chunked"})
         await response.prepare(request)
         try:
             watcher = self.store.watch(req.info, req.namespace, labels, fields,
-                                       query.get("resourceVersion"))
+                                       query.get("resourceVersion"),
+                                       send_initial_events=initial)
         except errors.ApiError as exc:
             await _send(response, {"type": "ERROR", "object": exc.status()})
             return response
@@ -330,7 +336,7 @@ class _Handler:
                 if event is None:
                     break
                 obj = event[1]
-                if as_table:
+                if as_table and event[0] != "BOOKMARK":
                     # Column definitions only in the first event, as kube-apiserver sends them.
                     obj = tables.table(req.info, [obj], as_table, include=include,
                                        list_meta={"resourceVersion":

@@ -20,7 +20,8 @@ Differences from a real cluster a client can notice (by design):
 - bearer tokens only name the caller for the audit trail (an unknown token is 401); there is
   no authorization, no admission webhooks, no quotas;
 - JSON only: no protobuf (an OpenAPI request accepting only protobuf gets 406), no
-  aggregated discovery; ``resourceVersionMatch`` and ``sendInitialEvents`` are ignored;
+  aggregated discovery; ``resourceVersionMatch`` is read only with ``sendInitialEvents``
+  (watch-list, which starts from the current state whatever ``resourceVersion`` says);
 - server-side apply treats lists as atomic, and built-in schemas carry no patch strategies
   (see :mod:`~kube_emulator.apiserver.managedfields` and
   :mod:`~kube_emulator.apiserver.openapi`);

@@ -464,12 +464,15 @@ class ObjectStore:
 
     # ----- watch ----------------------------------------------------------------------
     def watch(self, info: ResourceInfo, namespace: str | None, labels: LabelSelector,
-              fields: FieldSelector, resource_version: str | None) -> Watcher:
-        """Open a watch (see :class:`~kube_emulator.apiserver.watch.WatchHub`)."""
+              fields: FieldSelector, resource_version: str | None, *,
+              send_initial_events: bool = False) -> Watcher:
+        """Open a watch (see :class:`~kube_emulator.apiserver.watch.WatchHub`);
+        ``send_initial_events``: a watch-list request (current state, then a bookmark)."""
         with self.lock:
             current = [obj for _, obj in sorted(self._objects.get(info.storage_key, {}).items())]
+            end = self.resource_version if send_initial_events else None
             return self._hub.open(Watcher(info, namespace, labels, fields), resource_version,
-                                  current)
+                                  current, end)
 
     def stop_watch(self, watcher: Watcher) -> None:
         """Stop delivering to ``watcher``."""

@@ -70,6 +70,9 @@ class Watcher:
         return None
 
 
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
 class WatchHub:
     """The event history (``history_size`` events) and the open watches."""
 
@@ -98,12 +101,23 @@ class WatchHub:
             watcher.queue.put_nowait((kind, self._render(watcher.info, obj)))
 
     def open(self, watcher: Watcher, resource_version: str | None,
-             current: Iterable[Obj]) -> Watcher:
-        """Queue the events the watch starts with and register it for live events."""
-        if resource_version in (None, "", "0"):
+             current: Iterable[Obj], initial_events_end: str | None = None) -> Watcher:
+        """Queue the events the watch starts with and register it for live events.
+
+        ``initial_events_end`` (a watch-list request, ``sendInitialEvents=true``): the
+        current objects are sent whatever ``resource_version`` says, then a BOOKMARK at
+        this resourceVersion annotated ``k8s.io/initial-events-end``, which tells the client
+        (client-go's WatchListClient, kubectl >= 1.32's wait) that the initial state is
+        complete."""
+        if resource_version in (None, "", "0") or initial_events_end is not None:
             for obj in current:
                 if watcher.passes(obj):
                     watcher.queue.put_nowait(("ADDED", self._render(watcher.info, obj)))
+            if initial_events_end is not None:
+                watcher.queue.put_nowait(("BOOKMARK", {
+                    "kind": watcher.info.kind, "apiVersion": watcher.info.api_version,
+                    "metadata": {"resourceVersion": initial_events_end,
+                                 "annotations": {INITIAL_EVENTS_END: "true"}}}))
         else:
             try:
                 since = int(resource_version)

@@ -64,6 +64,27 @@ async def test_watch_without_version_starts_with_current_objects(api: Client) ->
         assert first["object"]["kind"] == "Pod" and first["object"]["apiVersion"] == "v1"
 
 
+async def test_watch_list_ends_its_initial_events_with_a_bookmark(api: Client) -> None:
+    """sendInitialEvents (client-go's WatchListClient, on in kubectl 1.37): the current
+    objects, then a bookmark annotated k8s.io/initial-events-end, then live events."""
+    a = await api.ok("POST", PODS, pod("a"))
+    await api.ok("POST", PODS, pod("b"))
+    query = (f"resourceVersion={a['metadata']['resourceVersion']}&sendInitialEvents=true&"
+             "resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
+    async with stream(api, query) as ev:
+        initial = [await next_event(ev) for _ in range(2)]
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in initial] == [
+            ("ADDED", "a"), ("ADDED", "b")]
+        end = await next_event(ev, skip_bookmarks=False)
+        assert end["type"] == "BOOKMARK"
+        assert end["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+        await api.ok("POST", PODS, pod("c"))
+        live = await next_event(ev)
+        assert (live["type"], live["object"]["metadata"]["name"]) == ("ADDED", "c")
+    status, body = await api.get(f"{PODS}?watch=true&sendInitialEvents=true")
+    assert status == 422 and "resourceVersionMatch=NotOlderThan" in body["message"]
+
+
 async def test_watch_replays_history_after_a_version(api: Client) -> None:
     a = await api.ok("POST", PODS, pod("a"))
     await api.ok("POST", PODS, pod("b"))
