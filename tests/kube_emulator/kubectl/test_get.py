@@ -6,6 +6,7 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Callable
 
 from tests.harness import elastic_job, jobs_path, pods_path
 from tests.kube_emulator.kubectl.conftest import Kubectl
@@ -68,15 +69,18 @@ def test_builtin_columns(kubectl: Kubectl) -> None:
     assert services[1][1] == "ClusterIP" and services[1][3:5] == ["<none>", "80/TCP"]
 
 
-def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 30) -> str:
+def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 30,
+                nudge: Callable[[], object] | None = None) -> str:
     """What a long-running kubectl printed until ``text`` appeared (unbuffered reads, so a
-    line is seen as soon as kubectl writes it)."""
+    line is seen as soon as kubectl writes it); ``nudge`` runs each idle second."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
     out = ""
     deadline = time.monotonic() + timeout
     while text not in out and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready and nudge is not None:
+            nudge()
         if ready:
             chunk = os.read(fd, 65536).decode()
             if not chunk:
@@ -97,7 +101,12 @@ def test_get_watch_prints_changes(kubectl: Kubectl) -> None:
                 "name": "c", "ready": True, "restartCount": 0, "image": "x", "imageID": "",
                 "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}},
             "application/merge-patch+json")
-        later = _read_until(watch, "Running")
+        # kubectl watches an object from resourceVersion 0 and skips the first (synthetic)
+        # ADDED event, so a change made before its watch began can go unprinted, as on a
+        # real cluster: touch a label until the new state shows.
+        touches = iter(range(1000))
+        later = _read_until(watch, "Running", nudge=lambda: kubectl.api.patch(
+            pods_path("default", "watched"), {"metadata": {"labels": {"n": str(next(touches))}}}))
         assert "1/1" in later and "NAME" not in later  # one header only
     finally:
         watch.kill()
