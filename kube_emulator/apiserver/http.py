@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NAMESPACE_SUBRESOURCES = ("status", "finalize")
+_BINARY_TYPES = ("application/vnd.kubernetes.protobuf", "application/cbor")
 _SUBRESOURCE_VERBS: dict[str, tuple[str, ...]] = {
     "status": ("get", "update", "patch"),
     "scale": ("get", "update", "patch"),
@@ -206,6 +207,12 @@ class _Handler:
         raw = await request.read()
         if not raw:
             return None
+        if request.content_type in _BINARY_TYPES:
+            # kube-apiserver would decode these; we answer as a server that cannot (kubectl
+            # 1.37's typed create commands send protobuf and report the error, no retry).
+            raise errors.unsupported_media_type(
+                f"the body of the request was in an unknown format - accepted media types "
+                f"include: application/json, application/yaml (not {request.content_type})")
         try:
             return json.loads(raw)
         except ValueError as exc:

@@ -19,8 +19,10 @@ the server, writes kubeconfigs and keeps an audit trail of who called what.
 Differences from a real cluster a client can notice (by design):
 - bearer tokens only name the caller for the audit trail (an unknown token is 401); there is
   no authorization, no admission webhooks, no quotas;
-- JSON only: no protobuf (an OpenAPI request accepting only protobuf gets 406), no
-  aggregated discovery; ``resourceVersionMatch`` is read only with ``sendInitialEvents``
+- JSON only: no protobuf. A protobuf or CBOR body gets 415, which breaks the typed
+  ``kubectl create secret|configmap|...`` of kubectl 1.37 (1.32 sends JSON; ``apply`` and
+  the other generic commands always do); an OpenAPI request accepting only protobuf gets 406;
+  no aggregated discovery; ``resourceVersionMatch`` is read only with ``sendInitialEvents``
   (watch-list, which starts from the current state whatever ``resourceVersion`` says);
 - server-side apply treats lists as atomic, and built-in schemas carry no patch strategies
   (see :mod:`~kube_emulator.apiserver.managedfields` and

@@ -223,3 +223,13 @@ async def test_malformed_parameters_are_bad_request(api: Client) -> None:
                                ("DELETE", f"{PODS}/a", [1])):
         status, result = await api.call(method, path, body)
         assert (status, result["reason"]) == (400, "BadRequest"), path
+
+
+async def test_binary_bodies_are_unsupported_media(api: Client) -> None:
+    """Protobuf (the typed create commands of kubectl 1.37 send it) and CBOR bodies: 415, as a
+    server that cannot decode them answers, not 400."""
+    for content_type in ("application/vnd.kubernetes.protobuf", "application/cbor"):
+        status, body = await api.call("POST", "/api/v1/namespaces/default/configmaps",
+                                      {"metadata": {"name": "x"}}, content_type)
+        assert (status, body["reason"]) == (415, "UnsupportedMediaType")
+        assert "application/json" in body["message"]
