@@ -5,7 +5,7 @@ process groups), a real etcd subprocess and the operator itself, run exactly as 
 cluster (``elastic-operator run --kubeconfig ...``) as a subprocess. Everything writes under
 one state directory (default ``.local-cluster/``):
 
-- ``kubeconfig``: point ``elastic-operator`` (or kubectl, where its discovery works) here;
+- ``kubeconfig``: point ``elastic-operator`` or a real kubectl here;
 - ``cluster.json``: URL, pids and etcd endpoint while the cluster runs (removed on stop);
 - ``logs/operator.log``, ``logs/cluster.log``, ``etcd/``; ``pods/<ns>/<pod>/<container>.log``;
 - ``checkpoints/``: emptied at start, so jobs never resume a previous cluster's run.
