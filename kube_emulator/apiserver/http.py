@@ -5,16 +5,14 @@ URLs follow kube-apiserver: ``/api/v1/...`` for the core group and
 [/{name}[/{subresource}]]``. The RBAC verb of each request is derived as Kubernetes does
 (GET on a name: get; on a collection: list, or watch with ``watch=true``; POST: create; PUT:
 update; PATCH: patch; DELETE on a name: delete; on a collection: deletecollection) and
-recorded in the server's audit trail with the user of the bearer token.
+recorded in the server's audit trail with the user of the bearer token. Lists and watch
+streams are :mod:`~kube_emulator.apiserver.listing`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
@@ -23,15 +21,17 @@ from aiohttp import web
 from kube_emulator.apiserver import (
     discovery,
     errors,
+    listing,
     managedfields,
     openapi,
     patching,
     strategy,
     tables,
 )
+from kube_emulator.apiserver.listing import json_response as _json
 from kube_emulator.apiserver.resources import POD_KEY, ResourceInfo
 from kube_emulator.apiserver.scale import read_scale, write_scale
-from kube_emulator.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
+from kube_emulator.apiserver.selectors import SelectorError
 from kube_emulator.apiserver.store import Obj
 
 if TYPE_CHECKING:
@@ -80,11 +80,6 @@ def build_app(server: ApiServer) -> web.Application:
     handler = _Handler(server)
     app.router.add_route("*", "/{tail:.*}", handler.dispatch)
     return app
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body).encode(),
-                        content_type="application/json")
 
 
 class _Handler:
@@ -223,10 +218,11 @@ class _Handler:
         info, ns, name = req.info, req.namespace, req.name
         query = request.query
         if verb == "watch":
-            return await self._watch(request, req)
+            return await listing.watch_response(request, self.store, info, ns,
+                                                self.server.bookmark_interval)
         as_table = tables.table_version(request.headers.get("Accept", ""))
         if verb == "list":
-            return self._list(req, query, as_table)
+            return listing.list_response(self.store, info, ns, query, as_table)
         assert name is not None or verb in ("create", "deletecollection")
         if req.subresource == "scale":
             return await self._scale(request, req, verb)
@@ -265,102 +261,13 @@ class _Handler:
         for key in ("gracePeriodSeconds", "propagationPolicy", "orphanDependents"):
             if key in query:
                 value: Any = query[key]
-                options[key] = _int(query, key) if key == "gracePeriodSeconds" else (
+                options[key] = listing.query_int(query, key) if key == "gracePeriodSeconds" else (
                     value == "true" if key == "orphanDependents" else value)
         if verb == "delete":
             if write["dry_run"]:
                 return _json(self.store.get(info, ns, name or ""))
             return _json(self.store.delete(info, ns, name or "", options))
         return self._delete_collection(req, query, options)
-
-    def _selectors(self, info: ResourceInfo, query: Any) -> tuple[LabelSelector, FieldSelector]:
-        return (LabelSelector.parse(query.get("labelSelector")),
-                FieldSelector.parse(query.get("fieldSelector"), info.selectable_fields()))
-
-    def _list(self, req: _Request, query: Any, as_table: str | None) -> web.Response:
-        labels, fields = self._selectors(req.info, query)
-        items, rv = self.store.list(req.info, req.namespace, labels, fields)
-        metadata: dict[str, Any] = {"resourceVersion": rv}
-        start = query.get("continue")
-        if start:
-            try:
-                after = json.loads(base64.urlsafe_b64decode(start.encode()))
-            except ValueError:
-                raise errors.bad_request(f"invalid continue token {start!r}") from None
-            items = [i for i in items if [i["metadata"].get("namespace", ""),
-                                          i["metadata"]["name"]] > after]
-        limit = _int(query, "limit") or 0
-        if limit and len(items) > limit:
-            last = items[limit - 1]["metadata"]
-            token = json.dumps([last.get("namespace", ""), last["name"]]).encode()
-            metadata["continue"] = base64.urlsafe_b64encode(token).decode()
-            metadata["remainingItemCount"] = len(items) - limit
-            items = items[:limit]
-        if as_table:
-            return _json(tables.table(req.info, items, as_table,
-                                      include=query.get("includeObject"), list_meta=metadata))
-        return _json({"kind": f"{req.info.kind}List", "apiVersion": req.info.api_version,
-                      "metadata": metadata, "items": items})
-
-    async def _watch(self, request: web.Request, req: _Request) -> web.StreamResponse:
-        query = request.query
-        labels, fields = self._selectors(req.info, query)
-        timeout = _int(query, "timeoutSeconds") or None
-        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
-        as_table = tables.table_version(request.headers.get("Accept", ""))
-        include = query.get("includeObject")
-        first = True
-        initial = query.get("sendInitialEvents") in ("true", "1")
-        if initial and (query.get("resourceVersionMatch") != "NotOlderThan" or not bookmarks):
-            raise errors.ApiError(422, "Invalid", "sendInitialEvents=true needs "
-                                  "resourceVersionMatch=NotOlderThan and "
-                                  "allowWatchBookmarks=true")
-        response = web.StreamResponse(headers={"Content-Type": "application/json",
-                                               "Transfer-Encoding": "chunked"})
-        await response.prepare(request)
-        try:
-            watcher = self.store.watch(req.info, req.namespace, labels, fields,
-                                       query.get("resourceVersion"),
-                                       send_initial_events=initial)
-        except errors.ApiError as exc:
-            await _send(response, {"type": "ERROR", "object": exc.status()})
-            return response
-        deadline = time.monotonic() + timeout if timeout else None
-        interval = self.server.bookmark_interval
-        try:
-            while True:
-                wait = interval
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        break
-                try:
-                    event = await asyncio.wait_for(watcher.queue.get(), wait)
-                except TimeoutError:
-                    if bookmarks and (deadline is None or time.monotonic() < deadline):
-                        await _send(response, self._bookmark(req.info))
-                    continue
-                if event is None:
-                    break
-                obj = event[1]
-                if as_table and event[0] != "BOOKMARK":
-                    # Column definitions only in the first event, as kube-apiserver sends them.
-                    obj = tables.table(req.info, [obj], as_table, include=include,
-                                       list_meta={"resourceVersion":
-                                                  obj["metadata"]["resourceVersion"]},
-                                       headers=first)
-                    first = False
-                await _send(response, {"type": event[0], "object": obj})
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self.store.stop_watch(watcher)
-        return response
-
-    def _bookmark(self, info: ResourceInfo) -> dict[str, Any]:
-        return {"type": "BOOKMARK", "object": {
-            "kind": info.kind, "apiVersion": info.api_version,
-            "metadata": {"resourceVersion": self.store.resource_version}}}
 
     async def _patch(self, request: web.Request, req: _Request, sub: str | None,
                      write: dict[str, Any]) -> Obj:
@@ -456,7 +363,7 @@ class _Handler:
         return self.store.update(req.info, None, req.name or "", current)
 
     def _delete_collection(self, req: _Request, query: Any, options: Obj) -> web.Response:
-        labels, fields = self._selectors(req.info, query)
+        labels, fields = listing.selectors(req.info, query)
         items, _ = self.store.list(req.info, req.namespace, labels, fields)
         deleted = []
         for item in items:
@@ -470,21 +377,6 @@ class _Handler:
         return _json({"kind": f"{req.info.kind}List", "apiVersion": req.info.api_version,
                       "metadata": {"resourceVersion": self.store.resource_version},
                       "items": deleted})
-
-
-def _int(query: Any, key: str) -> int | None:
-    """An integer query parameter (None when absent); 400 BadRequest when malformed."""
-    raw = query.get(key)
-    if raw in (None, ""):
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise errors.bad_request(f"query parameter {key}={raw!r} must be an integer") from None
-
-
-async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
-    await response.write(json.dumps(event).encode() + b"\n")
 
 
 def _audit(verb: str, req: _Request, user: str) -> AuditRecord:

@@ -11,9 +11,10 @@ deletion, owner-reference garbage collection and namespace finalization. Where t
 (per-resource rules), :mod:`~kube_emulator.apiserver.managedfields` (field ownership, apply),
 :mod:`~kube_emulator.apiserver.watch` (watch history), :mod:`~kube_emulator.apiserver.garbage`
 (GC and finalization controllers), :mod:`~kube_emulator.apiserver.schema` and
-:mod:`~kube_emulator.apiserver.cel` (CRD validation), :mod:`~kube_emulator.apiserver.openapi`
-and :mod:`~kube_emulator.apiserver.tables` (what kubectl reads),
-:mod:`~kube_emulator.apiserver.http` (the HTTP mapping). This module starts and stops
+:mod:`~kube_emulator.apiserver.cel` (CRD validation), :mod:`~kube_emulator.apiserver.openapi`,
+:mod:`~kube_emulator.apiserver.tables` and :mod:`~kube_emulator.apiserver.printers` (what
+kubectl reads), :mod:`~kube_emulator.apiserver.http` and
+:mod:`~kube_emulator.apiserver.listing` (the HTTP mapping). This module starts and stops
 the server, writes kubeconfigs and keeps an audit trail of who called what.
 
 Differences from a real cluster a client can notice (by design):

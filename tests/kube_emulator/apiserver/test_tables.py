@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from kube_emulator.apiserver.tables import human_duration, json_path, pod_status, table_version
+from kube_emulator.apiserver.printers import human_duration, pod_status
+from kube_emulator.apiserver.tables import json_path, table_version
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
