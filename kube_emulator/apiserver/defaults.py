@@ -9,15 +9,19 @@ with them:
 - Secret and ConfigMap with ``immutable: true``: ``data``, ``binaryData`` and ``immutable``
   itself can no longer change (422);
 - Namespace: the ``kubernetes.io/metadata.name`` label, always equal to the name;
-- Pod (on create): ``dnsPolicy``, ``schedulerName``, ``securityContext``,
+- Pod: ``dnsPolicy``, ``schedulerName``, ``securityContext``,
   ``serviceAccountName`` (the ServiceAccount admission plugin; no token volume is mounted),
   ``enableServiceLinks``, ``priority`` and ``preemptionPolicy``; per container
   ``terminationMessagePath``/``Policy``, ``imagePullPolicy`` (``Always`` for ``:latest`` or
   no tag), ``resources.requests`` copied from ``limits`` where unset, port ``protocol``; and
-  ``status.qosClass`` (Guaranteed, Burstable, BestEffort) from the resources;
-- Service: ``type``, ``sessionAffinity``, a ``clusterIP`` from 10.96.0.0/16 (unless
-  ``None``: headless), ``ipFamilies``/``ipFamilyPolicy``, ``internalTrafficPolicy``, port
-  ``protocol`` and ``targetPort``.
+  on create ``status.qosClass`` (Guaranteed, Burstable, BestEffort) from the resources;
+- Service: ``type``, ``sessionAffinity``, on create a ``clusterIP`` from 10.96.0.0/16
+  (unless ``None``: headless), ``ipFamilies``/``ipFamilyPolicy``, ``internalTrafficPolicy``,
+  port ``protocol`` and ``targetPort``.
+
+Defaults apply on every write, as kube-apiserver defaults every decoded object: an update or
+a server-side apply that replaces a list (containers, ports) gets them again, so it does not
+look like a change of the defaulted fields.
 
 Not emulated: the DefaultTolerationSeconds admission plugin's not-ready/unreachable
 tolerations, LimitRange defaults, and the many defaults of fields the local runtime ignores
@@ -30,21 +34,25 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from kube_emulator.apiserver.resources import ResourceInfo
+from kube_emulator.apiserver.resources import NAMESPACE_KEY, POD_KEY, SERVICE_KEY, ResourceInfo
 
 Obj = dict[str, Any]
 SECRET_KEY = ("", "secrets")
 CONFIGMAP_KEY = ("", "configmaps")
-NAMESPACE_KEY = ("", "namespaces")
 NAME_LABEL = "kubernetes.io/metadata.name"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 _QOS_RESOURCES = ("cpu", "memory")
 
 
-def on_write(info: ResourceInfo, obj: Obj) -> None:
-    """The conversions of every create and update (``obj`` changed in place)."""
+def on_write(info: ResourceInfo, obj: Obj, grace_seconds: int) -> None:
+    """The conversions and defaults of every create and update (``obj`` changed in place);
+    ``grace_seconds`` is a pod's default ``terminationGracePeriodSeconds``."""
     if info.storage_key == SECRET_KEY:
         _convert_secret(obj)
+    elif info.storage_key == POD_KEY:
+        _default_pod_spec(obj.setdefault("spec", {}), grace_seconds)
+    elif info.storage_key == SERVICE_KEY:
+        _default_service_spec(obj.setdefault("spec", {}))
     elif info.storage_key == NAMESPACE_KEY:
         labels = obj.setdefault("metadata", {}).get("labels") or {}
         obj["metadata"]["labels"] = {**labels, NAME_LABEL: obj["metadata"].get("name", "")}
@@ -115,9 +123,12 @@ def qos_class(spec: Obj) -> str:
     return "Guaranteed" if guaranteed else "Burstable"
 
 
-def default_pod(pod: Obj, grace_seconds: int) -> None:
-    """A new pod's defaults and initial status (see the module docstring)."""
-    spec = pod.setdefault("spec", {})
+def initial_pod_status(pod: Obj) -> Obj:
+    """A new pod's status: Pending, with its QoS class (after the defaults)."""
+    return {"phase": "Pending", "qosClass": qos_class(pod.get("spec") or {})}
+
+
+def _default_pod_spec(spec: Obj, grace_seconds: int) -> None:
     spec.setdefault("terminationGracePeriodSeconds", grace_seconds)
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("dnsPolicy", "ClusterFirst")
@@ -132,17 +143,20 @@ def default_pod(pod: Obj, grace_seconds: int) -> None:
         for container in spec.get(key) or ():
             if isinstance(container, dict):
                 _default_container(container)
-    pod["status"] = {"phase": "Pending", "qosClass": qos_class(spec)}
 
 
-def default_service(service: Obj, service_ip: Callable[[], str]) -> None:
-    """A new Service's defaults, with a clusterIP from ``service_ip`` unless headless."""
+def new_service(service: Obj, service_ip: Callable[[], str]) -> None:
+    """A new Service's clusterIP from ``service_ip`` (unless headless) and empty status."""
     spec = service.setdefault("spec", {})
-    spec.setdefault("type", "ClusterIP")
-    spec.setdefault("sessionAffinity", "None")
     if not spec.get("clusterIP"):
         spec["clusterIP"] = service_ip()
     spec.setdefault("clusterIPs", [spec["clusterIP"]])
+    service["status"] = {"loadBalancer": {}}
+
+
+def _default_service_spec(spec: Obj) -> None:
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
     spec.setdefault("ipFamilies", ["IPv4"])
     spec.setdefault("ipFamilyPolicy", "SingleStack")
     spec.setdefault("internalTrafficPolicy", "Cluster")
@@ -151,5 +165,4 @@ def default_service(service: Obj, service_ip: Callable[[], str]) -> None:
             port.setdefault("protocol", "TCP")
             if "port" in port:
                 port.setdefault("targetPort", port["port"])
-    service["status"] = {"loadBalancer": {}}
 

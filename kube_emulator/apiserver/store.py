@@ -41,6 +41,7 @@ from kube_emulator.apiserver.resources import (
 )
 from kube_emulator.apiserver.selectors import FieldSelector, LabelSelector
 from kube_emulator.apiserver.strategy import (
+    DEFAULT_POD_GRACE,
     FOREGROUND,
     admit,
     check_body_kind,
@@ -199,8 +200,8 @@ class ObjectStore:
             meta["creationTimestamp"] = now_rfc3339()
             meta["generation"] = 1
             obj["apiVersion"], obj["kind"] = info.api_version, info.kind
+            defaults.on_write(info, obj, DEFAULT_POD_GRACE)
             prepare_create(info, obj, self._service_ip)
-            defaults.on_write(info, obj)
             admit(info, obj, field_validation)
             if not applied:
                 meta["managedFields"] = managedfields.record_update(
@@ -269,7 +270,7 @@ class ObjectStore:
                         new["status"] = clone(old["status"])
                     else:
                         new.pop("status", None)
-                defaults.on_write(info, new)
+                defaults.on_write(info, new, DEFAULT_POD_GRACE)
                 check_update(info, old, new)
             new["apiVersion"], new["kind"] = info.api_version, info.kind
             if applied:

@@ -117,15 +117,16 @@ def admit(info: ResourceInfo, obj: Obj, field_validation: str | None = None) -> 
 
 
 def prepare_create(info: ResourceInfo, obj: Obj, service_ip: Callable[[], str]) -> None:
-    """Initial status and defaults of a new object, per resource (``service_ip`` allocates
-    a Service's clusterIP)."""
+    """Initial status and create-only defaults of a new object, per resource, after
+    :func:`~kube_emulator.apiserver.defaults.on_write` (``service_ip`` allocates a Service's
+    clusterIP)."""
     if info.storage_key == NAMESPACE_KEY:
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj["status"] = {"phase": "Active"}
     elif info.storage_key == POD_KEY:
-        defaults.default_pod(obj, DEFAULT_POD_GRACE)
+        obj["status"] = defaults.initial_pod_status(obj)
     elif info.storage_key == SERVICE_KEY:
-        defaults.default_service(obj, service_ip)
+        defaults.new_service(obj, service_ip)
     elif info.schema is not None and info.status:
         obj.pop("status", None)  # custom resources ignore status on create
     elif info.storage_key == CRD_KEY:

@@ -121,3 +121,15 @@ def test_describe_and_logs(kubectl: Kubectl) -> None:
     LOGS[("default", "talker")] = "line one\nline two\n"
     assert kubectl("logs", "talker").stdout == "line one\nline two\n"
     assert kubectl("logs", "-f", "talker", timeout=30).stdout == "line one\nline two\n"
+
+
+def test_server_side_apply_of_a_builtin_pod_keeps_its_defaults(kubectl: Kubectl) -> None:
+    """The applied containers list replaces the stored one (lists are atomic here), and the
+    pod's defaults are applied again, so a label change is not a forbidden spec change."""
+    pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: applied, labels: {v: '1'}}\n"
+           "spec: {containers: [{name: c, image: x, command: [sleep, '9']}]}\n")
+    kubectl("apply", "--server-side", "-f", "-", stdin=pod)
+    kubectl("apply", "--server-side", "-f", "-", stdin=pod.replace("v: '1'", "v: '2'"))
+    stored = kubectl.json("get", "pod", "applied")
+    assert stored["metadata"]["labels"] == {"v": "2"}
+    assert stored["spec"]["containers"][0]["terminationMessagePath"] == "/dev/termination-log"
