@@ -123,7 +123,8 @@ class Generator:
         return out
 
 
-def main() -> int:
+def render() -> str:
+    """The content of :data:`TARGET` for the installed ``kubernetes_asyncio`` models."""
     gen = Generator()
     kinds = {}
     for group, version, kind, model, package, description in KINDS:
@@ -136,9 +137,12 @@ def main() -> int:
             gen.definitions[list_name]["description"] = f"{kind}List is a list of {kind}s."
             kinds[f"{group}/{version}/{kind}List"] = list_name
     document = {"kinds": kinds, "definitions": dict(sorted(gen.definitions.items()))}
-    TARGET.write_text(json.dumps(document, indent=None, separators=(",", ":"), sort_keys=True)
-                      + "\n")
-    print(f"wrote {TARGET.relative_to(ROOT)}: {len(gen.definitions)} definitions")
+    return json.dumps(document, indent=None, separators=(",", ":"), sort_keys=True) + "\n"
+
+
+def main() -> int:
+    TARGET.write_text(render())
+    print(f"wrote {TARGET.relative_to(ROOT)}")
     return 0
 
 
