@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from elastic_operator.local.etcd import EtcdServer  # noqa: E402
+from kube_emulator.etcd import EtcdServer  # noqa: E402
 
 SCRIPT = REPO / "tests" / "launcher" / "train_tiny.py"
 TUNED_CONF = "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=2"

@@ -13,7 +13,7 @@ from e2e.driver import ApplyRefused, Obj
 from elastic_operator.labels import JOB_NAME
 from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import LocalCluster
-from elastic_operator.local.restclient import ApiError, resource_path
+from kube_emulator.client import ApiError, resource_path
 
 
 def _job_path(namespace: str, name: str | None = None) -> str:

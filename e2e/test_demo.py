@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic_operator.local.runtime import process_table
+from kube_emulator.node.runtime import process_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

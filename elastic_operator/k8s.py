@@ -24,8 +24,7 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(Exception):
-    """A non-2xx answer (of this client, or of the local cluster's
-    :class:`~elastic_operator.local.restclient.ApiClient`).
+    """A non-2xx answer of this client.
 
     ``code`` is the HTTP status, ``reason`` and ``message`` those of the Kubernetes Status
     (``message`` alone is what kubectl shows after "Error from server"); ``str()`` also names

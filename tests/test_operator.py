@@ -15,7 +15,7 @@ import pytest
 
 from elastic_operator import labels
 from elastic_operator.api.common import Condition
-from elastic_operator.local.etcd import EtcdServer
+from kube_emulator.etcd import EtcdServer
 from launcher.contract import Completion, FailureReport, PodEnv, failure_key, round_key
 from tests.harness import (
     Api,

@@ -31,7 +31,7 @@ from elastic_operator.local.cluster import (
     ClusterState,
     LocalCluster,
 )
-from elastic_operator.local.restclient import ApiClient, ApiError, resource_path
+from kube_emulator.client import ApiClient, ApiError, resource_path
 
 UP_TIMEOUT = 180.0
 

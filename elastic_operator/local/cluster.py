@@ -5,7 +5,7 @@ process groups), a real etcd subprocess and the operator itself, run exactly as 
 cluster (``elastic-operator run --kubeconfig ...``) as a subprocess. Everything writes under
 one state directory (default ``.local-cluster/``):
 
-- ``kubeconfig``: point ``elastic-operator`` (or kubectl, where its discovery works) here;
+- ``kubeconfig``: point ``elastic-operator`` or a real kubectl here;
 - ``cluster.json``: URL, pids and etcd endpoint while the cluster runs (removed on stop);
 - ``logs/operator.log``, ``logs/cluster.log``, ``etcd/``; ``pods/<ns>/<pod>/<container>.log``;
 - ``checkpoints/``: emptied at start, so jobs never resume a previous cluster's run.
@@ -33,13 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
-from elastic_operator.local.apiserver import ApiServer
-from elastic_operator.local.etcd import DEFAULT_ETCD_BINARY, EtcdServer
-from elastic_operator.local.kubelet import Kubelet
-from elastic_operator.local.nodes import NodePool
-from elastic_operator.local.restclient import ApiClient, ApiError, cancel_all, resource_path
-from elastic_operator.local.runtime import die_with_parent, die_with_parent_script
-from elastic_operator.local.scheduler import Scheduler
+from kube_emulator.apiserver.server import ApiServer
+from kube_emulator.client import ApiClient, ApiError, cancel_all, resource_path
+from kube_emulator.etcd import DEFAULT_ETCD_BINARY, EtcdServer
+from kube_emulator.node.kubelet import Kubelet
+from kube_emulator.node.nodes import NodePool
+from kube_emulator.node.runtime import RuntimeSettings, die_with_parent, die_with_parent_script
+from kube_emulator.node.scheduler import Scheduler
+from launcher.contract import PodEnv
+
+# What the emulated kubelet needs to know about our pods: the launcher writes its failure
+# report to the file ELASTIC_TERMINATION_LOG names, and no ELASTIC_* setting of the shell that
+# starts the cluster may leak into a job.
+POD_RUNTIME = RuntimeSettings(termination_log_env=PodEnv.TERMINATION_LOG,
+                              stripped_env_prefixes=("ELASTIC_",))
 
 log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = Path(".local-cluster")
@@ -130,7 +137,8 @@ class LocalCluster:
         self.server.write_kubeconfig(self.kubeconfig)
         self.client = ApiClient.from_kubeconfig(self.kubeconfig)
         await self._install_crds()
-        self.kubelet = Kubelet(self.client, self.state_dir, Path(cfg.workdir).resolve())
+        self.kubelet = Kubelet(self.client, self.state_dir, Path(cfg.workdir).resolve(),
+                               settings=POD_RUNTIME)
         self.nodes = NodePool(self.client, cfg.gpu_resource)
         await self.nodes.create(cfg.nodes, cfg.gpus_per_node)
         ready = [asyncio.Event(), asyncio.Event()]

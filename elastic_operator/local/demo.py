@@ -28,7 +28,7 @@ from rich.text import Text
 from elastic_operator.labels import API_VERSION, JOB_NAME, REPLICA_INDEX
 from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import DEFAULT_STATE_DIR, ClusterConfig, LocalCluster
-from elastic_operator.local.restclient import ApiError, resource_path
+from kube_emulator.client import ApiError, resource_path
 
 DEFAULT_JOB_FILE = Path("examples/elastic-job.yaml")
 Obj = dict[str, Any]

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from elastic_operator.local.placement import TERMINAL_PHASES, parse_quantity
-from elastic_operator.local.restclient import ApiClient, ApiError, resource_path
+from kube_emulator.client import ApiClient, ApiError, resource_path
+from kube_emulator.node.placement import TERMINAL_PHASES, parse_quantity
 
 Obj = dict[str, Any]
 
@@ -228,7 +228,7 @@ def pods_table(pods: list[Obj], wide: bool) -> tuple[list[str], list[list[str]]]
 
 def nodes_table(nodes: list[Obj], pods: list[Obj], resource: str
                 ) -> tuple[list[str], list[list[str]]]:
-    from elastic_operator.local.placement import node_usage
+    from kube_emulator.node.placement import node_usage
 
     usage = node_usage(pods, [resource])
     rows = []

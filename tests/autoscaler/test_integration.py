@@ -1,6 +1,6 @@
 """The autoscaler inside the real operator, over HTTP against the emulated API server.
 
-Worker pods are bound by the local cluster's scheduler (:mod:`elastic_operator.local.scheduler`,
+Worker pods are bound by the local cluster's scheduler (:mod:`kube_emulator.node.scheduler`,
 run in a thread against the same emulator, over HTTP as kube-scheduler would), so binding,
 ``PodScheduled`` conditions and GPU accounting follow the same rules as in the embedded
 cluster. No kubelet runs: bound pods stay ``Pending``, which holds their GPUs all the same.
@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from elastic_operator import labels
-from elastic_operator.local.nodes import node_manifest
-from elastic_operator.local.restclient import ApiClient
-from elastic_operator.local.scheduler import Scheduler
+from kube_emulator.client import ApiClient
+from kube_emulator.node.nodes import node_manifest
+from kube_emulator.node.scheduler import Scheduler
 from tests.harness import (
     OPERATOR_USER,
     Api,

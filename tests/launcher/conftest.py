@@ -20,7 +20,7 @@ from typing import TypeVar
 import etcd3
 import pytest
 
-from elastic_operator.local.etcd import EtcdServer
+from kube_emulator.etcd import EtcdServer
 from launcher import contract
 from tests.harness import poll_until
 

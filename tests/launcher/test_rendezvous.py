@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvous_handler_registry
 
-from elastic_operator.local.etcd import EtcdServer
+from kube_emulator.etcd import EtcdServer
 from launcher import contract
 from launcher.etcd_rendezvous import (
     BACKEND_NAME,

@@ -145,3 +145,34 @@ def test_up_apply_get_logs_delete_down(cluster: Path, tmp_path: Path) -> None:
     assert ClusterState.load(state) is None
     gone = local(state, "get", "pods")
     assert gone.returncode == 1 and "local up" in gone.stderr
+
+
+def test_a_real_kubectl_against_the_local_cluster(cluster: Path, kubectl_binary: str,
+                                                  tmp_path: Path) -> None:
+    """What issue 11 reported broken, with the kubeconfig `local up` writes: a plain apply
+    (client-side validation wants OpenAPI), explain, and get with printer columns."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "KUBECONFIG": str(cluster / "kubeconfig")}
+
+    def kubectl(*args: str) -> str:
+        result = subprocess.run([kubectl_binary, *args], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    assert "elasticjob.elastic.dev/mlp created" in kubectl("apply", "-f",
+                                                           "examples/elastic-job.yaml")
+    assert kubectl("get", "ej").split()[:7] == ["NAME", "MIN", "MAX", "DESIRED", "READY",
+                                                "PHASE", "AGE"]
+    assert "KIND:       ElasticJob" in kubectl("explain", "ej.spec")
+    nodes = kubectl("get", "nodes").splitlines()
+    assert nodes[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert nodes[1].split()[:2] == ["local-node-0", "Ready"]
+    pod_file = tmp_path / "pod.yaml"
+    pod_file.write_text(POD_YAML.replace("name: hello", "name: kubectl-hello"))
+    kubectl("apply", "-f", str(pod_file))
+    kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/kubectl-hello",
+            "--timeout=60s")
+    assert kubectl("get", "pod", "kubectl-hello").split()[5:9] == [
+        "kubectl-hello", "0/1", "Completed", "0"]
+    assert kubectl("logs", "kubectl-hello") == "hello from the local cluster\n"
