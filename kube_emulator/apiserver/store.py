@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kube_emulator.apiserver import defaults, errors, managedfields
+from kube_emulator.apiserver.index import SelectorIndex
 from kube_emulator.apiserver.ownership import OwnershipIndex
 from kube_emulator.apiserver.registry import ResourceRegistry
 from kube_emulator.apiserver.resources import (
@@ -83,6 +84,7 @@ class ObjectStore:
         self.lock = threading.RLock()
         self.registry = ResourceRegistry(BUILTIN_RESOURCES)
         self._objects: dict[StorageKey, dict[ObjKey, Obj]] = {}
+        self._indexes: dict[StorageKey, SelectorIndex] = {}  # kept in step with _objects
         self._owners = OwnershipIndex()
         self._rv = 0
         self._next_service_ip = 1
@@ -98,6 +100,7 @@ class ObjectStore:
         """Stop serving every version of ``plural.group``, drop its objects, end its watches."""
         with self.lock:
             self.registry.drop(group, plural)
+            self._indexes.pop((group, plural), None)
             for okey, obj in self._objects.pop((group, plural), {}).items():
                 self._owners.remove(((group, plural), okey), obj)
             self._hub.close_resource((group, plural))
@@ -134,14 +137,20 @@ class ObjectStore:
     def list(self, info: ResourceInfo, namespace: str | None = None,
              labels: LabelSelector | None = None,
              fields: FieldSelector | None = None) -> tuple[list[Obj], str]:
-        """Matching objects sorted by namespace and name, and the collection resourceVersion."""
+        """Matching objects sorted by namespace and name, and the collection resourceVersion.
+
+        The selectors are answered through the resource's :class:`SelectorIndex` (cost grows
+        with the candidates, not with everything stored); each candidate is still checked
+        against the full selectors."""
         labels = labels or LabelSelector()
         fields = fields or FieldSelector()
         with self.lock:
+            objects = self._objects.get(info.storage_key, {})
+            index = self._indexes.get(info.storage_key)
+            keys = index.candidates(objects, namespace, labels, fields) if index else set()
             items = []
-            for (ns, _), obj in sorted(self._objects.get(info.storage_key, {}).items()):
-                if namespace is not None and ns != namespace:
-                    continue
+            for okey in sorted(keys):
+                obj = objects[okey]
                 if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj):
                     items.append(self._out(info, obj))
             return items, self.resource_version
@@ -212,6 +221,7 @@ class ObjectStore:
             meta["resourceVersion"] = str(self._next_rv())
             okey = (ns, meta["name"])
             self._objects[info.storage_key][okey] = obj
+            self._indexes.setdefault(info.storage_key, SelectorIndex()).put(okey, obj)
             self._owners.add((info.storage_key, okey), obj)
             if meta.get("ownerReferences"):
                 self.gc_candidates.add((info.storage_key, okey))
@@ -345,6 +355,7 @@ class ObjectStore:
             del meta["finalizers"]
         meta["resourceVersion"] = str(self._next_rv())
         self._objects[info.storage_key][okey] = new
+        self._indexes.setdefault(info.storage_key, SelectorIndex()).put(okey, new)
         self._owners.remove((info.storage_key, okey), old)
         self._owners.add((info.storage_key, okey), new)
         if meta.get("ownerReferences") != old["metadata"].get("ownerReferences"):
@@ -368,6 +379,8 @@ class ObjectStore:
 
     def _remove(self, key: StorageKey, okey: ObjKey, obj: Obj, *, bump: bool = True) -> None:
         self._objects.get(key, {}).pop(okey, None)
+        if key in self._indexes:
+            self._indexes[key].remove(okey)
         self._owners.remove((key, okey), obj)
         if bump:
             obj = clone(obj)
