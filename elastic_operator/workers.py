@@ -27,7 +27,10 @@ from launcher.contract import DEFAULT_TERMINATION_LOG, PodEnv
 
 Obj = dict[str, Any]
 
-DEFAULT_RENDEZVOUS_ENDPOINTS = "elastic-etcd.elastic-system.svc:2379"
+# Every member of deploy/'s 3-member etcd by its stable name: clients fail over between them
+# themselves (through the one Service name, a gRPC connection to a lost member hangs on).
+DEFAULT_RENDEZVOUS_ENDPOINTS = ",".join(
+    f"elastic-etcd-{i}.elastic-etcd-peers.elastic-system.svc:2379" for i in range(3))
 
 
 def pod_name(job: str, index: int) -> str:

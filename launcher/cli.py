@@ -14,10 +14,12 @@ import socket
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from launcher import contract
 from launcher.agent import AgentConfig
 from launcher.contract import PodEnv
+from launcher.etcd_client import EtcdSecurity
 from launcher.etcd_rendezvous import (
     BACKEND_NAME,
     DEFAULT_JOIN_TIMEOUT,
@@ -79,6 +81,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help=f"etcd HOST:PORT[,HOST:PORT] (env {PodEnv.RDZV_ENDPOINT})")
     p.add_argument("--rdzv-id", "--rdzv_id", dest="rdzv_id", default=default(PodEnv.RDZV_ID, None),
                    help=f"unique job id (env {PodEnv.RDZV_ID})")
+    for flag, var, what in (
+        ("--rdzv-ca-file", PodEnv.RDZV_CA_FILE, "CA certificate (PEM) that signed etcd's"),
+        ("--rdzv-cert-file", PodEnv.RDZV_CERT_FILE, "client certificate (PEM) for etcd TLS"),
+        ("--rdzv-key-file", PodEnv.RDZV_KEY_FILE, "key (PEM) of --rdzv-cert-file"),
+        ("--rdzv-user", PodEnv.RDZV_USER, "etcd v3 user of this job"),
+        ("--rdzv-password-file", PodEnv.RDZV_PASSWORD_FILE, "file holding the user's password"),
+    ):
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), default=default(var, None),
+                       help=f"{what} (env {var})")
     p.add_argument("--rdzv-conf", "--rdzv_conf", dest="rdzv_conf", default="",
                    help="k=v,...: lease_ttl (2), settle (1.0), reform_timeout (30), "
                         "join_timeout (600)")
@@ -116,6 +127,27 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
+def parse_security(ns: argparse.Namespace, env: Mapping[str, str]) -> EtcdSecurity:
+    """TLS files and etcd credentials from flags/env (raises ConfigError naming the fix)."""
+    secret = env.get(PodEnv.RDZV_SECRET, "")
+    password = None
+    if ns.rdzv_password_file:
+        try:
+            password = Path(ns.rdzv_password_file).read_text().strip("\r\n")
+        except OSError as exc:
+            where = f" (mounted from {secret})" if secret else ""
+            raise ConfigError(f"--rdzv-password-file={ns.rdzv_password_file!r}{where}: "
+                              f"cannot read it: {exc.strerror}") from exc
+        if not password:
+            raise ConfigError(f"--rdzv-password-file={ns.rdzv_password_file!r} is empty"
+                              + (f"; fix key 'password' of {secret}" if secret else ""))
+    try:
+        return EtcdSecurity(ns.rdzv_ca_file or None, ns.rdzv_cert_file or None,
+                            ns.rdzv_key_file or None, ns.rdzv_user or None, password, secret)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> AgentConfig:
     """Flags + environment -> validated AgentConfig (raises ConfigError naming the problem)."""
     env = os.environ if env is None else env
@@ -134,6 +166,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> A
     if ns.monitor_interval <= 0 or ns.hang_timeout <= 0:
         raise ConfigError("--monitor-interval and --hang-timeout must be > 0")
     low, high = parse_nnodes(ns.nnodes)
+    security = parse_security(ns, env)
     conf = parse_rdzv_conf(ns.rdzv_conf)
     unknown = set(conf) - {"lease_ttl", "settle", "reform_timeout", "join_timeout"}
     if unknown:
@@ -166,6 +199,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> A
             reform_timeout=float(conf.get("reform_timeout", DEFAULT_REFORM_TIMEOUT)),
             join_timeout=float(conf.get("join_timeout", DEFAULT_JOIN_TIMEOUT)),
             prewarm=ns.prewarm and not ns.no_python,
+            security=security,
         )
     except ValueError as exc:
         raise ConfigError(f"--rdzv-conf={ns.rdzv_conf!r}: {exc}") from exc
