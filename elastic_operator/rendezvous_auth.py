@@ -102,6 +102,13 @@ def stale_users(users: Iterable[str], live: Iterable[tuple[str, str]],
     return sorted(out)
 
 
+def root_security(security: EtcdSecurity, password: str | None) -> EtcdSecurity:
+    """``security``'s TLS files as etcd's root user (no user when ``password`` is None)."""
+    s = security
+    return EtcdSecurity(s.ca_file, s.cert_file, s.key_file, ROOT if password is not None
+                        else None, password, "the operator's --etcd-root-password-file")
+
+
 class EtcdAdminError(RuntimeError):
     """An auth call etcd refused for a reason other than "exists" / "not found"."""
 
@@ -133,7 +140,7 @@ class EtcdAuthAdmin:
         except grpc.RpcError as exc:
             if exc.code() is not grpc.StatusCode.FAILED_PRECONDITION:
                 raise
-        plain = make_client(self.endpoints, self.timeout, self._security(None))
+        plain = make_client(self.endpoints, self.timeout, root_security(self.security, None))
         try:
             stub = plain.authstub
             self._ignore(lambda: stub.UserAdd(etcdrpc.AuthUserAddRequest(
@@ -193,16 +200,10 @@ class EtcdAuthAdmin:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _security(self, password: str | None) -> EtcdSecurity:
-        s = self.security
-        return EtcdSecurity(s.ca_file, s.cert_file, s.key_file,
-                            ROOT if password is not None else None, password,
-                            "the operator's --etcd-root-password-file")
-
     def _connect(self) -> None:
         self.close()
         self._client = make_client(self.endpoints, self.timeout,
-                                   self._security(self.root_password))
+                                   root_security(self.security, self.root_password))
 
     def _stub(self) -> Any:
         if self._client is None:

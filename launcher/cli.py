@@ -87,6 +87,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         ("--rdzv-key-file", PodEnv.RDZV_KEY_FILE, "key (PEM) of --rdzv-cert-file"),
         ("--rdzv-user", PodEnv.RDZV_USER, "etcd v3 user of this job"),
         ("--rdzv-password-file", PodEnv.RDZV_PASSWORD_FILE, "file holding the user's password"),
+        ("--rdzv-credentials-dir", PodEnv.RDZV_CREDENTIALS_DIR,
+         "directory with username, password, ca.crt, tls.crt, tls.key (each if present)"),
     ):
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), default=default(var, None),
                        help=f"{what} (env {var})")
@@ -130,6 +132,22 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def parse_security(ns: argparse.Namespace, env: Mapping[str, str]) -> EtcdSecurity:
     """TLS files and etcd credentials from flags/env (raises ConfigError naming the fix)."""
     secret = env.get(PodEnv.RDZV_SECRET, "")
+    if ns.rdzv_credentials_dir:
+        where = Path(ns.rdzv_credentials_dir)
+        if not where.is_dir():
+            raise ConfigError(f"--rdzv-credentials-dir={str(where)!r} is not a directory"
+                              + (f" (is {secret} mounted?)" if secret else ""))
+
+        def present(name: str) -> str | None:
+            return str(where / name) if (where / name).is_file() else None
+
+        ns.rdzv_ca_file = ns.rdzv_ca_file or present("ca.crt")
+        ns.rdzv_cert_file = ns.rdzv_cert_file or present("tls.crt")
+        ns.rdzv_key_file = ns.rdzv_key_file or present("tls.key")
+        ns.rdzv_password_file = ns.rdzv_password_file or present("password")
+        user_file = present("username")
+        if not ns.rdzv_user and user_file:
+            ns.rdzv_user = Path(user_file).read_text().strip()
     password = None
     if ns.rdzv_password_file:
         try:
@@ -184,7 +202,10 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> A
             cmd=cmd,
             rdzv_endpoint=ns.rdzv_endpoint,
             rdzv_id=ns.rdzv_id,
-            node_id=ns.node_id or f"{hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            # The pod's name first (HOSTNAME; a process-runtime pod's host is the machine):
+            # the operator attributes reports by it and ignores ids of no pod of the job.
+            node_id=ns.node_id or f"{env.get('HOSTNAME') or hostname}-{os.getpid()}-"
+                                  f"{uuid.uuid4().hex[:6]}",
             local_addr=ns.local_addr or hostname,
             min_nodes=low,
             max_nodes=high,

@@ -43,6 +43,10 @@ class PodEnv:
     # The job's etcd v3 user and a file holding its password (mounted from a Secret).
     RDZV_USER: Final = "ELASTIC_RDZV_USER"
     RDZV_PASSWORD_FILE: Final = "ELASTIC_RDZV_PASSWORD_FILE"
+    # A directory laid out like a credentials Secret (cert-manager's names): ``username``,
+    # ``password``, ``ca.crt``, ``tls.crt``, ``tls.key``; each file is used when present. The
+    # operator mounts the job's Secret there. Explicit settings above win.
+    RDZV_CREDENTIALS_DIR: Final = "ELASTIC_RDZV_CREDENTIALS_DIR"
     # "Secret <namespace>/<name>" the credentials come from: errors name it as the thing to fix.
     RDZV_SECRET: Final = "ELASTIC_RDZV_SECRET"
     # Unique per job (namespace/name/uid), so a re-created job never joins a stale rendezvous.
