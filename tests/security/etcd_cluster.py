@@ -160,6 +160,7 @@ class EtcdCluster:
         self.pki = pki
         self._owns = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="etcd-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.members = [
             Member(f"{STS_NAME}-{i}", _free_port(), _free_port(), _free_port(),
                    self.workdir / f"m{i}", self.workdir / f"m{i}.log")
