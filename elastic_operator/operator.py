@@ -11,16 +11,15 @@ The handlers live in the modules of :data:`HANDLER_MODULES`; they find the runti
 async REST client logged in like kopf), ``memo.metrics`` and ``memo.reconciler``.
 
 Managed rendezvous: a job without ``spec.rendezvous.endpoints`` gets
-``--default-rendezvous-endpoints`` (default: the ``elastic-etcd`` that ``deploy/`` installs
-next to the operator). One etcd serves every job; each job's keys live under its own prefix
-(rdzv id ``<namespace>-<name>-<uid[:8]>``). Why one per cluster rather than one per job or
-namespace: no per-job startup latency (an etcd pod takes seconds to schedule and start, added
-to every job's first formation), nothing per job to create, own or clean up, and one small
-etcd easily carries the rendezvous traffic of hundreds of jobs (a few keys and leases per
-worker). Trade-offs: a shared failure domain (agents retry a lost etcd with backoff and
-tolerate its restart; the StatefulSet keeps its data on a volume) and no isolation of keys
-between jobs (any worker could read another job's rendezvous keys; jobs needing isolation set
-their own ``spec.rendezvous.endpoints``).
+``--default-rendezvous-endpoints`` (default: the three ``elastic-etcd`` members that ``deploy/``
+installs next to the operator). One etcd serves every job; each job's keys live under its own
+prefix (rdzv id ``<namespace>-<name>-<uid[:8]>``). Why one per cluster rather than one per job
+or namespace: no per-job startup latency (an etcd pod takes seconds to schedule and start,
+added to every job's first formation), nothing per job to run, and one small etcd easily
+carries the rendezvous traffic of hundreds of jobs. The shared failure domain has three
+members; the keys are kept apart by etcd's users (``--etcd-root-password-file``: a user per job
+reaching only its prefix, see :mod:`elastic_operator.job_credentials`) and the traffic by TLS
+(``--etcd-ca-file``); docs/security.md.
 """
 
 from __future__ import annotations
