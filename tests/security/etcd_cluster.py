@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from launcher.etcd_client import EtcdSecurity, make_client
+from launcher.etcd_rendezvous import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -124,12 +124,6 @@ def rendered_etcd_command() -> list[str]:
     raise AssertionError("deploy/ renders no elastic-etcd StatefulSet")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Member:
     name: str
@@ -156,13 +150,15 @@ class EtcdCluster:
     for tests that need auth without TLS).
     """
 
-    def __init__(self, size: int, pki: Pki | None, workdir: Path | None = None) -> None:
+    def __init__(self, size: int, pki: Pki | None, workdir: Path | None = None,
+                 extra_flags: tuple[str, ...] = ()) -> None:
         self.pki = pki
+        self.extra_flags = extra_flags
         self._owns = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="etcd-cluster-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.members = [
-            Member(f"{STS_NAME}-{i}", _free_port(), _free_port(), _free_port(),
+            Member(f"{STS_NAME}-{i}", *(free_port("127.0.0.1") for _ in range(3)),
                    self.workdir / f"m{i}", self.workdir / f"m{i}.log")
             for i in range(size)
         ]
@@ -204,7 +200,8 @@ class EtcdCluster:
             out.append(f"{flag}={value}" if value else flag)
         # Leave more room for a loaded 2-core machine than a cluster's defaults would.
         return [shutil.which(out[0]) or out[0], *out[1:],
-                "--heartbeat-interval=100", "--election-timeout=1000", "--log-level=warn"]
+                "--heartbeat-interval=100", "--election-timeout=1000", "--log-level=warn",
+                *self.extra_flags]
 
     def start(self, timeout: float = 60.0) -> EtcdCluster:
         for member in self.members:
