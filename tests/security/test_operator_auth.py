@@ -15,7 +15,17 @@ from elastic_operator.rendezvous_auth import credentials_secret, job_user, new_p
 from elastic_operator.workers import CREDENTIALS_DIR, rdzv_id
 from launcher import contract
 from launcher.etcd_client import EtcdAuthError, EtcdSecurity, make_client
-from tests.harness import Api, OperatorProcess, elastic_job, events_for, jobs_path
+from tests.harness import (
+    Api,
+    Cluster,
+    OperatorProcess,
+    calls_rbac_denies,
+    elastic_job,
+    events_for,
+    jobs_path,
+    operator_calls,
+    set_pod_phase,
+)
 from tests.security.conftest import ROOT_PASSWORD, SecureEtcd
 
 Obj = dict[str, Any]
@@ -162,3 +172,34 @@ def test_forged_reports_never_reach_status_or_events_as_given(
                    "\x1b", "\u202e", "\n"):
         assert forged not in messages, forged
     assert "ProcessHung" in messages
+
+
+def test_refused_credentials_reach_the_status_naming_the_secret(
+        api: Api, namespace: str, operator_process: OperatorProcess) -> None:
+    """The agent's report (as test_isolation's agent writes it) becomes status.lastFailure."""
+    start_job(api, namespace, "badcred")
+    job_secret(api, namespace, "badcred")
+    secret = f"Secret {namespace}/{credentials_secret('badcred')}"
+    report = contract.FailureReport(
+        "RendezvousFailed", "etcd credentials refused: etcd refused user 'x': etcdserver: "
+        f"authentication failed, invalid user ID or password; fix {secret}", "badcred-worker-0",
+        timestamp=time.time())
+    set_pod_phase(api, namespace, "badcred-worker-0", "Failed", exit_code=1,
+                  message=report.to_json())
+
+    def failure() -> Obj | None:
+        status = api.get(jobs_path(namespace, "badcred")).get("status") or {}
+        return status.get("lastFailure")
+
+    last = api.wait_for(failure, 30, "the failure in status")
+    assert last["reason"] == "RendezvousFailed"
+    assert secret in last["message"]
+
+
+def test_rbac_allows_every_call_the_operator_made_with_auth_on(
+        apiserver: Cluster, operator_process: OperatorProcess) -> None:
+    """Runs last in the module: the audit holds the Secret calls of every test above."""
+    calls = operator_calls(apiserver)
+    assert ("create", "", "secrets") in calls
+    missing = calls_rbac_denies(calls)
+    assert not missing, f"deploy/rbac.yaml does not allow: {missing}"
