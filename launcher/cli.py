@@ -14,12 +14,11 @@ import socket
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from launcher import contract
 from launcher.agent import AgentConfig
 from launcher.contract import PodEnv
-from launcher.etcd_client import EtcdSecurity
+from launcher.etcd_client import EtcdSecurity, security_from_files
 from launcher.etcd_rendezvous import (
     BACKEND_NAME,
     DEFAULT_JOIN_TIMEOUT,
@@ -131,37 +130,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 def parse_security(ns: argparse.Namespace, env: Mapping[str, str]) -> EtcdSecurity:
     """TLS files and etcd credentials from flags/env (raises ConfigError naming the fix)."""
-    secret = env.get(PodEnv.RDZV_SECRET, "")
-    if ns.rdzv_credentials_dir:
-        where = Path(ns.rdzv_credentials_dir)
-        if not where.is_dir():
-            raise ConfigError(f"--rdzv-credentials-dir={str(where)!r} is not a directory"
-                              + (f" (is {secret} mounted?)" if secret else ""))
-
-        def present(name: str) -> str | None:
-            return str(where / name) if (where / name).is_file() else None
-
-        ns.rdzv_ca_file = ns.rdzv_ca_file or present("ca.crt")
-        ns.rdzv_cert_file = ns.rdzv_cert_file or present("tls.crt")
-        ns.rdzv_key_file = ns.rdzv_key_file or present("tls.key")
-        ns.rdzv_password_file = ns.rdzv_password_file or present("password")
-        user_file = present("username")
-        if not ns.rdzv_user and user_file:
-            ns.rdzv_user = Path(user_file).read_text().strip()
-    password = None
-    if ns.rdzv_password_file:
-        try:
-            password = Path(ns.rdzv_password_file).read_text().strip("\r\n")
-        except OSError as exc:
-            where = f" (mounted from {secret})" if secret else ""
-            raise ConfigError(f"--rdzv-password-file={ns.rdzv_password_file!r}{where}: "
-                              f"cannot read it: {exc.strerror}") from exc
-        if not password:
-            raise ConfigError(f"--rdzv-password-file={ns.rdzv_password_file!r} is empty"
-                              + (f"; fix key 'password' of {secret}" if secret else ""))
     try:
-        return EtcdSecurity(ns.rdzv_ca_file or None, ns.rdzv_cert_file or None,
-                            ns.rdzv_key_file or None, ns.rdzv_user or None, password, secret)
+        return security_from_files(
+            ca_file=ns.rdzv_ca_file, cert_file=ns.rdzv_cert_file, key_file=ns.rdzv_key_file,
+            user=ns.rdzv_user, password_file=ns.rdzv_password_file,
+            credentials_dir=ns.rdzv_credentials_dir, hint=env.get(PodEnv.RDZV_SECRET, ""))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 

@@ -73,6 +73,43 @@ class EtcdSecurity:
 PLAIN: Final = EtcdSecurity()
 
 
+def security_from_files(*, ca_file: str | None = None, cert_file: str | None = None,
+                        key_file: str | None = None, user: str | None = None,
+                        password_file: str | None = None, credentials_dir: str | None = None,
+                        hint: str = "") -> EtcdSecurity:
+    """Settings from files: explicit paths first, then ``credentials_dir`` laid out like a
+    credentials Secret (``username``, ``password``, ``ca.crt``, ``tls.crt``, ``tls.key``, each
+    used when present). Raises ValueError naming the flag, the file and ``hint`` (the Secret)."""
+    mounted = f" (is {hint} mounted?)" if hint else ""
+    if credentials_dir:
+        where = Path(credentials_dir)
+        if not where.is_dir():
+            raise ValueError(f"--rdzv-credentials-dir={credentials_dir!r} is not a "
+                             f"directory{mounted}")
+
+        def present(name: str) -> str | None:
+            return str(where / name) if (where / name).is_file() else None
+
+        ca_file, cert_file = ca_file or present("ca.crt"), cert_file or present("tls.crt")
+        key_file = key_file or present("tls.key")
+        password_file = password_file or present("password")
+        user_file = present("username")
+        if not user and user_file:
+            user = Path(user_file).read_text().strip()
+    password = None
+    if password_file:
+        try:
+            password = Path(password_file).read_text().strip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"--rdzv-password-file={password_file!r}: cannot read it: "
+                             f"{exc.strerror}{mounted}") from exc
+        if not password:
+            raise ValueError(f"--rdzv-password-file={password_file!r} is empty"
+                             + (f"; fix key 'password' of {hint}" if hint else ""))
+    return EtcdSecurity(ca_file or None, cert_file or None, key_file or None, user or None,
+                        password, hint)
+
+
 def auth_problem(exc: BaseException) -> str | None:
     """What etcd refused, when ``exc`` is an authentication or permission error, else None.
 

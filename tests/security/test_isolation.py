@@ -23,7 +23,7 @@ from etcd3 import transactions as tx
 from launcher import contract
 from launcher.etcd_client import EtcdAuthError, EtcdSecurity, auth_problem, make_client
 from launcher.etcd_session import EtcdSession
-from tests.launcher.conftest import REPO, LauncherCluster
+from tests.launcher.conftest import REPO, LauncherCluster, wait_for
 from tests.security.conftest import SecureEtcd, write_password
 
 
@@ -45,8 +45,8 @@ def test_a_member_of_b_cannot_touch_job_a(secure_etcd: SecureEtcd) -> None:
         round_key = contract.round_key("a-0001")
         session_a.put(round_key, b'{"generation": 1, "members": ["a0"]}')
         session_a.put_owned(f"{prefix_a}nodes/a0", b'{"addr": "x", "port": 1, "after": 0}')
+        wait_for(lambda: len(session_a.view()[1]) == 2, 10, "A's watch sees its two keys")
         before = {k: (e.value, e.mod_revision) for k, e in session_a.view()[1].items()}
-        assert len(before) == 2
 
         seen: list[Any] = []
         client_b.add_watch_prefix_callback(prefix_a, seen.append)
@@ -68,8 +68,9 @@ def test_a_member_of_b_cannot_touch_job_a(secure_etcd: SecureEtcd) -> None:
         session_a.put(round_key, b'{"generation": 2, "members": ["a0"]}')
         time.sleep(1.0)
         assert not [r for r in seen if not isinstance(r, BaseException) and r.events]
+        wait_for(lambda: session_a.view()[1][round_key].value ==
+                 b'{"generation": 2, "members": ["a0"]}', 10, "A's own write")
         after = {k: e.value for k, e in session_a.view()[1].items()}
-        assert after[round_key] == b'{"generation": 2, "members": ["a0"]}'
         assert set(after) == set(before)
         # A session of B pointed at A's prefix fails at once, with the reason.
         with pytest.raises(EtcdAuthError, match="permission denied"):
@@ -178,3 +179,29 @@ def test_security_settings_say_what_they_are_and_what_is_wrong() -> None:
         EtcdSecurity(ca_file=__file__, cert_file=__file__)
     with pytest.raises(ValueError, match=r"does not exist.*Secret ns/x"):
         EtcdSecurity(ca_file="/nonexistent/ca.crt", hint="Secret ns/x")
+
+
+def test_torchrun_backend_takes_the_same_credentials(secure_etcd: SecureEtcd,
+                                                     tmp_path: Path) -> None:
+    from torch.distributed.elastic.rendezvous import RendezvousParameters
+
+    from launcher.torch_rendezvous import create_handler
+
+    creds = secure_etcd.job("team-t", "t-0001")
+    assert creds.user and creds.password and creds.ca_file
+    where = tmp_path / "secret"
+    where.mkdir()
+    (where / "username").write_text(creds.user)
+    (where / "password").write_text(creds.password)
+    (where / "ca.crt").write_bytes(Path(creds.ca_file).read_bytes())
+    params = RendezvousParameters("etcd-v3", secure_etcd.endpoints, "t-0001", 1, 1,
+                                  credentials_dir=str(where), node_id="t0")
+    handler = create_handler(params)
+    try:
+        assert handler.get_run_id() == "t-0001" and handler.num_nodes_waiting() == 0
+    finally:
+        handler.shutdown()
+    wrong = RendezvousParameters("etcd-v3", secure_etcd.endpoints, "a-0001", 1, 1,
+                                 credentials_dir=str(where), node_id="t1")
+    with pytest.raises(EtcdAuthError, match="permission denied"):
+        create_handler(wrong)  # t's user on a's prefix
