@@ -130,3 +130,15 @@ def test_kustomize_renders_the_secured_etcd() -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(rendered) if d}
     assert {("StatefulSet", "elastic-etcd"), ("PodDisruptionBudget", "elastic-etcd"),
             ("NetworkPolicy", "elastic-etcd")} <= kinds
+
+
+def test_operator_gets_etcds_ca_and_root_password_but_not_etcds_key() -> None:
+    operator = next(d for d in by_kind("Deployment")
+                    if d["metadata"]["name"] == "elastic-operator")
+    pod = operator["spec"]["template"]["spec"]
+    secrets = {v["secret"]["secretName"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert secrets["elastic-etcd-tls"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert secrets["elastic-etcd-root"]["items"] == [{"key": "password", "path": "password"}]
+    args = pod["containers"][0]["args"]
+    assert "--etcd-ca-file=/etc/elastic/etcd-ca/ca.crt" in args
+    assert "--etcd-root-password-file=/etc/elastic/etcd-root/password" in args
