@@ -102,6 +102,10 @@ def test_the_job_survives_the_leader_and_waits_out_a_lost_quorum(
 
         for agent in job.agents.values():
             assert agent.proc.wait(240) == 0, job.logs_tail()
+            # They saw the outage, waited it out and came back (no quorum: no lease refresh).
+            text = agent.log()
+            lost = text.rfind("etcd connection lost")
+            assert lost >= 0 and text.find("etcd connected", lost) > lost, job.logs_tail()
         records = read_records(log)
         report = check_exactly_once(records, dataset_size=DATASET, epochs=EPOCHS)
         assert report.ok, report.problems
