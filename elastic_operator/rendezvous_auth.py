@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import grpc
@@ -120,7 +120,7 @@ class EtcdAuthAdmin:
 
     endpoints: str
     security: EtcdSecurity
-    root_password: str
+    root_password: str = field(repr=False)  # never in logs or tracebacks
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
