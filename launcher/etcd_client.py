@@ -41,7 +41,8 @@ class EtcdSecurity:
     def __post_init__(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("etcd client TLS needs both a certificate and its key "
-                             "(--rdzv-cert and --rdzv-key), or neither")
+                             "(--rdzv-cert-file and --rdzv-key-file; the operator: "
+                             "--etcd-cert-file and --etcd-key-file), or neither")
         if bool(self.user) != (self.password is not None):
             raise ValueError("etcd authentication needs both a user and a password "
                              "(--rdzv-user and --rdzv-password-file), or neither")
