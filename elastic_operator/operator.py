@@ -11,16 +11,15 @@ The handlers live in the modules of :data:`HANDLER_MODULES`; they find the runti
 async REST client logged in like kopf), ``memo.metrics`` and ``memo.reconciler``.
 
 Managed rendezvous: a job without ``spec.rendezvous.endpoints`` gets
-``--default-rendezvous-endpoints`` (default: the ``elastic-etcd`` that ``deploy/`` installs
-next to the operator). One etcd serves every job; each job's keys live under its own prefix
-(rdzv id ``<namespace>-<name>-<uid[:8]>``). Why one per cluster rather than one per job or
-namespace: no per-job startup latency (an etcd pod takes seconds to schedule and start, added
-to every job's first formation), nothing per job to create, own or clean up, and one small
-etcd easily carries the rendezvous traffic of hundreds of jobs (a few keys and leases per
-worker). Trade-offs: a shared failure domain (agents retry a lost etcd with backoff and
-tolerate its restart; the StatefulSet keeps its data on a volume) and no isolation of keys
-between jobs (any worker could read another job's rendezvous keys; jobs needing isolation set
-their own ``spec.rendezvous.endpoints``).
+``--default-rendezvous-endpoints`` (default: the three ``elastic-etcd`` members that ``deploy/``
+installs next to the operator). One etcd serves every job; each job's keys live under its own
+prefix (rdzv id ``<namespace>-<name>-<uid[:8]>``). Why one per cluster rather than one per job
+or namespace: no per-job startup latency (an etcd pod takes seconds to schedule and start,
+added to every job's first formation), nothing per job to run, and one small etcd easily
+carries the rendezvous traffic of hundreds of jobs. The shared failure domain has three
+members; the keys are kept apart by etcd's users (``--etcd-root-password-file``: a user per job
+reaching only its prefix, see :mod:`elastic_operator.job_credentials`) and the traffic by TLS
+(``--etcd-ca-file``); docs/security.md.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from elastic_operator import k8s
 from elastic_operator.planner import PlannerSettings
 from elastic_operator.reconciler import ReconcilerSettings
 from elastic_operator.workers import DEFAULT_RENDEZVOUS_ENDPOINTS
+from launcher.etcd_client import EtcdSecurity
 
 # Each module registers its kopf handlers on import. The autoscaler and the reclaim
 # controller add their own module here (one line each).
@@ -73,6 +73,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-rendezvous-endpoints", default=DEFAULT_RENDEZVOUS_ENDPOINTS,
                         help="etcd endpoints for jobs without spec.rendezvous.endpoints "
                         f"(default {DEFAULT_RENDEZVOUS_ENDPOINTS})")
+    parser.add_argument("--etcd-ca-file", metavar="PEM", default=None,
+                        help="CA of the rendezvous etcd's serving certificate: TLS for the "
+                        "operator and, copied into each job's Secret, for its workers")
+    parser.add_argument("--etcd-cert-file", metavar="PEM", default=None,
+                        help="client certificate for etcd TLS (with --etcd-key-file)")
+    parser.add_argument("--etcd-key-file", metavar="PEM", default=None,
+                        help="key of --etcd-cert-file")
+    parser.add_argument("--etcd-root-password-file", metavar="FILE", default=None,
+                        help="password of etcd's root user on the default etcd: switches on "
+                        "per-job etcd users (and auth itself on a fresh etcd); without it "
+                        "jobs share an unauthenticated etcd (local cluster, tests)")
     parser.add_argument("--no-read-rounds", action="store_true",
                         help="do not read the formed round from etcd (status.worldSize is then "
                         "ready pods x nprocPerNode)")
@@ -94,6 +105,18 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
     if args.backoff_cap < args.backoff_base:
         raise ValueError(f"--backoff-cap {args.backoff_cap} is below --backoff-base "
                          f"{args.backoff_base}; raise the cap")
+    security = EtcdSecurity(args.etcd_ca_file, args.etcd_cert_file, args.etcd_key_file,
+                            hint="the operator's --etcd-* flags")
+    root_password = None
+    if args.etcd_root_password_file:
+        try:
+            root_password = Path(args.etcd_root_password_file).read_text().strip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"--etcd-root-password-file={args.etcd_root_password_file}: "
+                             f"{exc.strerror}; mount Secret elastic-etcd-root there") from exc
+        if not root_password:
+            raise ValueError(f"--etcd-root-password-file={args.etcd_root_password_file} is "
+                             "empty; put the root password in Secret elastic-etcd-root")
     return OperatorConfig(
         kubeconfig=args.kubeconfig,
         namespaces=tuple(args.namespace),
@@ -104,6 +127,9 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
             default_rendezvous_endpoints=args.default_rendezvous_endpoints,
             resync_seconds=args.resync,
             read_rounds=not args.no_read_rounds,
+            etcd_security=security,
+            etcd_root_password=root_password,
+            namespaces=tuple(args.namespace),
         ),
     )
 
@@ -157,6 +183,12 @@ def execute(args: argparse.Namespace) -> int:
     except kopf.LoginError as exc:
         logging.error("%s", exc)
         return 2
+    rdzv = config.reconciler
+    logging.info("rendezvous etcd %s: %s; %s", rdzv.default_rendezvous_endpoints,
+                 rdzv.etcd_security.describe(),
+                 "a user per job" if rdzv.etcd_root_password is not None else
+                 "no per-job users: every job can read and write every other job's keys "
+                 "(set --etcd-root-password-file outside a local cluster)")
     register_handlers()
     memo = kopf.Memo(config=config)
     asyncio.run(

@@ -140,6 +140,10 @@ class JobCache:
     def get(self, key: Key) -> Obj | None:
         return self._jobs.get(key)
 
+    def bodies(self) -> list[Obj]:
+        """Every cached job body."""
+        return list(self._jobs.values())
+
     def forget(self, key: Key) -> None:
         self._jobs.pop(key, None)
 

@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from elastic_operator import k8s, labels, workers
 from elastic_operator.api.common import now_rfc3339
 from elastic_operator.api.elasticjob import KIND, PLURAL, ElasticJobSpec, ElasticJobStatus
+from elastic_operator.job_credentials import JobCredentials
 from elastic_operator.metrics import Metrics
 from elastic_operator.planner import (
     TERMINAL,
@@ -53,7 +54,9 @@ from elastic_operator.planner import (
     utcnow,
 )
 from elastic_operator.podcache import CachedPod, Expectations, JobCache, indexed_pod
-from elastic_operator.rounds import RendezvousView, RoundReader
+from elastic_operator.rendezvous_auth import EtcdAuthAdmin, root_security
+from elastic_operator.rounds import RendezvousView, RoundReader, check_view, view_limits
+from launcher.etcd_client import PLAIN, EtcdSecurity
 
 log = logging.getLogger("elastic_operator.reconciler")
 Key = tuple[str, str]  # (namespace, name)
@@ -69,6 +72,11 @@ class ReconcilerSettings:
     resync_seconds: float = 10.0
     read_rounds: bool = True
     error_backoff_cap_seconds: float = 30.0
+    # TLS files for the operator's etcd connections; with the root password, every job on
+    # the default etcd gets its own etcd user (elastic_operator.job_credentials).
+    etcd_security: EtcdSecurity = PLAIN
+    etcd_root_password: str | None = field(default=None, repr=False)
+    namespaces: tuple[str, ...] = ()  # watched namespaces (empty: all); the sweep's scope
 
 
 def job_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
@@ -97,7 +105,13 @@ class Reconciler:
         self.api = api
         self.settings = settings
         self.metrics = metrics
-        self.rounds = RoundReader(self.wake) if settings.read_rounds else None
+        # The operator reads every job's keys on the managed etcd: as root when auth is on.
+        managed = {settings.default_rendezvous_endpoints: root_security(
+            settings.etcd_security, settings.etcd_root_password)}
+        self.rounds = RoundReader(self.wake, security=managed) if settings.read_rounds else None
+        self.credentials = None if settings.etcd_root_password is None else JobCredentials(
+            api, EtcdAuthAdmin(settings.default_rendezvous_endpoints, settings.etcd_security,
+                               settings.etcd_root_password), settings.namespaces)
         self._slots: dict[Key, _Slot] = {}
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._terminal: set[Key] = set()
@@ -154,13 +168,44 @@ class Reconciler:
             timer[1].cancel()
         if uid:
             self._services.discard(uid)
+            if self.credentials is not None:
+                self._spawn(self._remove_credentials(key, uid))
         if self.rounds:
             self.rounds.forget(key)
         self.metrics.job_phase(key, None)
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remove_credentials(self, key: Key, uid: str) -> None:
+        assert self.credentials is not None
+        try:
+            await self.credentials.remove(*key, uid)
+        except Exception as exc:  # the next sweep removes it
+            log.warning("%s/%s: etcd user not removed yet (%s); the sweep will", *key, exc)
+
+    async def sweep_credentials(self, from_cache: bool = True) -> None:
+        """Remove etcd users whose job is gone (failures are logged; the next resync retries).
+
+        ``from_cache``: the jobs that exist are the watch-fed cache's (no request); the first
+        sweep after start-up lists them from the API instead, since the watch may not have
+        delivered every job yet."""
+        if self.credentials is None:
+            return
+        try:
+            await self.credentials.sweep(self.jobs.bodies() if from_cache else None)
+        except Exception as exc:
+            log.warning("sweep of etcd users failed (%s); retrying at the next resync", exc)
+
     async def resync_forever(self) -> None:
-        """Reconcile every known non-terminal job every ``resync_seconds``."""
+        """Reconcile every known non-terminal job every ``resync_seconds``; sweep etcd users
+        of deleted jobs at start-up and at each resync."""
+        first = True
         while True:
+            await self.sweep_credentials(from_cache=not first)
+            first = False
             await asyncio.sleep(self.settings.resync_seconds)
             for key in list(self._slots):
                 if key not in self._terminal:
@@ -174,6 +219,8 @@ class Reconciler:
             task.cancel()
         if self.rounds:
             await self.rounds.close()
+        if self.credentials:
+            await self.credentials.close()
 
     def _schedule(self, key: Key, delay: float) -> None:
         when = time.monotonic() + delay
@@ -234,6 +281,7 @@ class Reconciler:
         endpoints = self._endpoints(job)
         if self.rounds is not None and endpoints:
             seen = self.rounds.latest(key, endpoints, workers.rdzv_id(*key, uid))
+            seen = check_view(seen, name, *view_limits(job.spec), time.time())
         result = plan(
             job,
             pods,
@@ -309,9 +357,17 @@ class Reconciler:
     async def _create_pod(
         self, job: JobView, body: Obj, spec: ElasticJobSpec, create: CreatePod
     ) -> None:
+        credentials = spec.rendezvous.credentialsSecret
+        if self.credentials is not None and not spec.rendezvous.endpoints:
+            try:
+                credentials = await self.credentials.ensure(job.namespace, job.name, job.uid)
+            except Exception as exc:
+                message = f"cannot provision the job's etcd credentials: {exc}"[:1024]
+                await self.post_event(body, Event("Warning", "RendezvousCredentials", message))
+                raise
         manifest = workers.worker_pod(
             job.namespace, job.name, job.uid, create.index, spec,
-            self.settings.default_rendezvous_endpoints,
+            self.settings.default_rendezvous_endpoints, credentials,
         )
         log.info("%s/%s: creating pod %s (%s)", job.namespace, job.name,
                  manifest["metadata"]["name"], create.reason)

@@ -11,46 +11,87 @@ its writer is one of that round's members.
 (the etcd3 client is synchronous), so a slow or unreachable etcd never delays a reconcile; an
 unreachable endpoint list is retried after 1, 2, 4 ... seconds, at most ``retry_seconds``.
 When a refresh finds something new, ``on_change`` is called with the job's key so it is
-reconciled.
+reconciled. The reader takes the whole endpoint list (failing over between members) and, for
+the endpoint lists in ``security`` (the operator-managed etcd), the operator's TLS files and
+etcd user; other lists (a job's own etcd) are read without them.
+
+What it reads is data written by pods, never text to trust: every value is size-limited
+before it is parsed, only the newest ``MAX_REPORTS`` reports are read, and
+:func:`check_view` keeps only reports of the job's own workers with a known failure reason
+and a sane time, and a round no larger than the job may be, with every message escaped
+(:func:`escape_text`) before it can reach a status or an event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-from launcher.contract import Completion, FailureReport, completion_key, etcd_prefix, round_key
+from elastic_operator.observed import node_replica_index
+from launcher.contract import (
+    MAX_MEMBERS,
+    MAX_NODE_ID,
+    Completion,
+    FailureReport,
+    completion_key,
+    etcd_prefix,
+    round_key,
+)
+from launcher.etcd_client import PLAIN, EtcdSecurity, make_client
+
+# Limits on what pods wrote (an agent's own values are far below them).
+MAX_ROUND_BYTES: Final = MAX_MEMBERS * (MAX_NODE_ID + 3) + 512
+MAX_REPORT_BYTES: Final = 8192  # FailureReport.to_json keeps its message to 2 KiB
+MAX_REPORTS: Final = 256  # newest first; older ones were shown already or never will be
+MAX_MESSAGE: Final = 1024
+# A report dated further ahead than this would hide every later, real one (lastFailure
+# dates them): refused.
+MAX_CLOCK_SKEW_SECONDS: Final = 300.0
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 
 
+def _count(value: Any) -> int | None:
+    """``value`` when it is a plain positive int (not a bool, a float or a string)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else None
+
+
 def parse_round(raw: bytes | None) -> tuple[int, int] | None:
-    """``(generation, worldSize)`` of a round value, or None when absent or unreadable."""
-    if not raw:
+    """``(generation, worldSize)`` of a round value, or None when absent, unreadable, too
+    large, or not made of positive integers and a list of node ids."""
+    if not raw or len(raw) > MAX_ROUND_BYTES:
         return None
     try:
         data = json.loads(raw)
-        generation = int(data["generation"])
-        world = data.get("worldSize")
-        if world is None:
-            world = data.get("world_size", len(data.get("members") or data.get("nodes") or ()))
-        return generation, int(world)
-    except (ValueError, KeyError, TypeError):
+        generation = _count(data["generation"])
+        nodes = data.get("members", data.get("nodes", []))
+        world = data.get("worldSize", data.get("world_size", len(nodes)
+                                               if isinstance(nodes, list) else None))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    world = _count(world)
+    if (generation is None or world is None or world > MAX_MEMBERS * 1024
+            or not isinstance(nodes, list)
+            or not all(isinstance(n, str) and len(n) <= MAX_NODE_ID for n in nodes)):
+        return None
+    return generation, world
 
 
 def parse_completion(raw: bytes | None, round_value: bytes | None) -> Completion | None:
     """The completion record when it matches the current round (same generation and members,
     written by a member), else None: a record for another round, or one a pod forged, is no
     evidence that training finished."""
-    if not raw or not round_value:
+    if not raw or not round_value or len(round_value) > MAX_ROUND_BYTES:
         return None
     try:
         record = Completion.from_json(raw)
@@ -77,14 +118,81 @@ class RendezvousView:
 
 
 def parse_failures(values: list[bytes]) -> tuple[FailureReport, ...]:
-    """The readable reports among raw values, oldest first (unreadable ones are skipped)."""
+    """The readable reports among raw values, oldest first (unreadable or oversized ones are
+    skipped, and so are reports whose fields have the wrong types)."""
     reports = []
     for raw in values:
+        if len(raw) > MAX_REPORT_BYTES:
+            continue
         try:
-            reports.append(FailureReport.from_json(raw.decode(errors="replace")))
+            report = FailureReport.from_json(raw.decode(errors="replace"))
         except ValueError:
             continue
+        if _well_typed(report):
+            reports.append(report)
     return tuple(sorted(reports, key=lambda r: r.timestamp))
+
+
+def _well_typed(report: FailureReport) -> bool:
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return (isinstance(report.reason, str) and isinstance(report.message, str)
+            and isinstance(report.node_id, str) and is_int(report.rank)
+            and (report.exit_code is None or is_int(report.exit_code))
+            and (report.generation is None or is_int(report.generation))
+            and isinstance(report.timestamp, (int, float))
+            and not isinstance(report.timestamp, bool) and math.isfinite(report.timestamp))
+
+
+def escape_text(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` as printable characters only, at most ``limit`` of them (the tail: an error's
+    last lines say most). Control and other non-printable characters (newlines, ANSI escapes,
+    bidi overrides) become visible ``\\xNN`` / ``\\uNNNN`` escapes."""
+    out = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[-limit * 2:])
+    return out[-limit:]
+
+
+def view_limits(spec: dict[str, Any]) -> tuple[int, int]:
+    """``(max_nodes, max_world)`` of a raw job spec for :func:`check_view` (0 when the spec
+    does not say: then nothing from etcd is believed)."""
+    def positive(name: str, default: int) -> int:
+        value = spec.get(name, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+            else 0
+    nodes = positive("maxReplicas", 0)
+    return nodes, nodes * positive("nprocPerNode", 1)
+
+
+def check_view(view: RendezvousView, job: str, max_nodes: int, max_world: int,
+               now: float) -> RendezvousView:
+    """Only what can be true of job ``job`` (at most ``max_nodes`` workers, ``max_world``
+    processes), escaped for status and events.
+
+    A report is kept when its node id belongs to one of the job's worker pods (index below
+    ``max_nodes``), its reason is a failure reason (departures never go to etcd), and it is
+    dated no later than ``now`` plus the clock skew; its message and node id are escaped.
+    A round claiming more than ``max_world`` processes is dropped (status then estimates).
+    """
+    reports = []
+    failures = set(FailureReport.REASONS) - set(FailureReport.DEPARTURES)
+    for report in view.failures:
+        index = node_replica_index(job, report.node_id)
+        if (index is None or index >= max_nodes or report.reason not in failures
+                or not 0 < report.timestamp <= now + MAX_CLOCK_SKEW_SECONDS
+                or report.rank < -1 or report.rank >= max_world):
+            log.warning("%s: ignoring a failure report from etcd that no worker of this job "
+                        "could have written (node %s, reason %s)", job,
+                        escape_text(report.node_id, 80), escape_text(report.reason, 40))
+            continue
+        reports.append(dataclasses.replace(
+            report, message=escape_text(report.message),
+            node_id=escape_text(report.node_id, MAX_NODE_ID)))
+    round_ = view.round
+    if round_ is not None and round_[1] > max_world:
+        log.warning("%s: ignoring round %d of world size %d from etcd: the job has at most %d",
+                    job, round_[0], round_[1], max_world)
+        round_ = None
+    return RendezvousView(round_, tuple(reports), view.completion)
 
 
 class RoundReader:
@@ -97,8 +205,10 @@ class RoundReader:
         retry_seconds: float = 30.0,
         timeout_seconds: float = 5.0,
         retry_base_seconds: float = 1.0,
+        security: dict[str, EtcdSecurity] | None = None,
     ) -> None:
         self._on_change = on_change
+        self._security = dict(security or {})
         self._max_age = max_age_seconds
         self._retry = retry_seconds
         self._retry_base = retry_base_seconds
@@ -170,15 +280,15 @@ class RoundReader:
             self._on_change(key)
 
     def _read(self, endpoints: str, rdzv_id: str) -> RendezvousView:
-        import etcd3  # imported lazily: only needed when a round is read
-
         client = self._clients.get(endpoints)
         if client is None:
-            host, _, port = endpoints.split(",")[0].rpartition(":")
-            client = etcd3.client(host=host, port=int(port), timeout=self._timeout)
+            client = make_client(endpoints, self._timeout,
+                                 self._security.get(endpoints, PLAIN))
             self._clients[endpoints] = client
         value, _meta = client.get(round_key(rdzv_id))
-        reports = [raw for raw, _ in client.get_prefix(f"{etcd_prefix(rdzv_id)}failures/")]
+        reports = [raw for raw, _ in client.get_prefix(
+            f"{etcd_prefix(rdzv_id)}failures/", sort_order="descend", sort_target="mod",
+            limit=MAX_REPORTS)]
         closed, _meta = client.get(completion_key(rdzv_id))
         return RendezvousView(parse_round(value), parse_failures(reports),
                               parse_completion(closed, value))

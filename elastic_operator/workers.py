@@ -12,6 +12,9 @@ Guarantees:
   FallbackToLogsOnError`` (a crash without a FailureReport still explains itself) and the
   launcher's ``ELASTIC_*`` environment from :class:`launcher.contract.PodEnv`; variables the
   user set in the template win over ours.
+- With ``credentials`` (the job's etcd credentials Secret), every container mounts it
+  read-only at :data:`CREDENTIALS_DIR` and the launcher finds user, password and CA there
+  (``PodEnv.RDZV_CREDENTIALS_DIR``); errors name the Secret (``PodEnv.RDZV_SECRET``).
 - No node name, node affinity or IP is assumed: the scheduler places workers; peers find
   each other through the rendezvous (etcd) and the headless Service's DNS.
 """
@@ -27,7 +30,12 @@ from launcher.contract import DEFAULT_TERMINATION_LOG, PodEnv
 
 Obj = dict[str, Any]
 
-DEFAULT_RENDEZVOUS_ENDPOINTS = "elastic-etcd.elastic-system.svc:2379"
+# Every member of deploy/'s 3-member etcd by its stable name: clients fail over between them
+# themselves (through the one Service name, a gRPC connection to a lost member hangs on).
+CREDENTIALS_DIR = "/etc/elastic/rendezvous"
+CREDENTIALS_VOLUME = "elastic-rendezvous-credentials"
+DEFAULT_RENDEZVOUS_ENDPOINTS = ",".join(
+    f"elastic-etcd-{i}.elastic-etcd-peers.elastic-system.svc:2379" for i in range(3))
 
 
 def pod_name(job: str, index: int) -> str:
@@ -95,8 +103,10 @@ def worker_pod(
     index: int,
     spec: ElasticJobSpec,
     default_endpoints: str = DEFAULT_RENDEZVOUS_ENDPOINTS,
+    credentials: str | None = None,
 ) -> Obj:
-    """The Pod manifest of worker ``index`` from ``spec.template`` (the template is copied)."""
+    """The Pod manifest of worker ``index`` from ``spec.template`` (the template is copied);
+    ``credentials`` names the Secret with the job's etcd credentials, if any."""
     template = copy.deepcopy(spec.template)
     meta = template.get("metadata") or {}
     pod_spec: Obj = template.get("spec") or {}
@@ -107,7 +117,19 @@ def worker_pod(
         labels.ROLE: "worker",
     }
     env = worker_env(namespace, name, uid, index, spec, default_endpoints)
+    if credentials:
+        env += [{"name": PodEnv.RDZV_CREDENTIALS_DIR, "value": CREDENTIALS_DIR},
+                {"name": PodEnv.RDZV_SECRET, "value": f"Secret {namespace}/{credentials}"}]
+        volumes = [v for v in pod_spec.get("volumes") or [] if v.get("name") != CREDENTIALS_VOLUME]
+        pod_spec["volumes"] = [*volumes, {"name": CREDENTIALS_VOLUME,
+                                          "secret": {"secretName": credentials}}]
     for container in pod_spec.get("containers") or []:
+        if credentials:
+            mounts = [m for m in container.get("volumeMounts") or []
+                      if m.get("name") != CREDENTIALS_VOLUME]
+            container["volumeMounts"] = [*mounts, {"name": CREDENTIALS_VOLUME,
+                                                   "mountPath": CREDENTIALS_DIR,
+                                                   "readOnly": True}]
         own = container.get("env") or []
         user_names = {e.get("name") for e in own}
         container["env"] = [e for e in env if e["name"] not in user_names] + own

@@ -48,6 +48,7 @@ from types import FrameType
 from typing import TypeVar
 
 from launcher import contract
+from launcher.etcd_client import PLAIN, EtcdAuthError, EtcdSecurity
 from launcher.etcd_rendezvous import (
     DEFAULT_JOIN_TIMEOUT,
     DEFAULT_LEASE_TTL,
@@ -96,6 +97,7 @@ class AgentConfig:
     prewarm: bool = True  # see launcher.prewarm
     run_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    security: EtcdSecurity = PLAIN  # TLS and the job's etcd user (launcher.cli)
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ class Agent:
                 self.pool.maintain()  # imports torch while we rendezvous
             self.session = EtcdSession(
                 cfg.rdzv_endpoint, contract.etcd_prefix(cfg.rdzv_id), cfg.lease_ttl,
-                name=cfg.node_id,
+                name=cfg.node_id, security=cfg.security,
             ).start(timeout=cfg.join_timeout)
             self.reporter.session = self.session
             self.rdzv = EtcdRendezvous(
@@ -151,6 +153,12 @@ class Agent:
             return 0
         except EtcdUnavailableError as exc:
             self.reporter.report("RendezvousFailed", f"etcd unreachable: {exc}")
+            return 1
+        except EtcdAuthError as exc:
+            # Not retried: only new credentials (or a fixed role) can help; the message says
+            # which Secret or flag to fix.
+            self._stop_group(grace=0.0)
+            self.reporter.report("RendezvousFailed", f"etcd credentials refused: {exc}")
             return 1
         finally:
             self._stop_group()

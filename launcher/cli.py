@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from launcher import contract
 from launcher.agent import AgentConfig
 from launcher.contract import PodEnv
+from launcher.etcd_client import EtcdSecurity, security_from_files
 from launcher.etcd_rendezvous import (
     BACKEND_NAME,
     DEFAULT_JOIN_TIMEOUT,
@@ -79,6 +80,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help=f"etcd HOST:PORT[,HOST:PORT] (env {PodEnv.RDZV_ENDPOINT})")
     p.add_argument("--rdzv-id", "--rdzv_id", dest="rdzv_id", default=default(PodEnv.RDZV_ID, None),
                    help=f"unique job id (env {PodEnv.RDZV_ID})")
+    for flag, var, what in (
+        ("--rdzv-ca-file", PodEnv.RDZV_CA_FILE, "CA certificate (PEM) that signed etcd's"),
+        ("--rdzv-cert-file", PodEnv.RDZV_CERT_FILE, "client certificate (PEM) for etcd TLS"),
+        ("--rdzv-key-file", PodEnv.RDZV_KEY_FILE, "key (PEM) of --rdzv-cert-file"),
+        ("--rdzv-user", PodEnv.RDZV_USER, "etcd v3 user of this job"),
+        ("--rdzv-password-file", PodEnv.RDZV_PASSWORD_FILE, "file holding the user's password"),
+        ("--rdzv-credentials-dir", PodEnv.RDZV_CREDENTIALS_DIR,
+         "directory with username, password, ca.crt, tls.crt, tls.key (each if present)"),
+    ):
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), default=default(var, None),
+                       help=f"{what} (env {var})")
     p.add_argument("--rdzv-conf", "--rdzv_conf", dest="rdzv_conf", default="",
                    help="k=v,...: lease_ttl (2), settle (1.0), reform_timeout (30), "
                         "join_timeout (600)")
@@ -116,6 +128,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
+def parse_security(ns: argparse.Namespace, env: Mapping[str, str]) -> EtcdSecurity:
+    """TLS files and etcd credentials from flags/env (raises ConfigError naming the fix)."""
+    try:
+        return security_from_files(
+            ca_file=ns.rdzv_ca_file, cert_file=ns.rdzv_cert_file, key_file=ns.rdzv_key_file,
+            user=ns.rdzv_user, password_file=ns.rdzv_password_file,
+            credentials_dir=ns.rdzv_credentials_dir, hint=env.get(PodEnv.RDZV_SECRET, ""))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> AgentConfig:
     """Flags + environment -> validated AgentConfig (raises ConfigError naming the problem)."""
     env = os.environ if env is None else env
@@ -134,6 +157,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> A
     if ns.monitor_interval <= 0 or ns.hang_timeout <= 0:
         raise ConfigError("--monitor-interval and --hang-timeout must be > 0")
     low, high = parse_nnodes(ns.nnodes)
+    security = parse_security(ns, env)
     conf = parse_rdzv_conf(ns.rdzv_conf)
     unknown = set(conf) - {"lease_ttl", "settle", "reform_timeout", "join_timeout"}
     if unknown:
@@ -151,7 +175,10 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> A
             cmd=cmd,
             rdzv_endpoint=ns.rdzv_endpoint,
             rdzv_id=ns.rdzv_id,
-            node_id=ns.node_id or f"{hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            # The pod's name first (HOSTNAME; a process-runtime pod's host is the machine):
+            # the operator attributes reports by it and ignores ids of no pod of the job.
+            node_id=ns.node_id or f"{env.get('HOSTNAME') or hostname}-{os.getpid()}-"
+                                  f"{uuid.uuid4().hex[:6]}",
             local_addr=ns.local_addr or hostname,
             min_nodes=low,
             max_nodes=high,
@@ -166,6 +193,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> A
             reform_timeout=float(conf.get("reform_timeout", DEFAULT_REFORM_TIMEOUT)),
             join_timeout=float(conf.get("join_timeout", DEFAULT_JOIN_TIMEOUT)),
             prewarm=ns.prewarm and not ns.no_python,
+            security=security,
         )
     except ValueError as exc:
         raise ConfigError(f"--rdzv-conf={ns.rdzv_conf!r}: {exc}") from exc

@@ -35,6 +35,20 @@ class PodEnv:
     REPLICA_INDEX: Final = "ELASTIC_REPLICA_INDEX"
     # Comma-separated host:port list of etcd client endpoints.
     RDZV_ENDPOINT: Final = "ELASTIC_RDZV_ENDPOINT"
+    # TLS to etcd (PEM file paths): the CA that signed etcd's serving certificate, and an
+    # optional client certificate and key. Unset: plain HTTP (local cluster and tests only).
+    RDZV_CA_FILE: Final = "ELASTIC_RDZV_CA_FILE"
+    RDZV_CERT_FILE: Final = "ELASTIC_RDZV_CERT_FILE"
+    RDZV_KEY_FILE: Final = "ELASTIC_RDZV_KEY_FILE"
+    # The job's etcd v3 user and a file holding its password (mounted from a Secret).
+    RDZV_USER: Final = "ELASTIC_RDZV_USER"
+    RDZV_PASSWORD_FILE: Final = "ELASTIC_RDZV_PASSWORD_FILE"
+    # A directory laid out like a credentials Secret (cert-manager's names): ``username``,
+    # ``password``, ``ca.crt``, ``tls.crt``, ``tls.key``; each file is used when present. The
+    # operator mounts the job's Secret there. Explicit settings above win.
+    RDZV_CREDENTIALS_DIR: Final = "ELASTIC_RDZV_CREDENTIALS_DIR"
+    # "Secret <namespace>/<name>" the credentials come from: errors name it as the thing to fix.
+    RDZV_SECRET: Final = "ELASTIC_RDZV_SECRET"
     # Unique per job (namespace/name/uid), so a re-created job never joins a stale rendezvous.
     RDZV_ID: Final = "ELASTIC_RDZV_ID"
     MIN_NODES: Final = "ELASTIC_MIN_NODES"

@@ -11,6 +11,11 @@ What it guarantees:
   exponential backoff (0.1 s doubling to 1 s), then re-reads the prefix and re-creates the watch
   from the snapshot's revision, so no event is missed. While disconnected, ``connected`` is
   False and the cache is stale; callers must not infer "a peer is gone" from a stale cache.
+- Secured etcd (``launcher.etcd_client.EtcdSecurity``): TLS and an etcd v3 user. The token
+  is fetched again when etcd says it is no longer valid (simple tokens expire on a member that
+  has not seen them for ``--auth-token-ttl``, JWTs at their ``ttl``). Refused credentials or a
+  permission denied raise ``EtcdAuthError`` at once: waiting cannot fix them, the message
+  says what can.
 
 Client library: ``python3-etcd3`` (imports as ``etcd3``), see launcher/README.md for why.
 """
@@ -30,7 +35,16 @@ import etcd3
 import grpc
 from etcd3 import events as etcd_events
 from etcd3 import watch as etcd_watch
-from etcd3.client import Endpoint, MultiEndpointEtcd3Client
+
+from launcher.etcd_client import (
+    PLAIN,
+    EtcdAuthError,
+    EtcdSecurity,
+    auth_problem,
+    is_expired_token,
+    make_client,
+    parse_endpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,35 +77,6 @@ class Entry:
     lease: int
 
 
-def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
-    """Parse ``"host:port,host:port"`` (or a list); an ``http://`` scheme is accepted."""
-    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
-    parsed: list[tuple[str, int]] = []
-    for raw in items:
-        item = raw.strip().removeprefix("http://")
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(
-                f"etcd endpoint {raw!r} is not HOST:PORT; set --rdzv-endpoint "
-                "(or ELASTIC_RDZV_ENDPOINT) to e.g. 'etcd:2379'"
-            )
-        parsed.append((host or "127.0.0.1", int(port)))
-    if not parsed:
-        raise ValueError("no etcd endpoint given; set --rdzv-endpoint or ELASTIC_RDZV_ENDPOINT")
-    return parsed
-
-
-def make_client(endpoints: str | Sequence[str], timeout: float) -> MultiEndpointEtcd3Client:
-    """An etcd3 client that fails over between endpoints and never blacklists one for long."""
-    eps = [
-        Endpoint(host, port, secure=False, time_retry=0.5)
-        for host, port in parse_endpoints(endpoints)
-    ]
-    return MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
-
-
 class EtcdSession:
     """A lease plus a watched cache of ``prefix``; see the module docstring for guarantees."""
 
@@ -102,13 +87,21 @@ class EtcdSession:
         lease_ttl: int = 3,
         rpc_timeout: float = 2.0,
         name: str = "",
+        security: EtcdSecurity = PLAIN,
     ) -> None:
         if lease_ttl < 2:
             raise ValueError(f"lease_ttl={lease_ttl}: etcd needs at least 2 seconds")
+        parse_endpoints(endpoints)  # a bad list fails here, not in the background
         self.prefix = prefix
         self.lease_ttl = lease_ttl
         self.name = name
-        self.client = make_client(endpoints, rpc_timeout)
+        self.endpoints = endpoints
+        self.rpc_timeout = rpc_timeout
+        self.security = security
+        # Made on connect: with a user, making a client is already a request (authenticate).
+        self.client: Any = None
+        self._new_client_needed = True
+        self._auth_logged = False
         self.lease_id = 0
         self._owned: dict[str, bytes] = {}
         self._cache: dict[str, Entry] = {}
@@ -129,12 +122,15 @@ class EtcdSession:
         """Connect (retrying until ``timeout``), grant the lease, load and watch the prefix."""
         deadline = time.monotonic() + timeout
         delay = 0.1
+        log.info("etcd session %s: %s", self.name, self.security.describe())
         while True:
             try:
+                self._connect()
                 self._grant_lease()
                 self._resync()
                 break
             except ETCD_ERRORS as exc:
+                self._check_auth(exc)
                 if time.monotonic() + delay > deadline:
                     raise EtcdUnavailableError(
                         f"etcd not reachable within {timeout}s: {exc!r}"
@@ -153,11 +149,13 @@ class EtcdSession:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if revoke and self.lease_id:
+        if revoke and self.lease_id and self.client is not None:
             try:
                 self.client.revoke_lease(self.lease_id)
             except ETCD_ERRORS as exc:
                 log.info("could not revoke lease %x on close: %r", self.lease_id, exc)
+        if self.client is None:
+            return
         try:
             if self._watch_id is not None:
                 self.client.cancel_watch(self._watch_id)
@@ -209,13 +207,45 @@ class EtcdSession:
         return bool(ok)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
+        if self.client is None:
+            raise EtcdUnavailableError("etcd session is not connected yet")
         try:
             return fn()
         except ETCD_ERRORS as exc:
+            self._check_auth(exc)
             self._mark_disconnected(exc)
             raise EtcdUnavailableError(f"etcd request failed: {exc!r}") from exc
 
     # -- background ------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """(Re)make the client when there is none or its token expired."""
+        if not self._new_client_needed and self.client is not None:
+            return
+        old, self.client = self.client, None
+        if old is not None:
+            with contextlib.suppress(*ETCD_ERRORS):
+                old.close()  # and its watch with it
+            self._watch_id = None
+        self.client = make_client(self.endpoints, self.rpc_timeout, self.security)
+        self._new_client_needed = False
+        self._resync_needed = True
+
+    def _check_auth(self, exc: BaseException) -> None:
+        """Raise EtcdAuthError for a refusal; note an expired token (the next connect renews
+        it); return for anything else (an outage, retried by the caller)."""
+        if isinstance(exc, EtcdAuthError):
+            raise exc
+        if is_expired_token(exc):
+            self._new_client_needed = True
+            return
+        problem = auth_problem(exc)
+        if problem is not None:
+            who = f"user {self.security.user!r}" if self.security.user else "no user"
+            fix = f"; fix {self.security.hint}" if self.security.hint else ""
+            raise EtcdAuthError(
+                f"etcd refused a request under {self.prefix} ({who}): {problem}{fix}"
+            ) from exc
 
     def _mark_disconnected(self, exc: BaseException) -> None:
         if self._connected:
@@ -298,13 +328,27 @@ class EtcdSession:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                if self._resync_needed:
-                    self._refresh_lease()
-                    self._resync()
-                else:
-                    self._refresh_lease()
+                try:
+                    self._connect()
+                    if self._resync_needed:
+                        self._refresh_lease()
+                        self._resync()
+                    else:
+                        self._refresh_lease()
+                    self._auth_logged = False
+                except ETCD_ERRORS as exc:
+                    self._check_auth(exc)
+                    raise
                 delay = 0.1
                 self._wake.wait(interval)
+            except EtcdAuthError as exc:
+                # Credentials revoked or a role changed while running: callers see the
+                # session as disconnected; retry slowly in case an operator fixes it.
+                if not self._auth_logged:
+                    log.error("%s; retrying every second", exc)
+                    self._auth_logged = True
+                self._mark_disconnected(exc)
+                self._wake.wait(1.0)
             except ETCD_ERRORS as exc:
                 self._mark_disconnected(exc)
                 self._wake.wait(delay)

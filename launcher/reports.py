@@ -10,8 +10,9 @@ A departure (``FailureReport.DEPARTURES``: the agent was told to leave) goes to 
 log only: it is no failure, and etcd's failure keys are for failures. A ``Completion`` goes to
 the termination log too, so the pod itself says that training finished.
 
-Neither write may fail the agent: an unwritable path or an unreachable etcd is logged and
-skipped (the other destination and the agent's exit code still tell the story).
+Neither write may fail the agent: an unwritable path, an unreachable etcd or one that refuses
+the job's credentials is logged and skipped (the other destination and the agent's exit code
+still tell the story).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from launcher import contract
+from launcher.etcd_client import EtcdAuthError
 from launcher.etcd_session import EtcdSession, EtcdUnavailableError
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,6 @@ class FailureReporter:
             self.session.put(contract.failure_key(self.rdzv_id, self.node_id),
                              report.to_json().encode())
             return True
-        except EtcdUnavailableError as exc:
+        except (EtcdUnavailableError, EtcdAuthError) as exc:
             log.warning("cannot write failure report to etcd: %s", exc)
             return False

@@ -9,6 +9,7 @@ with ``RendezvousParameters(backend="etcd-v3", endpoint="host:2379", ...)``. Our
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
@@ -29,6 +30,7 @@ from torch.distributed.elastic.rendezvous import (
 
 from launcher import contract
 from launcher import etcd_rendezvous as core
+from launcher.etcd_client import security_from_files
 from launcher.etcd_rendezvous import (
     BACKEND_NAME,
     DEFAULT_JOIN_TIMEOUT,
@@ -117,14 +119,24 @@ def create_handler(params: RendezvousParameters) -> EtcdV3RendezvousHandler:
     """torch registry entry point: ``RendezvousParameters`` -> handler.
 
     Extra ``--rdzv-conf`` keys: ``lease_ttl`` (s, default 2), ``settle`` (s, default 1),
-    ``reform_timeout`` (s, default 30), ``join_timeout`` (s, default 600), ``node_id``.
+    ``reform_timeout`` (s, default 30), ``join_timeout`` (s, default 600), ``node_id``, and
+    for a secured etcd ``credentials_dir`` (default ``$ELASTIC_RDZV_CREDENTIALS_DIR``), ``ca_file``,
+    ``cert_file``, ``key_file``, ``user``, ``password_file``: the launcher's ``--rdzv-*``.
     """
     conf: dict[str, Any] = params.config
+    security = security_from_files(
+        ca_file=conf.get("ca_file"), cert_file=conf.get("cert_file"),
+        key_file=conf.get("key_file"), user=conf.get("user"),
+        password_file=conf.get("password_file"),
+        credentials_dir=conf.get("credentials_dir",
+                                 os.environ.get(contract.PodEnv.RDZV_CREDENTIALS_DIR)),
+        hint=os.environ.get(contract.PodEnv.RDZV_SECRET, ""))
     local_addr = params.local_addr or socket.gethostname()
     node_id = str(conf.get("node_id") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     session = EtcdSession(
         params.endpoint, contract.etcd_prefix(params.run_id),
         lease_ttl=int(conf.get("lease_ttl", DEFAULT_LEASE_TTL)), name=node_id,
+        security=security,
     ).start()
     rdzv = EtcdRendezvous(
         session, params.run_id, node_id, params.min_nodes, params.max_nodes, local_addr,

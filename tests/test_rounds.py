@@ -7,13 +7,20 @@ import json
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from elastic_operator.rounds import (
+    MAX_MESSAGE,
+    MAX_ROUND_BYTES,
     RendezvousView,
     RoundReader,
+    check_view,
+    escape_text,
     parse_completion,
     parse_failures,
     parse_round,
+    view_limits,
 )
 from launcher.contract import Completion, FailureReport
 
@@ -111,3 +118,83 @@ def test_forged_or_malformed_completions_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError):
         Completion.from_json(raw)
     assert parse_completion(raw, ROUND) is None
+
+
+# -- what the operator believes of etcd (issue 14): sizes, members, reasons, escaping --------
+
+JOB = "job"
+NOW = 1_000_000.0
+
+
+def report(**over: object) -> FailureReport:
+    fields: dict[str, object] = {"reason": "ProcessCrashed", "message": "boom",
+                                 "node_id": "job-worker-1-7-ab12cd", "rank": 1,
+                                 "timestamp": NOW}
+    fields.update(over)
+    return FailureReport(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("forged", "why"), [
+    (report(node_id="evil-1"), "a node id of no pod of the job"),
+    (report(node_id="job-worker-9-1-aa"), "an index beyond maxReplicas"),
+    (report(node_id="other-job-worker-1-1-aa"), "another job's pod"),
+    (report(reason="Pwned"), "an unknown reason"),
+    (report(reason="Shutdown"), "a departure, never written to etcd"),
+    (report(timestamp=NOW + 86400), "dated in the future: would hide later reports"),
+    (report(timestamp=0.0), "undated"),
+    (report(rank=99), "a rank beyond the world"),
+])
+def test_check_view_drops_reports_no_worker_of_the_job_could_write(
+        forged: FailureReport, why: str) -> None:
+    view = RendezvousView((2, 4), (forged, report()))
+    assert check_view(view, JOB, 4, 4, NOW).failures == (report(),), why
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"reason": "ProcessCrashed", "message": "m", "node_id": "job-worker-0", "rank": "0",'
+    b' "timestamp": 1}',
+    b'{"reason": "ProcessCrashed", "message": ["m"], "node_id": "job-worker-0", "timestamp": 1}',
+    b'{"reason": "ProcessCrashed", "message": "m", "node_id": "job-worker-0", "timestamp": NaN}',
+    b'{"reason": "ProcessCrashed", "message": "m", "node_id": 7, "timestamp": 1}',
+    b'{"reason": "ProcessCrashed", "message": "' + b"x" * 10_000 + b'", "node_id": "a"}',
+])
+def test_parse_failures_refuses_oversized_and_mistyped_reports(raw: bytes) -> None:
+    assert parse_failures([raw]) == ()
+
+
+def test_messages_are_escaped_and_bounded() -> None:
+    text = "ok\nnext \x1b[31mred\x1b[0m \u202e\u0000 " + "y" * 5000
+    (shown,) = check_view(RendezvousView(None, (report(message=text),)), JOB, 4, 4,
+                          NOW).failures
+    assert len(shown.message) == MAX_MESSAGE
+    assert shown.message.isprintable()
+    assert escape_text("a\nb\x1b[0m\u202e") == "a\\nb\\x1b[0m\\u202e"
+
+
+@given(st.text(max_size=3000))
+def test_escape_text_is_printable_bounded_and_keeps_printable_text(text: str) -> None:
+    shown = escape_text(text, 100)
+    assert shown.isprintable() and len(shown) <= 100
+    if text.isprintable():
+        assert shown == text[-100:]
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (json.dumps({"generation": True, "members": ["a"]}).encode(), "a bool generation"),
+    (json.dumps({"generation": 0, "members": ["a"]}).encode(), "generation 0"),
+    (json.dumps({"generation": 2, "members": [1, 2]}).encode(), "members not node ids"),
+    (json.dumps({"generation": 2, "worldSize": -3}).encode(), "a negative world"),
+    (json.dumps({"generation": 2, "worldSize": "8"}).encode(), "a string world"),
+    (json.dumps({"generation": 2, "members": "ab"}).encode(), "members not a list"),
+    (b"[1, 2]", "not an object"),
+    (b" " * (MAX_ROUND_BYTES + 1), "too large to parse"),
+])
+def test_parse_round_refuses_what_no_agent_writes(raw: bytes, why: str) -> None:
+    assert parse_round(raw) is None, why
+
+
+def test_check_view_drops_a_round_larger_than_the_job() -> None:
+    assert check_view(RendezvousView((3, 9)), JOB, 4, 8, NOW).round is None
+    assert check_view(RendezvousView((3, 8)), JOB, 4, 8, NOW).round == (3, 8)
+    assert view_limits({"maxReplicas": 4, "nprocPerNode": 2}) == (4, 8)
+    assert view_limits({"maxReplicas": "4"}) == (0, 0)  # nothing believed of a bad spec

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobSpec
-from elastic_operator.workers import headless_service, rdzv_id, worker_pod
+from elastic_operator.workers import (
+    CREDENTIALS_DIR,
+    CREDENTIALS_VOLUME,
+    headless_service,
+    rdzv_id,
+    worker_pod,
+)
 from launcher.contract import PodEnv
 
 UID = "0123456789abcdef"
@@ -55,3 +64,29 @@ def test_service_is_headless_and_owned() -> None:
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"][labels.JOB_NAME] == "job"
     assert service["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+def test_credentials_secret_is_mounted_into_every_container() -> None:
+    s = spec(template={"spec": {"containers": [{"name": "a", "image": "i"},
+                                               {"name": "b", "image": "i",
+                                                "volumeMounts": [{"name": "data",
+                                                                  "mountPath": "/d"}]}],
+                                "volumes": [{"name": "data", "emptyDir": {}}]}})
+    pod = worker_pod("ns", "job", UID, 0, s, "etcd:2379", credentials="job-rendezvous")
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[CREDENTIALS_VOLUME]["secret"] == {"secretName": "job-rendezvous"}
+    assert "data" in volumes
+    for container in pod["spec"]["containers"]:
+        mount = next(m for m in container["volumeMounts"] if m["name"] == CREDENTIALS_VOLUME)
+        assert mount == {"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR,
+                         "readOnly": True}
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env[PodEnv.RDZV_CREDENTIALS_DIR] == CREDENTIALS_DIR
+        assert env[PodEnv.RDZV_SECRET] == "Secret ns/job-rendezvous"
+    assert PodEnv.RDZV_SECRET not in env_of(worker_pod("ns", "job", UID, 0, s, "etcd:2379"))
+
+
+def test_credentials_secret_needs_own_endpoints() -> None:
+    with pytest.raises(ValidationError, match=r"set spec\.rendezvous\.endpoints too"):
+        spec(rendezvous={"credentialsSecret": "mine"})
+    assert spec(rendezvous={"endpoints": ["e:2379"], "credentialsSecret": "mine"})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from elastic_operator import labels
 from elastic_operator.api.common import ApiModel, Condition
@@ -54,6 +54,22 @@ class RendezvousSpec(ApiModel):
         description="etcd v3 client endpoints (host:port). Empty: operator-managed etcd.",
         json_schema_extra={"items": {"type": "string", "pattern": r"^[^\s:/]+:[0-9]{1,5}$"}},
     )
+    credentialsSecret: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Only with endpoints: a Secret in the job's namespace with the etcd "
+        "credentials of this job (keys username, password; ca.crt for TLS), mounted into the "
+        "workers. The operator-managed etcd gets a per-job Secret of its own.",
+    )
+
+    @model_validator(mode="after")
+    def _secret_needs_endpoints(self) -> RendezvousSpec:
+        if self.credentialsSecret and not self.endpoints:
+            raise ValueError("credentialsSecret is only for your own etcd: set "
+                             "spec.rendezvous.endpoints too, or remove credentialsSecret (the "
+                             "operator-managed etcd gets a Secret per job)")
+        return self
 
 
 class LRScalingSpec(ApiModel):
