@@ -68,12 +68,13 @@ def namespace_requests(cluster: Cluster, namespace: str, since: int = 0) -> int:
 def converged(cluster: Cluster, namespace: str, jobs: int, workers: int) -> tuple[bool, bool]:
     """(every pod exists, every status is current), read from the emulator's store."""
     server = cluster.server.server
-    pods = server.objects("v1", "pods", namespace, labels.JOB_NAME)
+    if server.count("v1", "pods", namespace, labels.JOB_NAME) < jobs * workers:
+        return False, False
     items = server.objects(labels.API_VERSION, "elasticjobs", namespace)
     current = sum(1 for j in items
                   if (j.get("status") or {}).get("observedGeneration")
                   == j["metadata"]["generation"] and j["status"].get("replicas") == workers)
-    return len(pods) >= jobs * workers, current == jobs
+    return True, current == jobs
 
 
 def run(jobs: int, workers: int, timeout: float, idle: float) -> Result:
@@ -99,7 +100,7 @@ def run(jobs: int, workers: int, timeout: float, idle: float) -> Result:
                 if pods_ok and status_ok:
                     status_done = elapsed
                     break
-                time.sleep(0.2)
+                time.sleep(0.5)
             if status_done is None or pods_done is None:
                 raise SystemExit(f"{jobs} jobs: not converged within {timeout}s")
             pods = cluster.server.server.objects("v1", "pods", ns, labels.JOB_NAME)

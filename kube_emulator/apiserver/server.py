@@ -123,6 +123,12 @@ class ApiServer:
         items, _ = self.store.list(info, namespace, LabelSelector.parse(label_selector))
         return items
 
+    def count(self, api_version: str, plural: str, namespace: str | None = None,
+              label_selector: str | None = None) -> int:
+        """How many stored objects match, without copying them (for benchmarks that poll)."""
+        return self.store.count(self._info(api_version, plural), namespace,
+                                LabelSelector.parse(label_selector))
+
     def object(self, api_version: str, plural: str, namespace: str | None,
                name: str) -> dict[str, Any] | None:
         """A copy of one stored object, or None (for test assertions; thread-safe)."""

@@ -155,6 +155,17 @@ class ObjectStore:
                     items.append(self._out(info, obj))
             return items, self.resource_version
 
+    def count(self, info: ResourceInfo, namespace: str | None = None,
+              labels: LabelSelector | None = None) -> int:
+        """How many objects :meth:`list` would return (no copies made)."""
+        labels = labels or LabelSelector()
+        with self.lock:
+            objects = self._objects.get(info.storage_key, {})
+            index = self._indexes.get(info.storage_key)
+            keys = index.candidates(objects, namespace, labels, FieldSelector()) if index \
+                else set()
+            return sum(1 for k in keys if labels.matches(objects[k]["metadata"].get("labels")))
+
     def find_uid(self, uid: str) -> tuple[StorageKey, ObjKey] | None:
         """Where the object with this uid lives, if it exists."""
         return self._owners.find(uid)

@@ -90,3 +90,5 @@ def test_indexed_list_equals_a_full_scan(ops: list[tuple[str, dict[str, Any]]],
         items, _ = store.list(pods, namespace, labels, fields)
         got = [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
         assert got == full_scan(store, namespace, labels, fields), (label_text, field_text)
+        assert store.count(pods, namespace, labels) == len(
+            full_scan(store, namespace, labels, FieldSelector()))
