@@ -25,88 +25,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
+from elastic_operator.api.kube import (
+    QuantityError,
+    gpu_quantity,
+    parse_epoch,
+    pod_gpu_request,
+    tolerates,
+)
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE, JOB_NAME
 
 Obj = Mapping[str, Any]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
-
-
-class QuantityError(ValueError):
-    """A GPU quantity that is not a whole number of devices."""
-
-
-def gpu_quantity(value: Any, where: str) -> int:
-    """A whole number of GPUs from a resource quantity (``2``, ``"2"``, ``"2000m"``).
-
-    Kubernetes only accepts integral extended resources; anything else raises
-    :class:`QuantityError` naming ``where`` and the value.
-    """
-    if isinstance(value, bool):
-        raise QuantityError(f"{where}: {value!r} is not a GPU count; use a whole number like 1")
-    if isinstance(value, int):
-        amount = value
-    elif isinstance(value, float) and value.is_integer():
-        amount = int(value)
-    else:
-        text = str(value).strip()
-        try:
-            if text.endswith("m"):
-                millis = int(text[:-1])
-                if millis % 1000:
-                    raise ValueError(text)
-                amount = millis // 1000
-            else:
-                amount = int(text)
-        except ValueError:
-            raise QuantityError(
-                f"{where}: {value!r} is not a GPU count; use a whole number like 1"
-            ) from None
-    if amount < 0:
-        raise QuantityError(f"{where}: {value!r} is negative; use a whole number >= 0")
-    return amount
-
-
-def pod_gpu_request(pod_spec: Obj, resource: str = DEFAULT_GPU_RESOURCE) -> int:
-    """GPUs one pod (or one worker of a template) needs on a single node.
-
-    A container's request defaults to its limit (GPUs are usually given only as limits); the
-    pod needs the sum over its containers, or the largest init container if that is more, as
-    init containers run one at a time before the others.
-    """
-
-    def amount(container: Obj, kind: str, i: int) -> int:
-        res = container.get("resources") or {}
-        requests, limits = res.get("requests") or {}, res.get("limits") or {}
-        raw = requests.get(resource, limits.get(resource, 0))
-        return gpu_quantity(raw, f"{kind}[{i}].resources[{resource!r}]")
-
-    containers = pod_spec.get("containers") or ()
-    inits = pod_spec.get("initContainers") or ()
-    regular = sum(amount(c, "containers", i) for i, c in enumerate(containers))
-    init = max((amount(c, "initContainers", i) for i, c in enumerate(inits)), default=0)
-    return max(regular, init)
-
-
-def tolerates(tolerations: Iterable[Obj], taint: Obj) -> bool:
-    """Whether some toleration matches the taint (Kubernetes' rules: an empty key with
-    ``Exists`` matches every taint; an empty effect matches every effect)."""
-    for tol in tolerations:
-        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
-            continue
-        operator = tol.get("operator") or "Equal"
-        if not tol.get("key"):
-            if operator == "Exists":
-                return True
-            continue
-        if tol.get("key") != taint.get("key"):
-            continue
-        if operator == "Exists" or (tol.get("value") or "") == (taint.get("value") or ""):
-            return True
-    return False
 
 
 def _expression_matches(expr: Obj, node_labels: Mapping[str, str]) -> bool:
@@ -189,16 +121,6 @@ def node_admits(node: NodeInfo, pod_spec: Obj) -> bool:
     return _affinity_matches(pod_spec, node.labels)
 
 
-def parse_time(text: str | None) -> float | None:
-    """Seconds since the epoch of an RFC 3339 timestamp, None when absent or malformed."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True)
 class PodInfo:
     """What the autoscaler needs of one Pod: where it is, what it holds, and who owns it."""
@@ -249,7 +171,7 @@ class PodInfo:
         for cond in status.get("conditions") or ():
             if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
                     and cond.get("reason") == "Unschedulable"):
-                unschedulable_since = parse_time(cond.get("lastTransitionTime"))
+                unschedulable_since = parse_epoch(cond.get("lastTransitionTime"))
         return cls(
             namespace=str(meta.get("namespace", "")),
             name=str(meta.get("name", "")),
@@ -257,7 +179,7 @@ class PodInfo:
             gpus=gpus,
             phase=str(status.get("phase") or "Pending"),
             terminating=bool(meta.get("deletionTimestamp")),
-            created=parse_time(meta.get("creationTimestamp")) or 0.0,
+            created=parse_epoch(meta.get("creationTimestamp")) or 0.0,
             labels=dict(meta.get("labels") or {}),
             priority=int(spec.get("priority") or 0),
             spec=spec,

@@ -23,14 +23,8 @@ from pydantic import ValidationError
 
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobSpec, Phase
-from elastic_operator.autoscaler.capacity import (
-    TERMINAL_PHASES,
-    CapacitySnapshot,
-    PodInfo,
-    QuantityError,
-    parse_time,
-    pod_gpu_request,
-)
+from elastic_operator.api.kube import QuantityError, parse_epoch, pod_gpu_request
+from elastic_operator.autoscaler.capacity import TERMINAL_PHASES, CapacitySnapshot, PodInfo
 from elastic_operator.autoscaler.policy import Capacity, Demand, JobState, Worker
 from elastic_operator.planner import desired_replicas
 
@@ -69,7 +63,7 @@ def job_state(job: Obj, pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
         replicas=desired_replicas(spec),
         gpus_per_worker=gpus,
         priority=spec.priority,
-        created=parse_time(meta.get("creationTimestamp")) or 0.0,
+        created=parse_epoch(meta.get("creationTimestamp")) or 0.0,
         enabled=spec.autoscale.enabled,
         eligible=snapshot.eligible(pod_spec),
         workers=tuple(sorted(workers, key=lambda w: w.index)),

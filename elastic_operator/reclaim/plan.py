@@ -20,8 +20,8 @@ from elastic_operator.api.kernelreclaim import (
     KernelReclaimPolicySpec,
     KernelReclaimPolicyStatus,
 )
+from elastic_operator.api.kube import QuantityError, parse_time, pod_gpu_request
 from elastic_operator.reclaim import rule
-from elastic_operator.reclaim.jupyter import parse_time
 from elastic_operator.reclaim.rule import Action, Decision, GpuFacts, KernelFacts, PodFacts
 
 # Condition types of a KernelReclaimPolicy.
@@ -42,25 +42,14 @@ def rule_policy(spec: KernelReclaimPolicySpec) -> rule.RulePolicy:
     )
 
 
-def _quantity(value: Any) -> int:
-    """Whole units of an extended-resource quantity (GPUs are integers); bad values count 0."""
-    try:
-        return max(0, int(str(value)))
-    except ValueError:
-        return 0
-
-
 def gpu_request(pod: dict[str, Any], resource: str) -> int:
-    """GPUs the pod holds: the sum over containers of requests (or limits, which the scheduler
-    copies into requests for extended resources)."""
-    total = 0
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        resources = container.get("resources") or {}
-        amount = (resources.get("requests") or {}).get(resource)
-        if amount is None:
-            amount = (resources.get("limits") or {}).get(resource)
-        total += _quantity(amount) if amount is not None else 0
-    return total
+    """GPUs the pod holds, counted as the autoscaler counts them
+    (:func:`~elastic_operator.api.kube.pod_gpu_request`); a malformed quantity counts 0, as
+    the API server rejects those."""
+    try:
+        return pod_gpu_request(pod.get("spec") or {}, resource)
+    except QuantityError:
+        return 0
 
 
 def running_since(pod: dict[str, Any]) -> datetime | None:
