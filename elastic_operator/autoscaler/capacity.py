@@ -23,6 +23,7 @@ growth window would count them as free the whole time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,15 @@ class NodeInfo:
             labels=dict(meta.get("labels") or {}),
             taints=tuple(spec.get("taints") or ()),
         )
+
+
+def placement_key(pod_spec: Obj) -> str:
+    """The parts of a pod spec that :func:`node_admits` reads, as one string: specs with
+    equal keys are admitted by the same nodes."""
+    affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    return json.dumps([pod_spec.get("tolerations") or (), pod_spec.get("nodeSelector") or {},
+                       affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}],
+                      sort_keys=True, default=str)
 
 
 def node_admits(node: NodeInfo, pod_spec: Obj) -> bool:
@@ -199,10 +209,19 @@ class CapacitySnapshot:
     nodes: Mapping[str, NodeInfo]
     free: Mapping[str, int]
     releasing: Mapping[str, int]
+    # Eligible nodes per placement_key: jobs mostly share a few templates' constraints, so a
+    # decision tests each node once per distinct constraint, not once per job.
+    _eligible: dict[str, frozenset[str]] = field(default_factory=dict, compare=False,
+                                                  repr=False)
 
     def eligible(self, pod_spec: Obj) -> frozenset[str]:
         """Schedulable nodes a pod with this spec may use (taints, selector, affinity)."""
-        return frozenset(n.name for n in self.nodes.values() if node_admits(n, pod_spec))
+        key = placement_key(pod_spec)
+        found = self._eligible.get(key)
+        if found is None:
+            found = frozenset(n.name for n in self.nodes.values() if node_admits(n, pod_spec))
+            self._eligible[key] = found
+        return found
 
     @property
     def total_free(self) -> int:
@@ -226,16 +245,23 @@ class CapacityCache:
     """Nodes and GPU-holding pods, kept current from watch events.
 
     Guarantees: after any sequence of :meth:`apply_node`/:meth:`apply_pod` calls, the snapshot
-    equals what :func:`compute_snapshot` gives for the latest version of every object seen (the
-    usage per node is updated incrementally, so a snapshot costs O(nodes)). Only pods that ask
-    for GPUs or belong to an ElasticJob are kept. ``snapshot().lowered(take_floor())`` never
-    offers more on a node than any state the events passed through since the previous call.
+    equals what :func:`compute_snapshot` gives for the latest version of every object seen, and
+    ``by_job``/``waiting`` equal a regrouping of ``pods``. An event costs O(1) in the size of
+    the cluster (usage per node and the groups are updated incrementally, so a snapshot costs
+    O(nodes)). Only pods that ask for GPUs or belong to an ElasticJob are kept.
+    ``snapshot().lowered(take_floor())`` never offers more on a node than any state the events
+    passed through since the previous call.
     """
 
     def __init__(self, resource: str = DEFAULT_GPU_RESOURCE) -> None:
         self.resource = resource
         self.nodes: dict[str, NodeInfo] = {}
         self.pods: dict[str, PodInfo] = {}
+        # The same pods grouped the way a decision reads them, kept per event so a decision
+        # never regroups the cluster: workers by job, and pending GPU pods of no job (the
+        # candidates for protected demand).
+        self.by_job: dict[str, dict[str, PodInfo]] = {}
+        self.waiting: dict[str, PodInfo] = {}
         self._used: dict[str, int] = {}
         self._releasing: dict[str, int] = {}
         # Least offer (free + releasing) per node since take_floor(); absent: unchanged since.
@@ -260,10 +286,27 @@ class CapacityCache:
         self._before(touched)
         if old is not None:
             self._account(old, -1)
+            self._ungroup(old)
         if event_type != "DELETED" and (info.gpus > 0 or info.job):
             self.pods[info.key] = info
             self._account(info, +1)
+            self._group(info)
         self._after(touched)
+
+    def _group(self, pod: PodInfo) -> None:
+        if pod.job is not None:
+            self.by_job.setdefault(pod.job, {})[pod.key] = pod
+        elif pod.pending and pod.gpus > 0:
+            self.waiting[pod.key] = pod
+
+    def _ungroup(self, pod: PodInfo) -> None:
+        if pod.job is not None:
+            group = self.by_job.get(pod.job, {})
+            group.pop(pod.key, None)
+            if not group:
+                self.by_job.pop(pod.job, None)
+        else:
+            self.waiting.pop(pod.key, None)
 
     def _account(self, pod: PodInfo, sign: int) -> None:
         if not pod.holds_gpus:

@@ -136,6 +136,8 @@ class Autoscaler:
         self.metrics = metrics
         self.capacity = CapacityCache(settings.resource)
         self.jobs: dict[str, dict[str, Any]] = {}
+        # Each job parsed once per change (None: skipped), not once per decision.
+        self.views: dict[str, views.JobView | None] = {}
         self.memory: dict[str, JobMemory] = {}
         self._wake = asyncio.Event()
 
@@ -156,9 +158,11 @@ class Autoscaler:
         key = views.job_key(job)
         if event_type == "DELETED":
             self.jobs.pop(key, None)
+            self.views.pop(key, None)
             self.memory.pop(key, None)
         else:
             self.jobs[key] = copy.deepcopy(dict(job))  # apply() edits it; kopf owns the event
+            self.views[key] = views.job_view(self.jobs[key], self.settings.resource)
         self._wake.set()
 
     # -- decision ----------------------------------------------------------------------------
@@ -167,14 +171,10 @@ class Autoscaler:
         snapshot = self.capacity.snapshot()
         floor = snapshot.lowered(self.capacity.take_floor())
         self.metrics.free_gpus.set(snapshot.total_free)
-        by_job: dict[str, list[PodInfo]] = {}
-        for pod in self.capacity.pods.values():
-            if pod.job is not None:
-                by_job.setdefault(pod.job, []).append(pod)
-        states = [s for key, job in self.jobs.items()
-                  if (s := views.job_state(job, by_job.get(key, ()), snapshot,
-                                           self.settings.resource)) is not None]
-        demands = views.protected_demands(self.capacity.pods.values(), snapshot,
+        no_pods: dict[str, PodInfo] = {}
+        states = [views.job_state(view, self.capacity.by_job.get(key, no_pods).values(), snapshot)
+                  for key, view in self.views.items() if view is not None]
+        demands = views.protected_demands(self.capacity.waiting.values(), snapshot,
                                           self.settings.protected_priority)
         decision = decide(states, demands, views.policy_capacity(snapshot), self.memory, now,
                           PolicySettings(preempt_after_s=self.settings.preempt_after_s),
@@ -211,6 +211,7 @@ class Autoscaler:
         new_version = (written.get("metadata") or {}).get("resourceVersion")
         if new_version:
             meta["resourceVersion"] = new_version
+        self.views[key] = views.job_view(job, self.settings.resource)
         if target.kind is Kind.GROW:
             self.metrics.scale_ups.inc()
         else:

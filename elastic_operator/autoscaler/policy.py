@@ -43,6 +43,7 @@ so GPUs that were taken and freed again between two decisions also reset the str
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -199,6 +200,9 @@ class _Allocator:
         self.settings = settings
         self.hold = hold
         self.pool = {n: capacity.free[n] + capacity.releasing.get(n, 0) for n in capacity.free}
+        # Nodes with any GPU left: in a busy cluster far fewer than the eligible ones, so a
+        # fit looks at these instead of at every node a job may use.
+        self.open = {n for n, left in self.pool.items() if left > 0}
         self.size = dict(capacity.size)
         self.raw = {j.key: j.replicas for j in jobs}
         self.out = Allocation(replicas=self.raw)
@@ -211,7 +215,7 @@ class _Allocator:
         for job in self.jobs.values():
             for w in job.workers:
                 if w.node in self.pool and w.index >= job.replicas:
-                    self.pool[w.node] += job.gpus_per_worker
+                    self._give(w.node, job.gpus_per_worker)
 
     def give_back(self) -> None:
         for job in self.jobs.values():
@@ -255,13 +259,13 @@ class _Allocator:
         for unit in units:
             if unit.owner in self.jobs and unit.index >= self.raw[unit.owner]:
                 continue  # its job shrank (it was a victim) while demand was being placed
-            node = best_fit(self.pool, unit.eligible, unit.gpus)
+            node = self._fit(unit.eligible, unit.gpus)
             if node is None and self.now - unit.since >= self.settings.preempt_after_s:
                 node = self._preempt_for(unit)
             if node is None:
                 unmet.append(unit)
                 continue
-            self.pool[node] -= unit.gpus
+            self._take(node, unit.gpus)
             if unit.owner in self.jobs:
                 self.reserved[(unit.owner, unit.index)] = node
         self.out.unmet = sorted({u.owner for u in unmet})
@@ -269,29 +273,54 @@ class _Allocator:
 
     def grow(self, unmet: list[_Unit]) -> None:
         stuck_jobs = {u.owner for u in unmet}
-        candidates = [j for j in self.jobs.values()
-                      if j.managed and j.key not in stuck_jobs | self.victims | self.hold
-                      and self.out.kinds.get(j.key) is None]
-        while True:
-            best: tuple[tuple[float, int, float, str], JobState, str] | None = None
-            for job in candidates:
-                if self.raw[job.key] >= job.max_replicas:
-                    continue
-                blocked = {n for u in unmet if u.owner != job.key and u.priority >= job.priority
-                           for n in u.eligible if self.size.get(n, math.inf) >= u.gpus}
-                node = best_fit(self.pool, job.eligible - blocked, job.gpus_per_worker)
-                if node is None:
-                    continue
-                rank = (-job.priority, self.raw[job.key] - job.min_replicas, job.created, job.key)
-                if best is None or rank < best[0]:
-                    best = (rank, job, node)
-            if best is None:
-                return
-            _, job, node = best
-            self.pool[node] -= job.gpus_per_worker
+        # Growth only takes from the pool, so a job that finds no node now never will in this
+        # call: candidates are taken best rank first from a heap and dropped once they do
+        # not fit, instead of ranking every job again for every worker added.
+        heap: list[tuple[tuple[float, int, float, str], frozenset[str]]] = []
+        for job in self.jobs.values():
+            if (not job.managed or job.key in stuck_jobs or job.key in self.victims
+                    or job.key in self.hold or self.out.kinds.get(job.key) is not None):
+                continue
+            blocked = {n for u in unmet if u.owner != job.key and u.priority >= job.priority
+                       for n in u.eligible if self.size.get(n, math.inf) >= u.gpus}
+            heap.append((self._grow_rank(job), job.eligible - blocked if blocked else
+                         job.eligible))
+        heapq.heapify(heap)
+        while heap:
+            rank, allowed = heap[0]
+            job = self.jobs[rank[3]]
+            node = None
+            if self.raw[job.key] < job.max_replicas:
+                node = self._fit(allowed, job.gpus_per_worker)
+            if node is None:
+                heapq.heappop(heap)
+                continue
+            self._take(node, job.gpus_per_worker)
             self.raw[job.key] += 1
             self.out.placements.setdefault(job.key, []).append(node)
             self.out.kinds[job.key] = Kind.GROW
+            heapq.heapreplace(heap, (self._grow_rank(job), allowed))
+
+    def _grow_rank(self, job: JobState) -> tuple[float, int, float, str]:
+        """Who grows next: highest priority, then fewest replicas above min, then oldest."""
+        return (-job.priority, self.raw[job.key] - job.min_replicas, job.created, job.key)
+
+    # -- the pool ----------------------------------------------------------------------------
+    def _fit(self, eligible: frozenset[str], gpus: int) -> str | None:
+        """:func:`best_fit` over the open nodes, the smaller of the two sets scanned."""
+        if len(self.open) < len(eligible):
+            return best_fit(self.pool, (n for n in self.open if n in eligible), gpus)
+        return best_fit(self.pool, eligible, gpus)
+
+    def _take(self, node: str, gpus: int) -> None:
+        self.pool[node] -= gpus
+        if self.pool[node] <= 0:
+            self.open.discard(node)
+
+    def _give(self, node: str, gpus: int) -> None:
+        self.pool[node] += gpus
+        if self.pool[node] > 0:
+            self.open.add(node)
 
     # -- preemption --------------------------------------------------------------------------
     def _victim_order(self, unit: _Unit) -> list[JobState]:
@@ -309,7 +338,7 @@ class _Allocator:
         node = w.node if w is not None and w.node is not None else self.reserved.pop(
             (job.key, index), None)
         if node is not None and node in self.pool:
-            self.pool[node] += job.gpus_per_worker
+            self._give(node, job.gpus_per_worker)
             return node
         return None
 
@@ -325,7 +354,7 @@ class _Allocator:
             index = self.raw[victim.key] - 1
             taken.append((victim, index, self._free_worker(victim, index)))
             self.raw[victim.key] = index
-            node = best_fit(self.pool, unit.eligible, unit.gpus)
+            node = self._fit(unit.eligible, unit.gpus)
         # Give back what did not help: per victim, lowest index first (the operator removes
         # the highest indexes, so a victim can only keep a prefix of what it lost).
         for victim, index, freed in sorted(taken, key=lambda t: (t[0].key, t[1])):
@@ -337,14 +366,14 @@ class _Allocator:
             if freed is not None:
                 if self.pool[freed] < victim.gpus_per_worker:
                     continue
-                self.pool[freed] -= victim.gpus_per_worker
+                self._take(freed, victim.gpus_per_worker)
                 if self.workers[victim.key].get(index) is None or \
                         self.workers[victim.key][index].node is None:
                     self.reserved[(victim.key, index)] = freed
             self.raw[victim.key] = index + 1
         if node is None:
             return None
-        node = best_fit(self.pool, unit.eligible, unit.gpus)
+        node = self._fit(unit.eligible, unit.gpus)
         for victim in {v.key: v for v, _, _ in taken}.values():
             if self.raw[victim.key] < before[victim.key]:
                 self.victims.add(victim.key)

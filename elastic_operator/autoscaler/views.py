@@ -17,6 +17,7 @@ are read is unit-tested with plain dicts:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,9 +37,19 @@ def job_key(job: Obj) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def job_state(job: Obj, pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
-              resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobState | None:
-    """The policy's view of one ElasticJob and its worker pods, or None when it is skipped."""
+@dataclass(frozen=True)
+class JobView:
+    """One ElasticJob parsed once per watch event, so a decision re-validates no spec."""
+
+    key: str
+    spec: ElasticJobSpec
+    pod_spec: Obj
+    gpus_per_worker: int
+    created: float
+
+
+def job_view(job: Obj, resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobView | None:
+    """The parsed job, or None when it is skipped (see the module docstring)."""
     status = job.get("status") or {}
     if status.get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
         return None
@@ -48,6 +59,13 @@ def job_state(job: Obj, pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
         gpus = pod_gpu_request(pod_spec, resource)
     except (ValidationError, QuantityError, AttributeError):
         return None
+    meta = job.get("metadata") or {}
+    return JobView(job_key(job), spec, pod_spec, gpus,
+                   parse_epoch(meta.get("creationTimestamp")) or 0.0)
+
+
+def job_state(view: JobView, pods: Iterable[PodInfo], snapshot: CapacitySnapshot) -> JobState:
+    """The policy's view of one ElasticJob and its worker pods."""
     workers = []
     for pod in pods:
         index = pod.labels.get(labels.REPLICA_INDEX, "")
@@ -55,17 +73,17 @@ def job_state(job: Obj, pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
             continue
         workers.append(Worker(int(index), pod.node, None if pod.node else pod.created,
                               None if pod.node else pod.unschedulable_since))
-    meta = job.get("metadata") or {}
+    spec = view.spec
     return JobState(
-        key=job_key(job),
+        key=view.key,
         min_replicas=spec.minReplicas,
         max_replicas=spec.maxReplicas,
         replicas=desired_replicas(spec),
-        gpus_per_worker=gpus,
+        gpus_per_worker=view.gpus_per_worker,
         priority=spec.priority,
-        created=parse_epoch(meta.get("creationTimestamp")) or 0.0,
+        created=view.created,
         enabled=spec.autoscale.enabled,
-        eligible=snapshot.eligible(pod_spec),
+        eligible=snapshot.eligible(view.pod_spec),
         workers=tuple(sorted(workers, key=lambda w: w.index)),
         window_s=float(spec.autoscale.stabilizationWindowSeconds),
         unschedulable_timeout_s=float(spec.autoscale.unschedulableTimeoutSeconds),
