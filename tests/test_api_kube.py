@@ -18,7 +18,7 @@ from elastic_operator.api.kube import (
     tolerates,
 )
 from elastic_operator.autoscaler.capacity import PodInfo
-from elastic_operator.reclaim.plan import gpu_request
+from elastic_operator.reclaim.pods import observe
 from tests.autoscaler.objects import GPU
 
 
@@ -119,4 +119,4 @@ def test_autoscaler_and_reclaim_count_a_pods_gpus_alike(
             "initContainers": [{"name": f"i{i}", "resources": r} for i, r in enumerate(inits)]}
     body = {"metadata": {"name": "p", "namespace": "ns"}, "spec": spec, "status": {}}
     assert PodInfo.from_object(body).gpus == expected
-    assert gpu_request(body, GPU) == expected
+    assert observe(body).gpus(GPU) == expected
