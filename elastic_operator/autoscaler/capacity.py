@@ -214,9 +214,10 @@ class CapacitySnapshot:
     _eligible: dict[str, frozenset[str]] = field(default_factory=dict, compare=False,
                                                   repr=False)
 
-    def eligible(self, pod_spec: Obj) -> frozenset[str]:
-        """Schedulable nodes a pod with this spec may use (taints, selector, affinity)."""
-        key = placement_key(pod_spec)
+    def eligible(self, pod_spec: Obj, key: str | None = None) -> frozenset[str]:
+        """Schedulable nodes a pod with this spec may use (taints, selector, affinity);
+        ``key`` is the spec's :func:`placement_key` when the caller keeps it."""
+        key = placement_key(pod_spec) if key is None else key
         found = self._eligible.get(key)
         if found is None:
             found = frozenset(n.name for n in self.nodes.values() if node_admits(n, pod_spec))

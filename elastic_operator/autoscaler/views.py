@@ -25,7 +25,12 @@ from pydantic import ValidationError
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobSpec, Phase
 from elastic_operator.api.kube import QuantityError, parse_epoch, pod_gpu_request
-from elastic_operator.autoscaler.capacity import TERMINAL_PHASES, CapacitySnapshot, PodInfo
+from elastic_operator.autoscaler.capacity import (
+    TERMINAL_PHASES,
+    CapacitySnapshot,
+    PodInfo,
+    placement_key,
+)
 from elastic_operator.autoscaler.policy import Capacity, Demand, JobState, Worker
 from elastic_operator.planner import desired_replicas
 
@@ -46,6 +51,7 @@ class JobView:
     pod_spec: Obj
     gpus_per_worker: int
     created: float
+    placement: str  # placement_key(pod_spec)
 
 
 def job_view(job: Obj, resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobView | None:
@@ -61,7 +67,7 @@ def job_view(job: Obj, resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobView |
         return None
     meta = job.get("metadata") or {}
     return JobView(job_key(job), spec, pod_spec, gpus,
-                   parse_epoch(meta.get("creationTimestamp")) or 0.0)
+                   parse_epoch(meta.get("creationTimestamp")) or 0.0, placement_key(pod_spec))
 
 
 def job_state(view: JobView, pods: Iterable[PodInfo], snapshot: CapacitySnapshot) -> JobState:
@@ -83,7 +89,7 @@ def job_state(view: JobView, pods: Iterable[PodInfo], snapshot: CapacitySnapshot
         priority=spec.priority,
         created=view.created,
         enabled=spec.autoscale.enabled,
-        eligible=snapshot.eligible(view.pod_spec),
+        eligible=snapshot.eligible(view.pod_spec, view.placement),
         workers=tuple(sorted(workers, key=lambda w: w.index)),
         window_s=float(spec.autoscale.stabilizationWindowSeconds),
         unschedulable_timeout_s=float(spec.autoscale.unschedulableTimeoutSeconds),
