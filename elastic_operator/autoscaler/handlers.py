@@ -44,13 +44,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from elastic_operator import k8s, labels
 from elastic_operator.api.elasticjob import PLURAL
 from elastic_operator.autoscaler import views
-from elastic_operator.autoscaler.capacity import CapacityCache, PodInfo
+from elastic_operator.autoscaler.capacity import CapacityCache
 from elastic_operator.autoscaler.policy import (
     Decision,
     JobMemory,
     Kind,
     PolicySettings,
     Target,
+    Worker,
     decide,
 )
 from elastic_operator.planner import Event
@@ -136,8 +137,10 @@ class Autoscaler:
         self.metrics = metrics
         self.capacity = CapacityCache(settings.resource)
         self.jobs: dict[str, dict[str, Any]] = {}
-        # Each job parsed once per change (None: skipped), not once per decision.
+        # Each job parsed once per change (None: skipped), not once per decision; likewise
+        # its workers, dropped when one of its pods changes.
         self.views: dict[str, views.JobView | None] = {}
+        self.workers: dict[str, tuple[Worker, ...]] = {}
         self.memory: dict[str, JobMemory] = {}
         self._wake = asyncio.Event()
 
@@ -149,9 +152,13 @@ class Autoscaler:
     def on_pod(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
         key = f"{(pod.get('metadata') or {}).get('namespace')}/" \
               f"{(pod.get('metadata') or {}).get('name')}"
-        known = key in self.capacity.pods
+        old = self.capacity.pods.get(key)
         self.capacity.apply_pod(event_type or "ADDED", pod)
-        if known or key in self.capacity.pods:  # a CPU-only foreign pod changes nothing
+        new = self.capacity.pods.get(key)
+        for info in (old, new):
+            if info is not None and info.job is not None:
+                self.workers.pop(info.job, None)
+        if old is not None or new is not None:  # a CPU-only foreign pod changes nothing
             self._wake.set()
 
     def on_job(self, event_type: str | None, job: Mapping[str, Any]) -> None:
@@ -159,6 +166,7 @@ class Autoscaler:
         if event_type == "DELETED":
             self.jobs.pop(key, None)
             self.views.pop(key, None)
+            self.workers.pop(key, None)
             self.memory.pop(key, None)
         else:
             self.jobs[key] = copy.deepcopy(dict(job))  # apply() edits it; kopf owns the event
@@ -171,8 +179,7 @@ class Autoscaler:
         snapshot = self.capacity.snapshot()
         floor = snapshot.lowered(self.capacity.take_floor())
         self.metrics.free_gpus.set(snapshot.total_free)
-        no_pods: dict[str, PodInfo] = {}
-        states = [views.job_state(view, self.capacity.by_job.get(key, no_pods).values(), snapshot)
+        states = [views.job_state(view, self._workers(key), snapshot)
                   for key, view in self.views.items() if view is not None]
         demands = views.protected_demands(self.capacity.waiting.values(), snapshot,
                                           self.settings.protected_priority)
@@ -182,6 +189,13 @@ class Autoscaler:
         self.memory = decision.memory
         self.metrics.decisions.inc()
         return decision
+
+    def _workers(self, key: str) -> tuple[Worker, ...]:
+        workers = self.workers.get(key)
+        if workers is None:
+            workers = views.workers_of(self.capacity.by_job.get(key, {}).values())
+            self.workers[key] = workers
+        return workers
 
     async def apply(self, api: Patcher, post_event: PostEvent, key: str,
                     target: Target) -> bool:

@@ -204,6 +204,9 @@ class _Allocator:
         # Nodes by the GPUs they have left (none: absent), so a fit tests a few buckets with
         # set intersections instead of every node a unit may use (see _fit).
         self.left: dict[int, set[str]] = {}
+        self.gives = 0  # pool increases so far (see _fit)
+        self.misses: dict[tuple[frozenset[str], int], int] = {}
+        self.hopeless: set[tuple[frozenset[str], int]] = set()  # see _could_fit
         for n, left in self.pool.items():
             if left > 0:
                 self.left.setdefault(left, set()).add(n)
@@ -306,6 +309,7 @@ class _Allocator:
         # A candidate owns no unmet unit (those jobs are stuck), so the nodes kept for unmet
         # demand depend on its priority alone: computed once per priority.
         blocked_at: dict[int, set[str]] = {}
+        allowed_for: dict[tuple[frozenset[str], int], frozenset[str]] = {}
         for job in self.jobs.values():
             if (not job.managed or job.key in stuck_jobs or job.key in self.victims
                     or job.key in self.hold or self.out.kinds.get(job.key) is not None):
@@ -317,8 +321,12 @@ class _Allocator:
                                        if u.priority >= job.priority}:
                     blocked.update(n for n in eligible if self.size.get(n, math.inf) >= gpus)
                 blocked_at[job.priority] = blocked
-            heap.append((self._grow_rank(job), job.eligible - blocked if blocked else
-                         job.eligible))
+            # Jobs share a few eligible sets: subtract once per set and priority.
+            allowed = allowed_for.get((job.eligible, job.priority))
+            if allowed is None:
+                allowed = job.eligible - blocked if blocked else job.eligible
+                allowed_for[(job.eligible, job.priority)] = allowed
+            heap.append((self._grow_rank(job), allowed))
         heapq.heapify(heap)
         while heap:
             rank, allowed = heap[0]
@@ -345,10 +353,15 @@ class _Allocator:
         an eligible node has the tightest ones; ties go by name, as there."""
         if gpus <= 0:
             return best_fit(self.pool, eligible, gpus)
+        # Only a give can make room, so a miss holds until the next one: most pending units
+        # of a full cluster share their eligible set and miss alike.
+        if self.misses.get((eligible, gpus)) == self.gives:
+            return None
         for left in sorted(k for k in self.left if k >= gpus):
             hits = self.left[left] & eligible
             if hits:
                 return min(hits)
+        self.misses[(eligible, gpus)] = self.gives
         return None
 
     def _move(self, node: str, before: int) -> None:
@@ -365,6 +378,7 @@ class _Allocator:
         self._move(node, self.pool[node] + gpus)
 
     def _give(self, node: str, gpus: int) -> None:
+        self.gives += 1
         self.pool[node] += gpus
         self._move(node, self.pool[node] - gpus)
 
@@ -439,8 +453,14 @@ class _Allocator:
 
     def _could_fit(self, unit: _Unit) -> bool:
         """Whether some node the unit may use would have room if every worker above its
-        job's min were taken (:attr:`bound` is that ceiling per node)."""
-        return any(self.bound.get(n, 0) >= unit.gpus for n in unit.eligible)
+        job's min were taken (:attr:`bound` is that ceiling per node). The ceiling never
+        rises, so a unit that cannot fit tells the same of every later one like it."""
+        if (unit.eligible, unit.gpus) in self.hopeless:
+            return False
+        if any(self.bound.get(n, 0) >= unit.gpus for n in unit.eligible):
+            return True
+        self.hopeless.add((unit.eligible, unit.gpus))
+        return False
 
     def _shrinkable(self, job: JobState, index: int) -> bool:
         """A worker that preemption may take: of a managed job and above its min."""

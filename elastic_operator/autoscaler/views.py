@@ -70,8 +70,8 @@ def job_view(job: Obj, resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobView |
                    parse_epoch(meta.get("creationTimestamp")) or 0.0, placement_key(pod_spec))
 
 
-def job_state(view: JobView, pods: Iterable[PodInfo], snapshot: CapacitySnapshot) -> JobState:
-    """The policy's view of one ElasticJob and its worker pods."""
+def workers_of(pods: Iterable[PodInfo]) -> tuple[Worker, ...]:
+    """A job's live workers by index (see the module docstring), from its worker pods."""
     workers = []
     for pod in pods:
         index = pod.labels.get(labels.REPLICA_INDEX, "")
@@ -79,6 +79,12 @@ def job_state(view: JobView, pods: Iterable[PodInfo], snapshot: CapacitySnapshot
             continue
         workers.append(Worker(int(index), pod.node, None if pod.node else pod.created,
                               None if pod.node else pod.unschedulable_since))
+    return tuple(sorted(workers, key=lambda w: w.index))
+
+
+def job_state(view: JobView, workers: tuple[Worker, ...],
+              snapshot: CapacitySnapshot) -> JobState:
+    """The policy's view of one ElasticJob with its :func:`workers_of`."""
     spec = view.spec
     return JobState(
         key=view.key,
@@ -90,7 +96,7 @@ def job_state(view: JobView, pods: Iterable[PodInfo], snapshot: CapacitySnapshot
         created=view.created,
         enabled=spec.autoscale.enabled,
         eligible=snapshot.eligible(view.pod_spec, view.placement),
-        workers=tuple(sorted(workers, key=lambda w: w.index)),
+        workers=workers,
         window_s=float(spec.autoscale.stabilizationWindowSeconds),
         unschedulable_timeout_s=float(spec.autoscale.unschedulableTimeoutSeconds),
     )
