@@ -350,9 +350,8 @@ class _Allocator:
     # -- the pool ----------------------------------------------------------------------------
     def _fit(self, eligible: frozenset[str], gpus: int) -> str | None:
         """:func:`best_fit` by buckets: the first bucket of at least ``gpus`` left that holds
-        an eligible node has the tightest ones; ties go by name, as there."""
-        if gpus <= 0:
-            return best_fit(self.pool, eligible, gpus)
+        an eligible node has the tightest ones; ties go by name, as there. Every unit and
+        managed worker asks for ``gpus >= 1``, so nodes with none left never fit."""
         # Only a give can make room, so a miss holds until the next one: most pending units
         # of a full cluster share their eligible set and miss alike.
         if self.misses.get((eligible, gpus)) == self.gives:
