@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 PROTECTED_PRIORITY = math.inf  # protected pods outrank every job
-_DIRECT_AFTER = 32  # takes for one unit before preemption searches its victim directly
+_DIRECT_AFTER = 4  # takes for one unit before preemption searches its victim directly
 
 
 @dataclass(frozen=True)
