@@ -22,6 +22,7 @@ from typing import Any
 
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobStatus, WorkerFailure
+from elastic_operator.api.kube import parse_time, precise_time
 from launcher.contract import Completion, FailureReport
 
 # Pod status reasons with which Kubernetes ends a pod it wanted gone (kubelet eviction, graceful
@@ -62,15 +63,6 @@ class JobView:
     def selector(self) -> str:
         """Label selector of the job's workers (status.selector, used by /scale)."""
         return f"{labels.JOB_NAME}={self.name}"
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def observe_pod(pod: dict[str, Any]) -> PodView:
@@ -177,8 +169,3 @@ def reported_failure(job: str, report: FailureReport) -> WorkerFailure:
         exitCode=report.exit_code,
         time=precise_time(datetime.fromtimestamp(report.timestamp, UTC)),
     )
-
-
-def precise_time(now: datetime) -> str:
-    """RFC 3339 with microseconds: backoffs shorter than a second must not be rounded away."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

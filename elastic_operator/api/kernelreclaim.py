@@ -13,6 +13,7 @@ Durations are Go-style strings (``"90s"``, ``"30m"``, ``"1h30m"``), the conventi
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -91,6 +92,25 @@ class LabelSelector(ApiModel):
 
     matchLabels: dict[str, str] = Field(default_factory=dict)
     matchExpressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+    def matches(self, pod_labels: Mapping[str, str]) -> bool:
+        """Whether an object with these labels is selected (the API server's semantics:
+        ``NotIn`` and ``DoesNotExist`` hold for an absent key)."""
+        if any(pod_labels.get(k) != v for k, v in self.matchLabels.items()):
+            return False
+        for req in self.matchExpressions:
+            present = req.key in pod_labels
+            if req.operator == "Exists":
+                ok = present
+            elif req.operator == "DoesNotExist":
+                ok = not present
+            elif req.operator == "In":
+                ok = present and pod_labels[req.key] in req.values
+            else:
+                ok = not present or pod_labels[req.key] not in req.values
+            if not ok:
+                return False
+        return True
 
     def query(self) -> str:
         """The selector in the ``labelSelector`` query syntax of the Kubernetes list API."""

@@ -23,90 +23,23 @@ growth window would count them as free the whole time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
+from elastic_operator.api.kube import (
+    QuantityError,
+    gpu_quantity,
+    parse_epoch,
+    pod_gpu_request,
+    tolerates,
+)
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE, JOB_NAME
 
 Obj = Mapping[str, Any]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
-
-
-class QuantityError(ValueError):
-    """A GPU quantity that is not a whole number of devices."""
-
-
-def gpu_quantity(value: Any, where: str) -> int:
-    """A whole number of GPUs from a resource quantity (``2``, ``"2"``, ``"2000m"``).
-
-    Kubernetes only accepts integral extended resources; anything else raises
-    :class:`QuantityError` naming ``where`` and the value.
-    """
-    if isinstance(value, bool):
-        raise QuantityError(f"{where}: {value!r} is not a GPU count; use a whole number like 1")
-    if isinstance(value, int):
-        amount = value
-    elif isinstance(value, float) and value.is_integer():
-        amount = int(value)
-    else:
-        text = str(value).strip()
-        try:
-            if text.endswith("m"):
-                millis = int(text[:-1])
-                if millis % 1000:
-                    raise ValueError(text)
-                amount = millis // 1000
-            else:
-                amount = int(text)
-        except ValueError:
-            raise QuantityError(
-                f"{where}: {value!r} is not a GPU count; use a whole number like 1"
-            ) from None
-    if amount < 0:
-        raise QuantityError(f"{where}: {value!r} is negative; use a whole number >= 0")
-    return amount
-
-
-def pod_gpu_request(pod_spec: Obj, resource: str = DEFAULT_GPU_RESOURCE) -> int:
-    """GPUs one pod (or one worker of a template) needs on a single node.
-
-    A container's request defaults to its limit (GPUs are usually given only as limits); the
-    pod needs the sum over its containers, or the largest init container if that is more, as
-    init containers run one at a time before the others.
-    """
-
-    def amount(container: Obj, kind: str, i: int) -> int:
-        res = container.get("resources") or {}
-        requests, limits = res.get("requests") or {}, res.get("limits") or {}
-        raw = requests.get(resource, limits.get(resource, 0))
-        return gpu_quantity(raw, f"{kind}[{i}].resources[{resource!r}]")
-
-    containers = pod_spec.get("containers") or ()
-    inits = pod_spec.get("initContainers") or ()
-    regular = sum(amount(c, "containers", i) for i, c in enumerate(containers))
-    init = max((amount(c, "initContainers", i) for i, c in enumerate(inits)), default=0)
-    return max(regular, init)
-
-
-def tolerates(tolerations: Iterable[Obj], taint: Obj) -> bool:
-    """Whether some toleration matches the taint (Kubernetes' rules: an empty key with
-    ``Exists`` matches every taint; an empty effect matches every effect)."""
-    for tol in tolerations:
-        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
-            continue
-        operator = tol.get("operator") or "Equal"
-        if not tol.get("key"):
-            if operator == "Exists":
-                return True
-            continue
-        if tol.get("key") != taint.get("key"):
-            continue
-        if operator == "Exists" or (tol.get("value") or "") == (taint.get("value") or ""):
-            return True
-    return False
 
 
 def _expression_matches(expr: Obj, node_labels: Mapping[str, str]) -> bool:
@@ -175,6 +108,15 @@ class NodeInfo:
         )
 
 
+def placement_key(pod_spec: Obj) -> str:
+    """The parts of a pod spec that :func:`node_admits` reads, as one string: specs with
+    equal keys are admitted by the same nodes."""
+    affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    return json.dumps([pod_spec.get("tolerations") or (), pod_spec.get("nodeSelector") or {},
+                       affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}],
+                      sort_keys=True, default=str)
+
+
 def node_admits(node: NodeInfo, pod_spec: Obj) -> bool:
     """Whether a pod with this spec may be scheduled onto the node (GPU fit aside)."""
     if not node.schedulable:
@@ -187,16 +129,6 @@ def node_admits(node: NodeInfo, pod_spec: Obj) -> bool:
     if any(node.labels.get(k) != str(v) for k, v in selector.items()):
         return False
     return _affinity_matches(pod_spec, node.labels)
-
-
-def parse_time(text: str | None) -> float | None:
-    """Seconds since the epoch of an RFC 3339 timestamp, None when absent or malformed."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -249,7 +181,7 @@ class PodInfo:
         for cond in status.get("conditions") or ():
             if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
                     and cond.get("reason") == "Unschedulable"):
-                unschedulable_since = parse_time(cond.get("lastTransitionTime"))
+                unschedulable_since = parse_epoch(cond.get("lastTransitionTime"))
         return cls(
             namespace=str(meta.get("namespace", "")),
             name=str(meta.get("name", "")),
@@ -257,7 +189,7 @@ class PodInfo:
             gpus=gpus,
             phase=str(status.get("phase") or "Pending"),
             terminating=bool(meta.get("deletionTimestamp")),
-            created=parse_time(meta.get("creationTimestamp")) or 0.0,
+            created=parse_epoch(meta.get("creationTimestamp")) or 0.0,
             labels=dict(meta.get("labels") or {}),
             priority=int(spec.get("priority") or 0),
             spec=spec,
@@ -277,10 +209,20 @@ class CapacitySnapshot:
     nodes: Mapping[str, NodeInfo]
     free: Mapping[str, int]
     releasing: Mapping[str, int]
+    # Eligible nodes per placement_key: jobs mostly share a few templates' constraints, so a
+    # decision tests each node once per distinct constraint, not once per job.
+    _eligible: dict[str, frozenset[str]] = field(default_factory=dict, compare=False,
+                                                  repr=False)
 
-    def eligible(self, pod_spec: Obj) -> frozenset[str]:
-        """Schedulable nodes a pod with this spec may use (taints, selector, affinity)."""
-        return frozenset(n.name for n in self.nodes.values() if node_admits(n, pod_spec))
+    def eligible(self, pod_spec: Obj, key: str | None = None) -> frozenset[str]:
+        """Schedulable nodes a pod with this spec may use (taints, selector, affinity);
+        ``key`` is the spec's :func:`placement_key` when the caller keeps it."""
+        key = placement_key(pod_spec) if key is None else key
+        found = self._eligible.get(key)
+        if found is None:
+            found = frozenset(n.name for n in self.nodes.values() if node_admits(n, pod_spec))
+            self._eligible[key] = found
+        return found
 
     @property
     def total_free(self) -> int:
@@ -304,16 +246,23 @@ class CapacityCache:
     """Nodes and GPU-holding pods, kept current from watch events.
 
     Guarantees: after any sequence of :meth:`apply_node`/:meth:`apply_pod` calls, the snapshot
-    equals what :func:`compute_snapshot` gives for the latest version of every object seen (the
-    usage per node is updated incrementally, so a snapshot costs O(nodes)). Only pods that ask
-    for GPUs or belong to an ElasticJob are kept. ``snapshot().lowered(take_floor())`` never
-    offers more on a node than any state the events passed through since the previous call.
+    equals what :func:`compute_snapshot` gives for the latest version of every object seen, and
+    ``by_job``/``waiting`` equal a regrouping of ``pods``. An event costs O(1) in the size of
+    the cluster (usage per node and the groups are updated incrementally, so a snapshot costs
+    O(nodes)). Only pods that ask for GPUs or belong to an ElasticJob are kept.
+    ``snapshot().lowered(take_floor())`` never offers more on a node than any state the events
+    passed through since the previous call.
     """
 
     def __init__(self, resource: str = DEFAULT_GPU_RESOURCE) -> None:
         self.resource = resource
         self.nodes: dict[str, NodeInfo] = {}
         self.pods: dict[str, PodInfo] = {}
+        # The same pods grouped the way a decision reads them, kept per event so a decision
+        # never regroups the cluster: workers by job, and pending GPU pods of no job (the
+        # candidates for protected demand).
+        self.by_job: dict[str, dict[str, PodInfo]] = {}
+        self.waiting: dict[str, PodInfo] = {}
         self._used: dict[str, int] = {}
         self._releasing: dict[str, int] = {}
         # Least offer (free + releasing) per node since take_floor(); absent: unchanged since.
@@ -338,10 +287,27 @@ class CapacityCache:
         self._before(touched)
         if old is not None:
             self._account(old, -1)
+            self._ungroup(old)
         if event_type != "DELETED" and (info.gpus > 0 or info.job):
             self.pods[info.key] = info
             self._account(info, +1)
+            self._group(info)
         self._after(touched)
+
+    def _group(self, pod: PodInfo) -> None:
+        if pod.job is not None:
+            self.by_job.setdefault(pod.job, {})[pod.key] = pod
+        elif pod.pending and pod.gpus > 0:
+            self.waiting[pod.key] = pod
+
+    def _ungroup(self, pod: PodInfo) -> None:
+        if pod.job is not None:
+            group = self.by_job.get(pod.job, {})
+            group.pop(pod.key, None)
+            if not group:
+                self.by_job.pop(pod.job, None)
+        else:
+            self.waiting.pop(pod.key, None)
 
     def _account(self, pod: PodInfo, sign: int) -> None:
         if not pod.holds_gpus:

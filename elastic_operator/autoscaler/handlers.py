@@ -44,13 +44,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from elastic_operator import k8s, labels
 from elastic_operator.api.elasticjob import PLURAL
 from elastic_operator.autoscaler import views
-from elastic_operator.autoscaler.capacity import CapacityCache, PodInfo
+from elastic_operator.autoscaler.capacity import CapacityCache
 from elastic_operator.autoscaler.policy import (
     Decision,
     JobMemory,
     Kind,
     PolicySettings,
     Target,
+    Worker,
     decide,
 )
 from elastic_operator.planner import Event
@@ -136,6 +137,10 @@ class Autoscaler:
         self.metrics = metrics
         self.capacity = CapacityCache(settings.resource)
         self.jobs: dict[str, dict[str, Any]] = {}
+        # Each job parsed once per change (None: skipped), not once per decision; likewise
+        # its workers, dropped when one of its pods changes.
+        self.views: dict[str, views.JobView | None] = {}
+        self.workers: dict[str, tuple[Worker, ...]] = {}
         self.memory: dict[str, JobMemory] = {}
         self._wake = asyncio.Event()
 
@@ -147,18 +152,25 @@ class Autoscaler:
     def on_pod(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
         key = f"{(pod.get('metadata') or {}).get('namespace')}/" \
               f"{(pod.get('metadata') or {}).get('name')}"
-        known = key in self.capacity.pods
+        old = self.capacity.pods.get(key)
         self.capacity.apply_pod(event_type or "ADDED", pod)
-        if known or key in self.capacity.pods:  # a CPU-only foreign pod changes nothing
+        new = self.capacity.pods.get(key)
+        for info in (old, new):
+            if info is not None and info.job is not None:
+                self.workers.pop(info.job, None)
+        if old is not None or new is not None:  # a CPU-only foreign pod changes nothing
             self._wake.set()
 
     def on_job(self, event_type: str | None, job: Mapping[str, Any]) -> None:
         key = views.job_key(job)
         if event_type == "DELETED":
             self.jobs.pop(key, None)
+            self.views.pop(key, None)
+            self.workers.pop(key, None)
             self.memory.pop(key, None)
         else:
             self.jobs[key] = copy.deepcopy(dict(job))  # apply() edits it; kopf owns the event
+            self.views[key] = views.job_view(self.jobs[key], self.settings.resource)
         self._wake.set()
 
     # -- decision ----------------------------------------------------------------------------
@@ -167,14 +179,9 @@ class Autoscaler:
         snapshot = self.capacity.snapshot()
         floor = snapshot.lowered(self.capacity.take_floor())
         self.metrics.free_gpus.set(snapshot.total_free)
-        by_job: dict[str, list[PodInfo]] = {}
-        for pod in self.capacity.pods.values():
-            if pod.job is not None:
-                by_job.setdefault(pod.job, []).append(pod)
-        states = [s for key, job in self.jobs.items()
-                  if (s := views.job_state(job, by_job.get(key, ()), snapshot,
-                                           self.settings.resource)) is not None]
-        demands = views.protected_demands(self.capacity.pods.values(), snapshot,
+        states = [views.job_state(view, self._workers(key), snapshot)
+                  for key, view in self.views.items() if view is not None]
+        demands = views.protected_demands(self.capacity.waiting.values(), snapshot,
                                           self.settings.protected_priority)
         decision = decide(states, demands, views.policy_capacity(snapshot), self.memory, now,
                           PolicySettings(preempt_after_s=self.settings.preempt_after_s),
@@ -182,6 +189,13 @@ class Autoscaler:
         self.memory = decision.memory
         self.metrics.decisions.inc()
         return decision
+
+    def _workers(self, key: str) -> tuple[Worker, ...]:
+        workers = self.workers.get(key)
+        if workers is None:
+            workers = views.workers_of(self.capacity.by_job.get(key, {}).values())
+            self.workers[key] = workers
+        return workers
 
     async def apply(self, api: Patcher, post_event: PostEvent, key: str,
                     target: Target) -> bool:
@@ -211,6 +225,7 @@ class Autoscaler:
         new_version = (written.get("metadata") or {}).get("resourceVersion")
         if new_version:
             meta["resourceVersion"] = new_version
+        self.views[key] = views.job_view(job, self.settings.resource)
         if target.kind is Kind.GROW:
             self.metrics.scale_ups.inc()
         else:

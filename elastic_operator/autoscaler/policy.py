@@ -43,12 +43,14 @@ so GPUs that were taken and freed again between two decisions also reset the str
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 PROTECTED_PRIORITY = math.inf  # protected pods outrank every job
+_DIRECT_AFTER = 4  # takes for one unit before preemption searches its victim directly
 
 
 @dataclass(frozen=True)
@@ -199,19 +201,35 @@ class _Allocator:
         self.settings = settings
         self.hold = hold
         self.pool = {n: capacity.free[n] + capacity.releasing.get(n, 0) for n in capacity.free}
+        # Nodes by the GPUs they have left (none: absent), so a fit tests a few buckets with
+        # set intersections instead of every node a unit may use (see _fit).
+        self.left: dict[int, set[str]] = {}
+        self.gives = 0  # pool increases so far (see _fit)
+        self.misses: dict[tuple[frozenset[str], int], int] = {}
+        self.hopeless: set[tuple[frozenset[str], int]] = set()  # see _could_fit
+        for n, left in self.pool.items():
+            if left > 0:
+                self.left.setdefault(left, set()).add(n)
         self.size = dict(capacity.size)
         self.raw = {j.key: j.replicas for j in jobs}
         self.out = Allocation(replicas=self.raw)
         self.reserved: dict[tuple[str, int], str] = {}  # (job, index) -> node
         self.workers = {j.key: {w.index: w for w in j.workers} for j in jobs}
         self.victims: set[str] = set()
+        self.bound: dict[str, int] = {}  # see place_demand
+        self.victim_heap: list[tuple[tuple[float, int, float, str], str]] = []
+        # (job, index) of the workers above their job's min bound or reserved on each node;
+        # entries go stale when a reservation moves (checked on use, see _first_helpful).
+        self.on_node: dict[str, list[tuple[str, int]]] = {}
+        # Any managed job's worker frees at least this many GPUs (see _preempt_for).
+        self.least_worker = min((j.gpus_per_worker for j in jobs if j.managed), default=0)
 
     # -- steps -------------------------------------------------------------------------------
     def release_leaving(self) -> None:
         for job in self.jobs.values():
             for w in job.workers:
                 if w.node in self.pool and w.index >= job.replicas:
-                    self.pool[w.node] += job.gpus_per_worker
+                    self._give(w.node, job.gpus_per_worker)
 
     def give_back(self) -> None:
         for job in self.jobs.values():
@@ -251,57 +269,201 @@ class _Allocator:
         return units
 
     def place_demand(self, units: list[_Unit]) -> list[_Unit]:
+        # Per node, the most its pool can become by preemption: what it has plus what the
+        # workers above their job's min hold there. Preempting and placing such a worker
+        # moves GPUs between the two and leaves the sum; placing any other unit lowers it.
+        self.bound = dict(self.pool)
+        for job in self.jobs.values():
+            for w in job.workers:
+                if w.node in self.pool and self._shrinkable(job, w.index) \
+                        and w.index < self.raw[job.key]:
+                    self.bound[w.node] += job.gpus_per_worker
+                    self.on_node.setdefault(w.node, []).append((job.key, w.index))
+        for job in self.jobs.values():
+            self._offer_victim(job)
         unmet: list[_Unit] = []
         for unit in units:
             if unit.owner in self.jobs and unit.index >= self.raw[unit.owner]:
                 continue  # its job shrank (it was a victim) while demand was being placed
-            node = best_fit(self.pool, unit.eligible, unit.gpus)
+            node = self._fit(unit.eligible, unit.gpus)
             if node is None and self.now - unit.since >= self.settings.preempt_after_s:
                 node = self._preempt_for(unit)
             if node is None:
                 unmet.append(unit)
                 continue
-            self.pool[node] -= unit.gpus
+            self._take(node, unit.gpus)
             if unit.owner in self.jobs:
-                self.reserved[(unit.owner, unit.index)] = node
+                self._reserve(unit.owner, unit.index, node)
+            if unit.owner not in self.jobs or not self._shrinkable(self.jobs[unit.owner],
+                                                                   unit.index):
+                self.bound[node] -= unit.gpus
         self.out.unmet = sorted({u.owner for u in unmet})
         return unmet
 
     def grow(self, unmet: list[_Unit]) -> None:
         stuck_jobs = {u.owner for u in unmet}
-        candidates = [j for j in self.jobs.values()
-                      if j.managed and j.key not in stuck_jobs | self.victims | self.hold
-                      and self.out.kinds.get(j.key) is None]
-        while True:
-            best: tuple[tuple[float, int, float, str], JobState, str] | None = None
-            for job in candidates:
-                if self.raw[job.key] >= job.max_replicas:
-                    continue
-                blocked = {n for u in unmet if u.owner != job.key and u.priority >= job.priority
-                           for n in u.eligible if self.size.get(n, math.inf) >= u.gpus}
-                node = best_fit(self.pool, job.eligible - blocked, job.gpus_per_worker)
-                if node is None:
-                    continue
-                rank = (-job.priority, self.raw[job.key] - job.min_replicas, job.created, job.key)
-                if best is None or rank < best[0]:
-                    best = (rank, job, node)
-            if best is None:
-                return
-            _, job, node = best
-            self.pool[node] -= job.gpus_per_worker
+        # Growth only takes from the pool, so a job that finds no node now never will in this
+        # call: candidates are taken best rank first from a heap and dropped once they do
+        # not fit, instead of ranking every job again for every worker added.
+        heap: list[tuple[tuple[float, int, float, str], frozenset[str]]] = []
+        # A candidate owns no unmet unit (those jobs are stuck), so the nodes kept for unmet
+        # demand depend on its priority alone: computed once per priority.
+        blocked_at: dict[int, set[str]] = {}
+        allowed_for: dict[tuple[frozenset[str], int], frozenset[str]] = {}
+        for job in self.jobs.values():
+            if (not job.managed or job.key in stuck_jobs or job.key in self.victims
+                    or job.key in self.hold or self.out.kinds.get(job.key) is not None):
+                continue
+            blocked = blocked_at.get(job.priority)
+            if blocked is None:
+                blocked = set()
+                for eligible, gpus in {(u.eligible, u.gpus) for u in unmet
+                                       if u.priority >= job.priority}:
+                    blocked.update(n for n in eligible if self.size.get(n, math.inf) >= gpus)
+                blocked_at[job.priority] = blocked
+            # Jobs share a few eligible sets: subtract once per set and priority.
+            allowed = allowed_for.get((job.eligible, job.priority))
+            if allowed is None:
+                allowed = job.eligible - blocked if blocked else job.eligible
+                allowed_for[(job.eligible, job.priority)] = allowed
+            heap.append((self._grow_rank(job), allowed))
+        heapq.heapify(heap)
+        while heap:
+            rank, allowed = heap[0]
+            job = self.jobs[rank[3]]
+            node = None
+            if self.raw[job.key] < job.max_replicas:
+                node = self._fit(allowed, job.gpus_per_worker)
+            if node is None:
+                heapq.heappop(heap)
+                continue
+            self._take(node, job.gpus_per_worker)
             self.raw[job.key] += 1
             self.out.placements.setdefault(job.key, []).append(node)
             self.out.kinds[job.key] = Kind.GROW
+            heapq.heapreplace(heap, (self._grow_rank(job), allowed))
+
+    def _grow_rank(self, job: JobState) -> tuple[float, int, float, str]:
+        """Who grows next: highest priority, then fewest replicas above min, then oldest."""
+        return (-job.priority, self.raw[job.key] - job.min_replicas, job.created, job.key)
+
+    # -- the pool ----------------------------------------------------------------------------
+    def _fit(self, eligible: frozenset[str], gpus: int) -> str | None:
+        """:func:`best_fit` by buckets: the first bucket of at least ``gpus`` left that holds
+        an eligible node has the tightest ones; ties go by name, as there. Every unit and
+        managed worker asks for ``gpus >= 1``, so nodes with none left never fit."""
+        # Only a give can make room, so a miss holds until the next one: most pending units
+        # of a full cluster share their eligible set and miss alike.
+        if self.misses.get((eligible, gpus)) == self.gives:
+            return None
+        for left in sorted(k for k in self.left if k >= gpus):
+            hits = self.left[left] & eligible
+            if hits:
+                return min(hits)
+        self.misses[(eligible, gpus)] = self.gives
+        return None
+
+    def _move(self, node: str, before: int) -> None:
+        if before > 0:
+            bucket = self.left[before]
+            bucket.discard(node)
+            if not bucket:
+                del self.left[before]
+        if self.pool[node] > 0:
+            self.left.setdefault(self.pool[node], set()).add(node)
+
+    def _take(self, node: str, gpus: int) -> None:
+        self.pool[node] -= gpus
+        self._move(node, self.pool[node] + gpus)
+
+    def _give(self, node: str, gpus: int) -> None:
+        self.gives += 1
+        self.pool[node] += gpus
+        self._move(node, self.pool[node] - gpus)
 
     # -- preemption --------------------------------------------------------------------------
-    def _victim_order(self, unit: _Unit) -> list[JobState]:
-        def allowed(v: JobState) -> bool:
-            return (v.managed and v.key != unit.owner and self.raw[v.key] > v.min_replicas
-                    and (v.priority < unit.priority or (v.priority == unit.priority and unit.core)))
+    def _victim_rank(self, v: JobState) -> tuple[float, int, float, str]:
+        """Who shrinks first: lowest priority, then the furthest above its min, the newest."""
+        return (v.priority, -(self.raw[v.key] - v.min_replicas), -v.created, v.key)
 
-        return sorted((v for v in self.jobs.values() if allowed(v)),
-                      key=lambda v: (v.priority, -(self.raw[v.key] - v.min_replicas),
-                                     -v.created, v.key))
+    def _offer_victim(self, v: JobState) -> None:
+        """(Re)enter a job in the victim heap after its replicas changed; entries of its
+        earlier sizes go stale (see :meth:`_pop_victim`)."""
+        if v.managed and self.raw[v.key] > v.min_replicas:
+            heapq.heappush(self.victim_heap, (self._victim_rank(v), v.key))
+
+    def _pop_victim(self, unit: _Unit) -> JobState | None:
+        """The next job to shrink for ``unit``: the best-ranked managed job above its min,
+        other than the unit's own, of lower priority (or equal when the unit is within its
+        job's min). The heap outlives the unit: only the jobs whose size changed are
+        entered again, so a unit costs what it takes, not a pass over every job."""
+        aside = []
+        found = None
+        while self.victim_heap:
+            rank, key = self.victim_heap[0]
+            v = self.jobs[key]
+            if self.raw[key] <= v.min_replicas or rank != self._victim_rank(v):
+                heapq.heappop(self.victim_heap)  # stale: the job's size changed since
+                continue
+            if not (v.priority < unit.priority or (v.priority == unit.priority and unit.core)):
+                break  # ranked by priority first: every later job is disallowed too
+            heapq.heappop(self.victim_heap)
+            if key == unit.owner:
+                aside.append((rank, key))
+                continue
+            found = v
+            break
+        for entry in aside:
+            heapq.heappush(self.victim_heap, entry)
+        return found
+
+    def _first_helpful(self, unit: _Unit) -> tuple[JobState, int] | None:
+        """The first worker the victim order of :meth:`_pop_victim` would take that frees
+        GPUs on a node ``unit`` may use: (its job, its index), or None when there is none.
+
+        Taking worker ``i`` of job ``v`` comes at rank (priority, -(i + 1 - min), -created,
+        key), as each take lowers the job by one; the least such rank over the workers on
+        the unit's nodes is the first of them the loop reaches.
+        """
+        best: tuple[tuple[float, int, float, str], JobState, int] | None = None
+        for n in unit.eligible:
+            if n not in self.pool:
+                continue
+            for key, index in self.on_node.get(n, ()):
+                v = self.jobs[key]
+                if not (v.min_replicas <= index < self.raw[key]) or key == unit.owner \
+                        or not (v.priority < unit.priority
+                                or (v.priority == unit.priority and unit.core)):
+                    continue
+                w = self.workers[key].get(index)
+                where = w.node if w is not None and w.node is not None else \
+                    self.reserved.get((key, index))
+                if where != n:
+                    continue  # a reservation that moved
+                rank = (v.priority, -(index + 1 - v.min_replicas), -v.created, key)
+                if best is None or rank < best[0]:
+                    best = (rank, v, index)
+        return None if best is None else (best[1], best[2])
+
+    def _reserve(self, key: str, index: int, node: str) -> None:
+        self.reserved[(key, index)] = node
+        if self._shrinkable(self.jobs[key], index):
+            self.on_node.setdefault(node, []).append((key, index))
+
+    def _could_fit(self, unit: _Unit) -> bool:
+        """Whether some node the unit may use would have room if every worker above its
+        job's min were taken (:attr:`bound` is that ceiling per node). The ceiling never
+        rises, so a unit that cannot fit tells the same of every later one like it."""
+        if (unit.eligible, unit.gpus) in self.hopeless:
+            return False
+        if any(self.bound.get(n, 0) >= unit.gpus for n in unit.eligible):
+            return True
+        self.hopeless.add((unit.eligible, unit.gpus))
+        return False
+
+    def _shrinkable(self, job: JobState, index: int) -> bool:
+        """A worker that preemption may take: of a managed job and above its min."""
+        return job.managed and index >= job.min_replicas
 
     def _free_worker(self, job: JobState, index: int) -> str | None:
         """Take worker ``index`` out of the plan; the node whose GPUs it gave back, if any."""
@@ -309,23 +471,45 @@ class _Allocator:
         node = w.node if w is not None and w.node is not None else self.reserved.pop(
             (job.key, index), None)
         if node is not None and node in self.pool:
-            self.pool[node] += job.gpus_per_worker
+            self._give(node, job.gpus_per_worker)
             return node
         return None
 
     def _preempt_for(self, unit: _Unit) -> str | None:
+        if not self._could_fit(unit):
+            return None  # taking every victim would not make room: nobody shrinks for it
         before = dict(self.raw)
         taken: list[tuple[JobState, int, str | None]] = []
         node = None
         while node is None:
-            order = self._victim_order(unit)
-            if not order:
+            if unit.gpus <= self.least_worker and len(taken) >= _DIRECT_AFTER:
+                # Any worker freed on a node the unit may use makes it fit, and the takes
+                # before the first such worker are all given back below: after a few, find
+                # that worker directly and take its job's workers down to it, as the loop
+                # would. (Direct search costs the workers on the unit's nodes: a pass over
+                # the cluster when they are many, so the loop tries first.)
+                first = self._first_helpful(unit)
+                if first is None:
+                    break  # the loop would take every victim; all are given back below
+                victim, stop = first
+                for index in range(self.raw[victim.key] - 1, stop - 1, -1):
+                    taken.append((victim, index, self._free_worker(victim, index)))
+                self.raw[victim.key] = stop
+                self._offer_victim(victim)
+                node = taken[-1][2]
                 break
-            victim = order[0]
+            victim = self._pop_victim(unit)
+            if victim is None:
+                break
             index = self.raw[victim.key] - 1
-            taken.append((victim, index, self._free_worker(victim, index)))
+            freed = self._free_worker(victim, index)
+            taken.append((victim, index, freed))
             self.raw[victim.key] = index
-            node = best_fit(self.pool, unit.eligible, unit.gpus)
+            self._offer_victim(victim)
+            # Nothing fitted before this take and only ``freed`` gained GPUs: it is the one
+            # node that may fit now (what best_fit over all of them would find).
+            if freed in unit.eligible and self.pool[freed] >= unit.gpus:
+                node = freed
         # Give back what did not help: per victim, lowest index first (the operator removes
         # the highest indexes, so a victim can only keep a prefix of what it lost).
         for victim, index, freed in sorted(taken, key=lambda t: (t[0].key, t[1])):
@@ -337,14 +521,15 @@ class _Allocator:
             if freed is not None:
                 if self.pool[freed] < victim.gpus_per_worker:
                     continue
-                self.pool[freed] -= victim.gpus_per_worker
+                self._take(freed, victim.gpus_per_worker)
                 if self.workers[victim.key].get(index) is None or \
                         self.workers[victim.key][index].node is None:
-                    self.reserved[(victim.key, index)] = freed
+                    self._reserve(victim.key, index, freed)
             self.raw[victim.key] = index + 1
+            self._offer_victim(victim)
         if node is None:
             return None
-        node = best_fit(self.pool, unit.eligible, unit.gpus)
+        node = self._fit(unit.eligible, unit.gpus)
         for victim in {v.key: v for v, _, _ in taken}.values():
             if self.raw[victim.key] < before[victim.key]:
                 self.victims.add(victim.key)

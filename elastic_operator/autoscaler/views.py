@@ -17,19 +17,19 @@ are read is unit-tested with plain dicts:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobSpec, Phase
+from elastic_operator.api.kube import QuantityError, parse_epoch, pod_gpu_request
 from elastic_operator.autoscaler.capacity import (
     TERMINAL_PHASES,
     CapacitySnapshot,
     PodInfo,
-    QuantityError,
-    parse_time,
-    pod_gpu_request,
+    placement_key,
 )
 from elastic_operator.autoscaler.policy import Capacity, Demand, JobState, Worker
 from elastic_operator.planner import desired_replicas
@@ -42,9 +42,20 @@ def job_key(job: Obj) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def job_state(job: Obj, pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
-              resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobState | None:
-    """The policy's view of one ElasticJob and its worker pods, or None when it is skipped."""
+@dataclass(frozen=True)
+class JobView:
+    """One ElasticJob parsed once per watch event, so a decision re-validates no spec."""
+
+    key: str
+    spec: ElasticJobSpec
+    pod_spec: Obj
+    gpus_per_worker: int
+    created: float
+    placement: str  # placement_key(pod_spec)
+
+
+def job_view(job: Obj, resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobView | None:
+    """The parsed job, or None when it is skipped (see the module docstring)."""
     status = job.get("status") or {}
     if status.get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
         return None
@@ -54,6 +65,13 @@ def job_state(job: Obj, pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
         gpus = pod_gpu_request(pod_spec, resource)
     except (ValidationError, QuantityError, AttributeError):
         return None
+    meta = job.get("metadata") or {}
+    return JobView(job_key(job), spec, pod_spec, gpus,
+                   parse_epoch(meta.get("creationTimestamp")) or 0.0, placement_key(pod_spec))
+
+
+def workers_of(pods: Iterable[PodInfo]) -> tuple[Worker, ...]:
+    """A job's live workers by index (see the module docstring), from its worker pods."""
     workers = []
     for pod in pods:
         index = pod.labels.get(labels.REPLICA_INDEX, "")
@@ -61,18 +79,24 @@ def job_state(job: Obj, pods: Iterable[PodInfo], snapshot: CapacitySnapshot,
             continue
         workers.append(Worker(int(index), pod.node, None if pod.node else pod.created,
                               None if pod.node else pod.unschedulable_since))
-    meta = job.get("metadata") or {}
+    return tuple(sorted(workers, key=lambda w: w.index))
+
+
+def job_state(view: JobView, workers: tuple[Worker, ...],
+              snapshot: CapacitySnapshot) -> JobState:
+    """The policy's view of one ElasticJob with its :func:`workers_of`."""
+    spec = view.spec
     return JobState(
-        key=job_key(job),
+        key=view.key,
         min_replicas=spec.minReplicas,
         max_replicas=spec.maxReplicas,
         replicas=desired_replicas(spec),
-        gpus_per_worker=gpus,
+        gpus_per_worker=view.gpus_per_worker,
         priority=spec.priority,
-        created=parse_time(meta.get("creationTimestamp")) or 0.0,
+        created=view.created,
         enabled=spec.autoscale.enabled,
-        eligible=snapshot.eligible(pod_spec),
-        workers=tuple(sorted(workers, key=lambda w: w.index)),
+        eligible=snapshot.eligible(view.pod_spec, view.placement),
+        workers=workers,
         window_s=float(spec.autoscale.stabilizationWindowSeconds),
         unschedulable_timeout_s=float(spec.autoscale.unschedulableTimeoutSeconds),
     )

@@ -1,9 +1,11 @@
 """kopf handlers of KernelReclaimPolicy: one daemon per policy checks it every ``checkEvery``.
 
-A check reads (the policy, its token Secret, the selected pods, the Jupyter kernels, the GPU
-metrics), lets :mod:`elastic_operator.reclaim.plan` decide, then acts: marks, clears marks,
-reclaims, posts events, counts metrics and writes status. When a read fails the check decides
-nothing and reclaims nothing; the Ready condition says why.
+A check reads (the policy, its token Secret, the Jupyter kernels, the GPU metrics; the
+selected pods come from the pod watch's index :func:`reclaim_pods`, not from a LIST per
+check, see :mod:`~elastic_operator.reclaim.pods`), lets :mod:`elastic_operator.reclaim.plan`
+decide, then acts: marks, clears marks, reclaims, posts events, counts metrics and writes
+status. When a read fails the check decides nothing and reclaims nothing; the Ready condition
+says why.
 
 Secrets: the token is read into a local variable, handed to the Jupyter client and dropped; no
 log line, event, condition or exception message built here contains it.
@@ -12,6 +14,7 @@ log line, event, condition or exception message built here contains it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +31,7 @@ from elastic_operator.api.kernelreclaim import (
     ReclaimAction,
     duration_seconds,
 )
-from elastic_operator.reclaim import gpu_metrics, plan
+from elastic_operator.reclaim import gpu_metrics, plan, pods
 from elastic_operator.reclaim.jupyter import JupyterClient, JupyterError
 from elastic_operator.reclaim.kube import KubeError, ReclaimKube
 from elastic_operator.reclaim.metrics import ReclaimMetrics, reclaim_metrics
@@ -50,9 +53,21 @@ class CheckFailed(Exception):
         self.message = message
 
 
+@kopf.index("", "v1", "pods", when=lambda body, **_: not pods.is_finished(body))
+def reclaim_pods(body: kopf.Body, **_: Any) -> dict[str, pods.ObservedPod]:
+    """Running pods by namespace, parsed once per watch event; a finished or deleted pod
+    leaves the index (it no longer matches ``when``)."""
+    pod = pods.observe(body)
+    return {pod.namespace: pod}
+
+
 @kopf.daemon(labels.GROUP, labels.VERSION, PLURAL, cancellation_timeout=10.0)
 async def reclaim_policy(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    reclaim_pods: kopf.Index[str, pods.ObservedPod],
+    **_: Any,
 ) -> None:
     """Run the policy's checks until it is deleted or the operator stops.
 
@@ -66,7 +81,10 @@ async def reclaim_policy(
     status = previous_status(body)
     try:
         while not stopped:
-            interval, status = await check_policy(kube, metrics, body, status, datetime.now(UTC))
+            namespace = (body.get("metadata") or {}).get("namespace", "default")
+            interval, status = await check_policy(
+                kube, metrics, body, status, datetime.now(UTC), reclaim_pods.get(namespace, ())
+            )
             await stopped.wait(interval)
     finally:
         meta = body.get("metadata") or {}
@@ -87,8 +105,10 @@ async def check_policy(
     body: kopf.Body | dict[str, Any],
     previous: KernelReclaimPolicyStatus,
     now: datetime,
+    namespace_pods: Iterable[pods.ObservedPod],
 ) -> tuple[float, KernelReclaimPolicyStatus]:
-    """One check of a policy; returns the seconds until the next one and the status written.
+    """One check of a policy over the running pods of its namespace (``namespace_pods``);
+    returns the seconds until the next one and the status written.
 
     Never raises for a failed read: that becomes status, an event when the reason changes,
     and a metric.
@@ -112,13 +132,13 @@ async def check_policy(
 
     try:
         token = await _read_token(kube, namespace, spec)
-        pods = await _list_pods(kube, namespace, spec)
     except CheckFailed as failure:
         status = await _report_failure(
             kube, metrics, policy_ref, previous, failure, now, generation
         )
         return interval, status
 
+    selected = pods.select(namespace_pods, spec.selector)
     timeout = duration_seconds(spec.jupyter.timeout)
     async with JupyterClient(spec.jupyter.url, token, timeout) as jupyter:
         del token  # the client holds it; nothing below needs it
@@ -134,7 +154,7 @@ async def check_policy(
         gpu: dict[str, GpuFacts] = {}
         gpu_condition = None
         if spec.gpuIdle is not None:
-            names = plan.candidates_for_gpu_check(pods, spec)
+            names = plan.candidates_for_gpu_check(selected, spec)
             gpu, why = await gpu_metrics.probe(spec.gpuIdle, namespace, names, now)
             gpu_condition = Condition(
                 type=plan.GPU_METRICS,
@@ -143,7 +163,7 @@ async def check_policy(
                 message=why or f"GPU utilisation of {len(names)} pod(s) queried",
             )
 
-        verdicts = plan.decide_all(pods, kernels, gpu, spec, now)
+        verdicts = plan.decide_all(selected, kernels, gpu, spec, now)
         act = _Actor(kube, metrics, jupyter, policy_ref, spec, previous, now)
         outcomes = [o for v in verdicts if (o := await act(v)) is not None]
 
@@ -185,15 +205,6 @@ async def _read_token(
         return await kube.read_secret_key(namespace, ref.name, ref.key)
     except KubeError as err:
         raise CheckFailed("TokenUnavailable", f"jupyter.tokenSecretRef: {err}") from None
-
-
-async def _list_pods(
-    kube: ReclaimKube, namespace: str, spec: KernelReclaimPolicySpec
-) -> list[dict[str, Any]]:
-    try:
-        return await kube.list_pods(namespace, spec.selector.query())
-    except KubeError as err:
-        raise CheckFailed("ApiError", str(err)) from None
 
 
 class _Actor:

@@ -7,12 +7,12 @@ exception message: errors name the URL (without any query string) and the HTTP s
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
+from elastic_operator.api.kube import parse_time
 from elastic_operator.reclaim.rule import KernelFacts
 
 
@@ -30,17 +30,6 @@ def _redacted(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def parse_time(text: Any) -> datetime | None:
-    """An ISO 8601 timestamp from the API as an aware UTC datetime; None if absent or bad."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def kernel_facts(model: Any) -> KernelFacts | None:

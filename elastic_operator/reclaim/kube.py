@@ -66,14 +66,6 @@ class ReclaimKube:
         except (binascii.Error, UnicodeDecodeError):
             raise KubeError(f"{what} key {key!r} is not base64 UTF-8 text", 422) from None
 
-    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        """Pods of ``namespace`` matching the label selector query (every pod when empty)."""
-        params = {"labelSelector": selector} if selector else {}
-        body = await self._call(
-            f"listing pods in {namespace}", "GET", k8s.path("pods", namespace), **params
-        )
-        return list(body.get("items") or [])
-
     async def set_reclaim_at(self, namespace: str, name: str, when: datetime | None) -> None:
         """Set (or with None, remove) the reclaim-at mark on a pod."""
         value = now_rfc3339(when) if when is not None else None

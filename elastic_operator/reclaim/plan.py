@@ -8,11 +8,11 @@ status, keeping the cumulative counters and the last few decisions.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from elastic_operator import labels
 from elastic_operator.api.common import Condition, now_rfc3339, set_condition
 from elastic_operator.api.kernelreclaim import (
     RECENT_DECISIONS,
@@ -21,7 +21,7 @@ from elastic_operator.api.kernelreclaim import (
     KernelReclaimPolicyStatus,
 )
 from elastic_operator.reclaim import rule
-from elastic_operator.reclaim.jupyter import parse_time
+from elastic_operator.reclaim.pods import ObservedPod
 from elastic_operator.reclaim.rule import Action, Decision, GpuFacts, KernelFacts, PodFacts
 
 # Condition types of a KernelReclaimPolicy.
@@ -42,64 +42,17 @@ def rule_policy(spec: KernelReclaimPolicySpec) -> rule.RulePolicy:
     )
 
 
-def _quantity(value: Any) -> int:
-    """Whole units of an extended-resource quantity (GPUs are integers); bad values count 0."""
-    try:
-        return max(0, int(str(value)))
-    except ValueError:
-        return 0
-
-
-def gpu_request(pod: dict[str, Any], resource: str) -> int:
-    """GPUs the pod holds: the sum over containers of requests (or limits, which the scheduler
-    copies into requests for extended resources)."""
-    total = 0
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        resources = container.get("resources") or {}
-        amount = (resources.get("requests") or {}).get(resource)
-        if amount is None:
-            amount = (resources.get("limits") or {}).get(resource)
-        total += _quantity(amount) if amount is not None else 0
-    return total
-
-
-def running_since(pod: dict[str, Any]) -> datetime | None:
-    """When the pod's last container started running: the moment the pod as a whole ran.
-    None unless the pod is Running with every container's ``running.startedAt`` known."""
-    status = pod.get("status") or {}
-    if status.get("phase") != "Running":
-        return None
-    starts = [
-        parse_time(((c.get("state") or {}).get("running") or {}).get("startedAt"))
-        for c in status.get("containerStatuses") or []
-    ]
-    if not starts or any(s is None for s in starts):
-        return None
-    return max(s for s in starts if s is not None)
-
-
-def pod_facts(pod: dict[str, Any], spec: KernelReclaimPolicySpec) -> PodFacts:
-    """The rule's facts about a pod body as the API returned it."""
-    meta = pod.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    status = pod.get("status") or {}
+def pod_facts(pod: ObservedPod, spec: KernelReclaimPolicySpec) -> PodFacts:
+    """The rule's facts about a pod, read with the policy's kernel id label and GPU resource."""
     return PodFacts(
-        namespace=meta.get("namespace", ""),
-        name=meta.get("name", ""),
-        kernel_id=(meta.get("labels") or {}).get(spec.kernelIdLabel) or None,
-        gpus=gpu_request(pod, spec.gpuResourceName),
-        started_at=parse_time(status.get("startTime")) or parse_time(meta.get("creationTimestamp")),
-        exempt=annotations.get(labels.RECLAIM) == rule.EXEMPT_VALUE,
-        reclaim_at=parse_time(annotations.get(labels.RECLAIM_AT)),
-        running_since=running_since(pod),
-    )
-
-
-def is_finished(pod: dict[str, Any]) -> bool:
-    """A pod that no longer runs (or is being deleted) holds nothing worth reclaiming."""
-    phase = (pod.get("status") or {}).get("phase")
-    return phase in ("Succeeded", "Failed") or bool(
-        (pod.get("metadata") or {}).get("deletionTimestamp")
+        namespace=pod.namespace,
+        name=pod.name,
+        kernel_id=pod.labels.get(spec.kernelIdLabel) or None,
+        gpus=pod.gpus(spec.gpuResourceName),
+        started_at=pod.started_at,
+        exempt=pod.exempt,
+        reclaim_at=pod.reclaim_at,
+        running_since=pod.running_since,
     )
 
 
@@ -112,7 +65,7 @@ class Verdict:
 
 
 def decide_all(
-    pods: list[dict[str, Any]],
+    pods: Iterable[ObservedPod],
     kernels: list[KernelFacts],
     gpu: dict[str, GpuFacts],
     spec: KernelReclaimPolicySpec,
@@ -122,10 +75,10 @@ def decide_all(
     by_id = {k.kernel_id: k for k in kernels}
     policy = rule_policy(spec)
     verdicts = []
-    for body in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
-        if is_finished(body):
+    for pod in sorted(pods, key=lambda p: p.name):
+        if pod.finished:
             continue
-        facts = pod_facts(body, spec)
+        facts = pod_facts(pod, spec)
         kernel = by_id.get(facts.kernel_id) if facts.kernel_id else None
         gpu_facts = gpu.get(facts.name, rule.GPU_OFF) if spec.gpuIdle else rule.GPU_OFF
         verdicts.append(Verdict(facts, rule.decide(kernel, facts, gpu_facts, policy, now)))
@@ -133,15 +86,11 @@ def decide_all(
 
 
 def candidates_for_gpu_check(
-    pods: list[dict[str, Any]], spec: KernelReclaimPolicySpec
+    pods: Iterable[ObservedPod], spec: KernelReclaimPolicySpec
 ) -> list[str]:
     """Names of the pods whose GPU metrics a check needs (GPU-holding, not exempt, running)."""
-    names = []
-    for body in pods:
-        facts = pod_facts(body, spec)
-        if not is_finished(body) and not facts.exempt and facts.gpus > 0:
-            names.append(facts.name)
-    return sorted(names)
+    return sorted(p.name for p in pods
+                  if not p.finished and not p.exempt and p.gpus(spec.gpuResourceName) > 0)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Free GPUs per node: quantities, node eligibility, pod accounting, and the event-fed cache."""
+"""Free GPUs per node: node eligibility, pod accounting, and the event-fed cache."""
 
 from __future__ import annotations
 
@@ -13,64 +13,10 @@ from elastic_operator.autoscaler.capacity import (
     CapacitySnapshot,
     NodeInfo,
     PodInfo,
-    QuantityError,
     compute_snapshot,
-    gpu_quantity,
     node_admits,
-    pod_gpu_request,
-    tolerates,
 )
-from tests.autoscaler.objects import GPU, node, pod
-
-
-@pytest.mark.parametrize(("value", "expected"), [(2, 2), ("2", 2), ("3000m", 3), (4.0, 4),
-                                                 ("0", 0)])
-def test_gpu_quantity_accepts_whole_numbers(value: Any, expected: int) -> None:
-    assert gpu_quantity(value, "x") == expected
-
-
-@pytest.mark.parametrize("value", ["1.5", "500m", "lots", -1, True, 0.5])
-def test_gpu_quantity_refuses_fractions_and_garbage_naming_the_field(value: Any) -> None:
-    with pytest.raises(QuantityError, match="containers\\[0\\]"):
-        gpu_quantity(value, "containers[0]")
-
-
-def test_pod_request_sums_containers_defaults_to_limits_and_takes_init_max() -> None:
-    spec = {
-        "containers": [
-            {"name": "a", "resources": {"limits": {GPU: "2"}}},
-            {"name": "b", "resources": {"requests": {GPU: 1}, "limits": {GPU: 1}}},
-            {"name": "c"},
-        ],
-        "initContainers": [{"name": "i", "resources": {"limits": {GPU: "2"}}}],
-    }
-    assert pod_gpu_request(spec) == 3
-    spec["initContainers"][0]["resources"]["limits"][GPU] = "5"
-    assert pod_gpu_request(spec) == 5
-    assert pod_gpu_request(spec, "amd.com/gpu") == 0
-
-
-def test_pod_request_uses_the_configured_resource_name() -> None:
-    spec = {"containers": [{"name": "a", "resources": {"limits": {"amd.com/gpu": "4"}}}]}
-    assert pod_gpu_request(spec, "amd.com/gpu") == 4
-
-
-@pytest.mark.parametrize(
-    ("toleration", "taint", "expected"),
-    [
-        ({"operator": "Exists"}, {"key": "k", "value": "v", "effect": "NoSchedule"}, True),
-        ({"key": "k", "operator": "Exists"}, {"key": "k", "effect": "NoExecute"}, True),
-        ({"key": "k", "value": "v"}, {"key": "k", "value": "v", "effect": "NoSchedule"}, True),
-        ({"key": "k", "value": "w"}, {"key": "k", "value": "v", "effect": "NoSchedule"}, False),
-        ({"key": "k", "operator": "Exists", "effect": "NoExecute"},
-         {"key": "k", "effect": "NoSchedule"}, False),
-        ({"key": "other", "operator": "Exists"}, {"key": "k", "effect": "NoSchedule"}, False),
-        ({"value": "v"}, {"key": "k", "value": "v", "effect": "NoSchedule"}, False),
-    ],
-)
-def test_tolerations_follow_kubernetes_matching(toleration: dict[str, str],
-                                                taint: dict[str, str], expected: bool) -> None:
-    assert tolerates([toleration], taint) is expected
+from tests.autoscaler.objects import node, pod
 
 
 def test_node_admits_checks_readiness_cordon_taints_selector_and_affinity() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from elastic_operator.autoscaler import policy
 from elastic_operator.autoscaler.policy import (
     Capacity,
     Demand,
@@ -343,3 +345,22 @@ def test_fluctuating_capacity_only_grows_into_gpus_free_for_a_whole_window(
         assert seen[0][0] <= now - window
         a = replace(a, replicas=target.replicas,
                     workers=tuple(Worker(i, "n1") for i in range(target.replicas)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(clusters(), st.booleans())
+def test_direct_victim_search_decides_as_the_take_one_at_a_time_loop(
+        case: Case, everyone_enabled: bool) -> None:
+    """Preemption finds its victim directly after a few takes (for speed at scale); from the
+    first take on, it must shrink exactly whom the plain loop would."""
+    jobs, demands, capacity, _ = case
+    if everyone_enabled:
+        jobs = [replace(j, enabled=True) for j in jobs]
+    results = []
+    for direct_after in (0, 10**9):
+        with patch.object(policy, "_DIRECT_AFTER", direct_after):
+            alloc = allocate(jobs, demands, capacity, NOW + 400,
+                             PolicySettings(preempt_after_s=5))
+        results.append((alloc.replicas, alloc.kinds, alloc.reasons, alloc.placements,
+                        alloc.pool, alloc.unmet))
+    assert results[0] == results[1]

@@ -9,7 +9,7 @@ import pytest
 from elastic_operator import labels
 from elastic_operator.autoscaler.capacity import PodInfo, compute_snapshot
 from elastic_operator.autoscaler.handlers import AutoscalerSettings
-from elastic_operator.autoscaler.views import job_state, protected_demands
+from elastic_operator.autoscaler.views import job_state, job_view, protected_demands, workers_of
 from tests.autoscaler.objects import GPU, node, pod
 
 SNAPSHOT = compute_snapshot([node("n1", 8, node_labels={"pool": "a"}), node("n2", 8)], [])
@@ -40,8 +40,9 @@ def test_job_state_reads_spec_workers_and_eligible_nodes() -> None:
         pod("train-worker-2", 2, node_name="n1", job="train", index=2, deleting=True),
         pod("train-worker-3", 2, node_name="n1", job="train", index=3, phase="Failed"),
     )
-    state = job_state(job(), pods, SNAPSHOT)
-    assert state is not None
+    view = job_view(job())
+    assert view is not None
+    state = job_state(view, workers_of(pods), SNAPSHOT)
     assert (state.key, state.min_replicas, state.max_replicas, state.replicas) == \
         ("ns/train", 1, 4, 3)
     assert (state.gpus_per_worker, state.priority, state.window_s,
@@ -54,22 +55,23 @@ def test_job_state_reads_spec_workers_and_eligible_nodes() -> None:
 
 @pytest.mark.parametrize("spec", [{"replicas": None}, {"replicas": 9}])
 def test_replicas_are_clamped_like_the_operator_does(spec: dict[str, Any]) -> None:
-    state = job_state(job(**spec), [], SNAPSHOT)
-    assert state is not None and state.replicas == (1 if spec["replicas"] is None else 4)
+    view = job_view(job(**spec))
+    assert view is not None
+    assert job_state(view, (), SNAPSHOT).replicas == (1 if spec["replicas"] is None else 4)
 
 
 def test_invalid_or_finished_jobs_are_skipped() -> None:
-    assert job_state(job(minReplicas=0), [], SNAPSHOT) is None
-    assert job_state(job(gpus="half"), [], SNAPSHOT) is None
+    assert job_view(job(minReplicas=0)) is None
+    assert job_view(job(gpus="half")) is None
     done = job() | {"status": {"phase": "Succeeded"}}
-    assert job_state(done, [], SNAPSHOT) is None
+    assert job_view(done) is None
 
 
 def test_autoscale_off_by_default_means_unmanaged() -> None:
     body = job()
     del body["spec"]["autoscale"]
-    state = job_state(body, [], SNAPSHOT)
-    assert state is not None and not state.managed
+    view = job_view(body)
+    assert view is not None and not job_state(view, (), SNAPSHOT).managed
 
 
 def test_protected_demand_by_label_or_priority_class_value() -> None:

@@ -26,9 +26,6 @@ class FakeKube:
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
         raise KubeError(f"reading Secret {namespace}/{name}", 404)
 
-    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        raise AssertionError("a failed token read must stop the check before listing pods")
-
     async def patch_policy_status(self, namespace: str, name: str, status: dict) -> None:
         self.statuses.append(status)
 
@@ -51,7 +48,8 @@ async def test_missing_token_secret_decides_nothing() -> None:
     kube = FakeKube()
     registry = CollectorRegistry()
     interval, status = await check_policy(
-        kube, ReclaimMetrics(registry), body(checkEvery="30s"), KernelReclaimPolicyStatus(), NOW
+        kube, ReclaimMetrics(registry), body(checkEvery="30s"), KernelReclaimPolicyStatus(), NOW,
+        [],
     )
     assert interval == 30
     (written,) = kube.statuses
@@ -66,7 +64,7 @@ async def test_missing_token_secret_decides_nothing() -> None:
     ) == 1
 
     # The same failure again: status is rewritten, but no second event.
-    await check_policy(kube, ReclaimMetrics(CollectorRegistry()), body(), status, NOW)
+    await check_policy(kube, ReclaimMetrics(CollectorRegistry()), body(), status, NOW, [])
     assert len(kube.events) == 1 and len(kube.statuses) == 2
 
 
@@ -74,7 +72,7 @@ async def test_invalid_spec_names_the_field() -> None:
     kube = FakeKube()
     interval, _ = await check_policy(
         kube, ReclaimMetrics(CollectorRegistry()), body(idleAfter="ten minutes"),
-        KernelReclaimPolicyStatus(), NOW,
+        KernelReclaimPolicyStatus(), NOW, [],
     )
     assert interval == 60
     condition = ready(kube.statuses[0])
@@ -88,7 +86,7 @@ async def test_counters_survive_a_lagging_body() -> None:
     kube = FakeKube()
     earlier = KernelReclaimPolicyStatus(reclaimed=4, gpusReclaimed=8)
     _, status = await check_policy(kube, ReclaimMetrics(CollectorRegistry()), body(), earlier,
-                                   NOW)
+                                   NOW, [])
     assert (status.reclaimed, status.gpusReclaimed) == (4, 8)
     assert kube.statuses[-1]["reclaimed"] == 4
     assert previous_status({"status": {"reclaimed": "many"}}) == KernelReclaimPolicyStatus()
@@ -99,7 +97,7 @@ async def test_a_gpu_window_shorter_than_ten_samples_is_invalid() -> None:
     await check_policy(
         kube, ReclaimMetrics(CollectorRegistry()),
         body(gpuIdle={"prometheusUrl": "http://p:9090", "window": "2m"}),
-        KernelReclaimPolicyStatus(), NOW,
+        KernelReclaimPolicyStatus(), NOW, [],
     )
     condition = ready(kube.statuses[0])
     assert condition["reason"] == "Invalid"

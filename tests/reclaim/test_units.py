@@ -20,7 +20,7 @@ from elastic_operator.api.kernelreclaim import (
     KernelReclaimPolicyStatus,
     duration_seconds,
 )
-from elastic_operator.reclaim import plan
+from elastic_operator.reclaim import plan, pods
 from elastic_operator.reclaim.jupyter import JupyterClient, kernel_facts
 from elastic_operator.reclaim.metrics import ReclaimMetrics
 from elastic_operator.reclaim.rule import KernelFacts
@@ -145,25 +145,25 @@ def kernel_pod(name: str, kernel_id: str | None, gpus: int = 1, **annotations: s
 
 def test_running_since_is_when_the_last_container_ran() -> None:
     body = kernel_pod("p", "k1")
-    assert plan.pod_facts(body, policy()).running_since is None  # no container status
+    assert plan.pod_facts(pods.observe(body), policy()).running_since is None  # no container status
     body["status"]["containerStatuses"] = [
         {"name": "a", "state": {"running": {"startedAt": "2026-01-01T11:00:00Z"}}},
         {"name": "b", "state": {"running": {"startedAt": "2026-01-01T11:30:00Z"}}}]
-    assert plan.pod_facts(body, policy()).running_since == NOW - timedelta(minutes=30)
+    assert plan.pod_facts(pods.observe(body), policy()).running_since == NOW - timedelta(minutes=30)
     body["status"]["containerStatuses"][1]["state"] = {"waiting": {"reason": "PullBackOff"}}
-    assert plan.running_since(body) is None
+    assert pods.running_since(body) is None
     pending = {**body, "status": {**body["status"], "phase": "Pending"}}
-    assert plan.running_since(pending) is None
+    assert pods.running_since(pending) is None
 
 
 def test_pod_facts() -> None:
     body = kernel_pod("p", "k1", gpus=2, **{labels.RECLAIM: "never",
                                               labels.RECLAIM_AT: "2026-01-01T12:05:00Z"})
-    facts = plan.pod_facts(body, policy())
+    facts = plan.pod_facts(pods.observe(body), policy())
     assert (facts.name, facts.kernel_id, facts.gpus, facts.exempt) == ("p", "k1", 2, True)
     assert facts.reclaim_at == NOW + timedelta(minutes=5)
     assert facts.started_at == NOW - timedelta(hours=2)
-    assert plan.pod_facts(kernel_pod("q", None, gpus=0), policy()).kernel_id is None
+    assert plan.pod_facts(pods.observe(kernel_pod("q", None, gpus=0)), policy()).kernel_id is None
 
 
 def test_kernel_facts_parse_and_reject_partial_models() -> None:
@@ -183,17 +183,18 @@ def test_client_repr_redacts_the_token() -> None:
 
 def test_plan_and_status_counters() -> None:
     spec = policy(idleAfter="10m", warningPeriod="0s", minRunning="0s")
-    pods = [kernel_pod("a", "ka"), kernel_pod("b", "kb", gpus=2),
+    bodies = [kernel_pod("a", "ka"), kernel_pod("b", "kb", gpus=2),
             kernel_pod("c", "kc", **{labels.RECLAIM: "never"}),
             kernel_pod("d", "kd", **{labels.RECLAIM_AT: "2026-01-01T13:00:00Z"})]
-    pods.append({**kernel_pod("e", "ke"), "status": {"phase": "Succeeded"}})
+    bodies.append({**kernel_pod("e", "ke"), "status": {"phase": "Succeeded"}})
     idle = NOW - timedelta(hours=1)
     kernels = [KernelFacts("ka", "idle", idle, 0), KernelFacts("kb", "idle", idle, 0),
                KernelFacts("kc", "idle", idle, 0), KernelFacts("kd", "busy", idle, 0)]
-    verdicts = plan.decide_all(pods, kernels, {}, spec, NOW)
+    observed = [pods.observe(b) for b in bodies]
+    verdicts = plan.decide_all(observed, kernels, {}, spec, NOW)
     assert [(v.pod.name, v.decision.action) for v in verdicts] == [
         ("a", "reclaim"), ("b", "reclaim"), ("c", "keep"), ("d", "clearWarning")]
-    assert plan.candidates_for_gpu_check(pods, spec) == ["a", "b", "d"]
+    assert plan.candidates_for_gpu_check(observed, spec) == ["a", "b", "d"]
 
     outcomes = [plan.Outcome(v.pod, str(plan.record_action(v.decision, False)), "r",
                              v.decision.idle_seconds)
@@ -240,7 +241,7 @@ def test_gauges_show_the_last_check_and_go_with_the_policy() -> None:
 def test_dry_run_records_would_reclaim_only() -> None:
     spec = policy(idleAfter="10m", dryRun=True)
     kernels = [KernelFacts("ka", "idle", NOW - timedelta(hours=1), 0)]
-    (verdict,) = plan.decide_all([kernel_pod("a", "ka")], kernels, {}, spec, NOW)
+    (verdict,) = plan.decide_all([pods.observe(kernel_pod("a", "ka"))], kernels, {}, spec, NOW)
     assert verdict.decision.action == "warn"
     assert plan.record_action(verdict.decision, dry_run=True) == "wouldReclaim"
 
