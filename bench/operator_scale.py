@@ -25,6 +25,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,11 @@ def run(jobs: int, workers: int, timeout: float, idle: float) -> Result:
             mark = len(cluster.audit(OPERATOR_USER))
             time.sleep(idle)
             idle_requests = namespace_requests(cluster, ns, mark)
+            if idle_requests:
+                kinds = Counter(f"{r.verb} {r.resource}/{r.subresource}".rstrip("/")
+                                for r in cluster.audit(OPERATOR_USER)[mark:]
+                                if r.namespace == ns)
+                print(f"{jobs} jobs, requests while idle: {dict(kinds.most_common(5))}")
             rss = peak_rss_mb(operator.pid)
         finally:
             operator.stop()

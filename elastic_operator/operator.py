@@ -143,7 +143,11 @@ def kopf_settings(verbose: bool = False) -> kopf.OperatorSettings:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
-    settings.batching.worker_limit = 256
+    # No cap on kopf's per-object workers: each stays alive idle_timeout after its last event,
+    # so a cap of 256 admitted ~50 objects a second and, with thousands of pods arriving at
+    # once, left the worker-pod index minutes behind the watch (bench/operator_scale.py).
+    settings.queueing.worker_limit = None
+    settings.queueing.idle_timeout = 2.0
     settings.execution.max_workers = 4
     if not verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

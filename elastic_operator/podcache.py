@@ -71,8 +71,10 @@ def indexed_pod(pod: Mapping[str, Any]) -> CachedPod:
 
 @dataclass
 class _Expected:
-    pod: CachedPod | None  # None: we deleted it
+    pod: CachedPod  # what we wrote, or (deleted) the pod as we last knew it
     at: float
+    deleted: bool = False
+    indexed: bool = False  # for a delete: the index has shown the pod since (or before) it
 
 
 @dataclass
@@ -80,15 +82,23 @@ class Expectations:
     """The operator's own pod writes, until the watch-fed index shows them (see module doc)."""
 
     ttl: float = 60.0
+    # Writes the index had still not shown when their ttl ran out: a watch that lags that
+    # much is worth a warning (the reconciler logs it), since decisions then use its view.
+    expired_unseen: int = 0
     _by_job: dict[Key, dict[str, _Expected]] = field(default_factory=dict)
 
     def wrote(self, key: Key, pod: CachedPod, now: float) -> None:
         """A create or patch returned ``pod``."""
         self._by_job.setdefault(key, {})[pod.name] = _Expected(pod, now)
 
-    def deleted(self, key: Key, name: str, now: float) -> None:
-        """A delete of ``name`` was accepted."""
-        self._by_job.setdefault(key, {})[name] = _Expected(None, now)
+    def deleted(self, key: Key, pod: CachedPod, now: float, indexed: bool) -> None:
+        """A delete of ``pod`` was accepted; ``indexed``: the index holds the pod now.
+
+        Until the watch shows it terminating or gone, the merged view shows it terminating (its
+        replica index stays taken). A pod the index has not shown yet (created a moment ago)
+        stays so until the index has shown it and then its deletion: its creation may still be
+        on the way."""
+        self._by_job.setdefault(key, {})[pod.name] = _Expected(pod, now, True, indexed)
 
     def forget(self, key: Key) -> None:
         self._by_job.pop(key, None)
@@ -109,12 +119,18 @@ class Expectations:
             seen = pods.get(name)
             if now - entry.at > self.ttl:
                 del expected[name]
-            elif entry.pod is None:  # deleted by us
-                if seen is None or seen.view.terminating:
+                caught_up = (seen is None and entry.indexed) if entry.deleted else (
+                    seen is not None and newer(seen.version, entry.pod.version))
+                self.expired_unseen += not caught_up
+            elif entry.deleted:
+                # Seen terminating, or shown and now gone: the watch has the deletion.
+                if seen.view.terminating if seen is not None else entry.indexed:
                     del expected[name]
                 else:
+                    entry.indexed = entry.indexed or seen is not None
+                    last = seen or entry.pod
                     pods[name] = dataclasses.replace(
-                        seen, view=dataclasses.replace(seen.view, terminating=True))
+                        last, view=dataclasses.replace(last.view, terminating=True))
             elif seen is not None and seen.version is not None \
                     and entry.pod.version is not None and seen.version >= entry.pod.version:
                 del expected[name]

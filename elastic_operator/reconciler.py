@@ -263,7 +263,12 @@ class Reconciler:
         uid = str(meta.get("uid", ""))
         if meta.get("deletionTimestamp"):
             return  # going away: owner GC removes the workers; nothing to decide
+        unseen = self.expectations.expired_unseen
         cached = self.expectations.merge(key, self._pods.get(key, ()), time.monotonic())
+        if self.expectations.expired_unseen > unseen:
+            log.warning("%s/%s: the pod watch has not shown this operator's writes of %.0f s "
+                        "ago; deciding on what it shows", namespace, name,
+                        self.expectations.ttl)
         # Pods of an earlier job with the same name still wait for GC: not ours to manage,
         # but their names block ours, so they count as terminating.
         pods = [p.view if p.owner_uid == uid else dataclasses.replace(p.view, terminating=True)
@@ -292,7 +297,7 @@ class Reconciler:
             reported_failures=seen.failures,
             completion=seen.completion,
         )
-        await self._apply(job, body, old_status, result)
+        await self._apply(job, body, old_status, result, cached)
         if result.status.phase in TERMINAL:
             self._terminal.add(key)
         else:
@@ -308,10 +313,12 @@ class Reconciler:
         return self.settings.default_rendezvous_endpoints
 
     async def _apply(
-        self, job: JobView, body: Obj, old_status: ElasticJobStatus, result: Plan
+        self, job: JobView, body: Obj, old_status: ElasticJobStatus, result: Plan,
+        cached: list[CachedPod],
     ) -> None:
         ns, name = job.namespace, job.name
         key = (ns, name)
+        pods_by_name = {p.name: p for p in cached}
         pods_path = k8s.path("pods", ns)
         for mark in result.of(MarkFailureRecorded):
             patch = {"metadata": {"annotations": {labels.FAILURE_RECORDED_AT: mark.at}}}
@@ -339,7 +346,10 @@ class Reconciler:
             with contextlib.suppress(_Missing):
                 await self._write(self.api.delete(f"{pods_path}/{delete.name}"))
                 self.metrics.pods_deleted.labels(reason=delete.reason).inc()
-            self.expectations.deleted(key, delete.name, time.monotonic())
+            indexed = any(p.name == delete.name for p in self._pods.get(key, ()))
+            known = pods_by_name.get(delete.name)
+            if known is not None:
+                self.expectations.deleted(key, known, time.monotonic(), indexed)
         if result.of(CreateService):
             service = workers.headless_service(ns, name, job.uid)
             with contextlib.suppress(_Exists):
