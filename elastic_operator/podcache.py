@@ -127,7 +127,10 @@ class Expectations:
                 if seen.view.terminating if seen is not None else entry.indexed:
                     del expected[name]
                 else:
-                    entry.indexed = entry.indexed or seen is not None
+                    # Shown only once the index has this incarnation (names are reused: an
+                    # older one's deletion is not ours).
+                    entry.indexed = entry.indexed or (
+                        seen is not None and newer(seen.version, entry.pod.version))
                     last = seen or entry.pod
                     pods[name] = dataclasses.replace(
                         last, view=dataclasses.replace(last.view, terminating=True))

@@ -53,7 +53,7 @@ from elastic_operator.planner import (
     plan,
     utcnow,
 )
-from elastic_operator.podcache import CachedPod, Expectations, JobCache, indexed_pod
+from elastic_operator.podcache import CachedPod, Expectations, JobCache, indexed_pod, newer
 from elastic_operator.rendezvous_auth import EtcdAuthAdmin, root_security
 from elastic_operator.rounds import RendezvousView, RoundReader, check_view, view_limits
 from launcher.etcd_client import PLAIN, EtcdSecurity
@@ -346,9 +346,10 @@ class Reconciler:
             with contextlib.suppress(_Missing):
                 await self._write(self.api.delete(f"{pods_path}/{delete.name}"))
                 self.metrics.pods_deleted.labels(reason=delete.reason).inc()
-            indexed = any(p.name == delete.name for p in self._pods.get(key, ()))
             known = pods_by_name.get(delete.name)
             if known is not None:
+                indexed = any(p.name == delete.name and newer(p.version, known.version)
+                              for p in self._pods.get(key, ()))
                 self.expectations.deleted(key, known, time.monotonic(), indexed)
         if result.of(CreateService):
             service = workers.headless_service(ns, name, job.uid)

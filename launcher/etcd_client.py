@@ -130,10 +130,17 @@ def auth_problem(exc: BaseException) -> str | None:
 
 
 def is_expired_token(exc: BaseException) -> bool:
-    """etcd no longer knows the client's token; authenticating again fixes it."""
-    return (isinstance(exc, grpc.RpcError) and hasattr(exc, "code")
-            and exc.code() is grpc.StatusCode.UNAUTHENTICATED
-            and "invalid auth token" in str(exc.details() or ""))
+    """etcd no longer accepts the client's token; authenticating again fixes it.
+
+    Two cases: etcd forgot the token ("invalid auth token"), or the auth store changed since
+    it was issued ("revision of auth store is old": every user or role the operator adds for
+    another job does that, and the same token then fails for good)."""
+    if not isinstance(exc, grpc.RpcError) or not hasattr(exc, "code"):
+        return False
+    details = str(exc.details() or "")
+    return ((exc.code() is grpc.StatusCode.UNAUTHENTICATED and "invalid auth token" in details)
+            or (exc.code() is grpc.StatusCode.INVALID_ARGUMENT
+                and "revision of auth store is old" in details))
 
 
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:

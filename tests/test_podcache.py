@@ -60,7 +60,7 @@ def test_expectations_expire_and_a_lagging_watch_is_counted() -> None:
     assert exp.expired_unseen == 1 and exp.pending(KEY) == 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["create", "patch", "delete", "watch"]),
                           st.sampled_from(["p0", "p1", "p2"])), max_size=30))
 def test_property_writes_are_never_lost_before_the_watch_shows_them(
@@ -91,7 +91,8 @@ def test_property_writes_are_never_lost_before_the_watch_shows_them(
             assert last is not None
             truth[name] = None
             pending.append((name, None))
-            exp.deleted(KEY, last, now, indexed=name in delivered)
+            exp.deleted(KEY, last, now, indexed=name in delivered
+                        and delivered[name].version == last.version)
         merged = {p.name: p for p in exp.merge(KEY, delivered.values(), now)}
         for pod_name, state in truth.items():
             if state is None:

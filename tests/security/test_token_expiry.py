@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import grpc
+import pytest
+
 from elastic_operator.rendezvous_auth import EtcdAuthAdmin, job_user, new_password
 from launcher import contract
-from launcher.etcd_client import EtcdSecurity
+from launcher.etcd_client import EtcdSecurity, is_expired_token
 from launcher.etcd_session import EtcdSession, EtcdUnavailableError
 from tests.launcher.conftest import wait_for
 from tests.security.conftest import ROOT_PASSWORD
@@ -50,3 +53,30 @@ def test_session_renews_its_token_after_failing_over(pki: Pki, tmp_path: Path) -
             session.close()
     finally:
         etcd.close()
+
+
+class _Refusal(grpc.RpcError):
+    """An RPC error as grpc raises it: a status code and etcd's details text."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(("code", "details", "renew"), [
+    (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token", True),
+    # Every user or role added for another job makes older tokens fail like this, for good.
+    (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: revision of auth store is old", True),
+    (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID "
+                                       "or password", False),
+    (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", False),
+    (grpc.StatusCode.UNAVAILABLE, "connection refused", False),
+])
+def test_which_refusals_a_new_token_fixes(code: grpc.StatusCode, details: str,
+                                          renew: bool) -> None:
+    assert is_expired_token(_Refusal(code, details)) is renew
