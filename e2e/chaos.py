@@ -49,10 +49,7 @@ Event = Callable[[Driver, State], Awaitable[None]]
 
 
 async def _running(driver: Driver, name: str) -> list[str]:
-    pods = [p for p in await driver.list_pods(name)
-            if (p.get("status") or {}).get("phase") == "Running"
-            and not p["metadata"].get("deletionTimestamp")]
-    return sorted(p["metadata"]["name"] for p in pods)
+    return [p["metadata"]["name"] for p in await scenarios.running_pods(driver, name)]
 
 
 async def scale_down(driver: Driver, st: State) -> None:
@@ -72,10 +69,9 @@ async def scale_flap(driver: Driver, st: State) -> None:
 
 
 async def evict(driver: Driver, st: State) -> None:
-    pod = await scenarios.running_pod(driver, st.name)
-    obj = await driver.list_pods(st.name)
-    st.evicted_nodes += [p["spec"]["nodeName"] for p in obj if p["metadata"]["name"] == pod]
-    await driver.evict(pod)
+    pod = (await scenarios.running_pods(driver, st.name))[-1]  # what scale-down would take
+    st.evicted_nodes.append(pod["spec"]["nodeName"])
+    await driver.evict(pod["metadata"]["name"])
 
 
 async def kill_worker(driver: Driver, st: State) -> None:

@@ -161,14 +161,17 @@ async def training_at(driver: Driver, name: str, world: int, min_step: int = 3,
     return event
 
 
-async def running_pod(driver: Driver, name: str, highest: bool = True) -> str:
-    """The name of the job's Running worker with the highest (or lowest) replica index."""
+async def running_pods(driver: Driver, name: str) -> list[Obj]:
+    """The job's Running workers that are not being deleted, by replica index."""
     pods = [p for p in await driver.list_pods(name)
             if (p.get("status") or {}).get("phase") == "Running"
             and not p["metadata"].get("deletionTimestamp")]
-    pick = max if highest else min
-    return str(pick(pods, key=lambda p: int(p["metadata"]["labels"][REPLICA_INDEX]))
-               ["metadata"]["name"])
+    return sorted(pods, key=lambda p: int(p["metadata"]["labels"][REPLICA_INDEX]))
+
+
+async def running_pod(driver: Driver, name: str) -> str:
+    """The name of the job's Running worker with the highest replica index."""
+    return str((await running_pods(driver, name))[-1]["metadata"]["name"])
 
 
 async def job_succeeds_and_cleans_up(driver: Driver) -> None:
