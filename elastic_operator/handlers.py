@@ -6,9 +6,9 @@
 - Worker pods (labelled ``elastic.dev/job-name``) are indexed by kopf (:func:`worker_pods`),
   which fills the index from its initial listing before calling any handler; their events
   reconcile the owning job, which reads its pods from that index.
-- A startup handler builds the shared runtime into kopf's ``memo``: ``memo.api``
-  (:class:`elastic_operator.k8s.Api`), ``memo.metrics`` and ``memo.reconciler``; other
-  handler modules (autoscaler, reclaim) may use ``memo.api`` and ``memo.config`` too.
+- A startup handler builds the shared runtime into kopf's ``memo``: ``memo.kube``
+  (:class:`elastic_operator.kube_client.Kube`), ``memo.metrics`` and ``memo.reconciler``;
+  other handler modules (autoscaler, reclaim) may use ``memo.kube`` and ``memo.config`` too.
 
 Only ``kopf.on.event`` is used for watched objects: such handlers keep no progress in the
 object (no kopf annotations, no finalizers), so the operator's only writes to a job are its
@@ -24,8 +24,9 @@ from typing import Any
 
 import kopf
 
-from elastic_operator import k8s, labels
+from elastic_operator import labels
 from elastic_operator.api.elasticjob import PLURAL
+from elastic_operator.kube_client import Kube
 from elastic_operator.metrics import Metrics
 from elastic_operator.podcache import CachedPod, indexed_pod
 from elastic_operator.reconciler import Key, Reconciler
@@ -37,25 +38,24 @@ log = logging.getLogger("elastic_operator.handlers")
 async def start(memo: kopf.Memo, **_: Any) -> None:
     """Log in, start metrics and the reconciler with its periodic resync."""
     config = memo.config
-    memo.api = k8s.Api(k8s.login(config.kubeconfig),
-                       relogin=lambda: k8s.login(config.kubeconfig))
+    memo.kube = await Kube.login(config.kubeconfig)
     memo.metrics = Metrics()
     memo.metrics.serve(config.metrics_port)
-    memo.reconciler = Reconciler(memo.api, config.reconciler, memo.metrics)
+    memo.reconciler = Reconciler(memo.kube, config.reconciler, memo.metrics)
     memo.resync = asyncio.create_task(memo.reconciler.resync_forever())
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync and close the HTTP session."""
+    """Stop the resync and close the client's connections."""
     if getattr(memo, "resync", None) is not None:
         memo.resync.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await memo.resync
     if getattr(memo, "reconciler", None) is not None:
         await memo.reconciler.close()
-    if getattr(memo, "api", None) is not None:
-        await memo.api.close()
+    if getattr(memo, "kube", None) is not None:
+        await memo.kube.close()
 
 
 @kopf.index("", "v1", "pods", labels={labels.JOB_NAME: kopf.PRESENT})

@@ -23,8 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from elastic_operator import k8s, labels, workers
+from elastic_operator import labels, workers
 from elastic_operator.api.elasticjob import PLURAL
+from elastic_operator.kube_client import ApiException, Kube, is_status
 from elastic_operator.rendezvous_auth import (
     SECRET_CA_KEY,
     SECRET_PASSWORD_KEY,
@@ -67,9 +68,9 @@ def secret_manifest(namespace: str, name: str, uid: str, user: str, password: st
 class JobCredentials:
     """Per-job etcd users for the jobs on the operator-managed etcd."""
 
-    def __init__(self, api: k8s.Api, admin: EtcdAuthAdmin,
+    def __init__(self, kube: Kube, admin: EtcdAuthAdmin,
                  namespaces: tuple[str, ...] = ()) -> None:
-        self.api = api
+        self.kube = kube
         self.admin = admin
         self.namespaces = namespaces
         self._ca_pem = (Path(admin.security.ca_file).read_bytes()
@@ -87,11 +88,11 @@ class JobCredentials:
         user = job_user(namespace, rdzv)
         password = new_password()
         try:
-            await self.api.create(k8s.path("secrets", namespace),
-                                  secret_manifest(namespace, name, uid, user, password,
-                                                  self._ca_pem))
-        except k8s.ApiError as exc:
-            if exc.code != 409:
+            await self.kube.call(self.kube.core.create_namespaced_secret, namespace,
+                                 secret_manifest(namespace, name, uid, user, password,
+                                                 self._ca_pem))
+        except ApiException as exc:
+            if not is_status(exc, 409):
                 raise
             password = await self._existing_password(namespace, secret, uid, user)
         await asyncio.to_thread(self.admin.ensure_job, user, rdzv, password)
@@ -115,9 +116,14 @@ class JobCredentials:
         (at start-up, before the watch has delivered every job) lists them from the API."""
         await self._bootstrap()
         jobs: list[Obj] = list(known) if known is not None else []
+        kube = self.kube
         for ns in (self.namespaces or (None,)) if known is None else ():
-            jobs += await self.api.list(k8s.path(PLURAL, ns, group=labels.GROUP,
-                                                 version=labels.VERSION))
+            listing = await (
+                kube.call(kube.custom.list_cluster_custom_object, labels.GROUP,
+                          labels.VERSION, PLURAL) if ns is None else
+                kube.call(kube.custom.list_namespaced_custom_object, labels.GROUP,
+                          labels.VERSION, ns, PLURAL))
+            jobs += listing.get("items") or []
         live = []
         for job in jobs:
             meta = job.get("metadata") or {}
@@ -140,7 +146,8 @@ class JobCredentials:
 
     async def _existing_password(self, namespace: str, secret: str, uid: str,
                                  user: str) -> str:
-        existing = await self.api.get(k8s.path("secrets", namespace, secret))
+        existing = await self.kube.call(self.kube.core.read_namespaced_secret, secret,
+                                        namespace)
         meta = existing.get("metadata") or {}
         owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
         if uid not in owners:

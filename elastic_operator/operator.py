@@ -7,8 +7,10 @@ CRD and no leader election are needed; a second replica would double the work bu
 it (every write is idempotent).
 
 The handlers live in the modules of :data:`HANDLER_MODULES`; they find the runtime in kopf's
-``memo``: ``memo.config`` (:class:`OperatorConfig`), and, after startup, ``memo.api`` (an
-async REST client logged in like kopf), ``memo.metrics`` and ``memo.reconciler``.
+``memo``: ``memo.config`` (:class:`OperatorConfig`), and, after startup, ``memo.kube`` (the
+``kubernetes_asyncio`` client of :mod:`elastic_operator.kube_client`), ``memo.metrics`` and
+``memo.reconciler``. kopf's watches log in with the same credentials: :func:`_login` hands
+kopf what the client library loaded, so there is one login for both.
 
 Managed rendezvous: a job without ``spec.rendezvous.endpoints`` gets
 ``--default-rendezvous-endpoints`` (default: the three ``elastic-etcd`` members that ``deploy/``
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import kopf
 
-from elastic_operator import k8s
+from elastic_operator import kube_client
 from elastic_operator.planner import PlannerSettings
 from elastic_operator.reconciler import ReconcilerSettings
 from elastic_operator.workers import DEFAULT_RENDEZVOUS_ENDPOINTS
@@ -160,10 +162,29 @@ def register_handlers() -> None:
         importlib.import_module(module)
 
 
+async def connection_info(kubeconfig: Path | None, *,
+                          service_account: Path = kube_client.SERVICE_ACCOUNT,
+                          ) -> kopf.ConnectionInfo:
+    """kopf's credentials from the client library's login (:func:`kube_client.configuration`),
+    mapped as kopf's own ``login_via_async_client`` maps them. Raises kopf.LoginError."""
+    try:
+        config = await kube_client.configuration(kubeconfig, service_account=service_account)
+    except kube_client.ConfigException as exc:
+        raise kopf.LoginError(str(exc)) from exc
+    header = await config.get_api_key_with_prefix("BearerToken")
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=str(config.host), ca_path=config.ssl_ca_cert, insecure=not config.verify_ssl,
+        username=config.username or None, password=config.password or None,
+        scheme=scheme or None, token=token or None, certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
 @kopf.on.login()
-def _login(**_: object) -> kopf.ConnectionInfo:
-    kubeconfig = os.environ.get("KUBECONFIG")
-    return k8s.login(Path(kubeconfig) if kubeconfig else None)
+async def _login(**_: object) -> kopf.ConnectionInfo:
+    kubeconfig = os.environ.get("KUBECONFIG")  # execute() puts --kubeconfig there
+    return await connection_info(Path(kubeconfig) if kubeconfig else None)
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -183,7 +204,7 @@ def execute(args: argparse.Namespace) -> int:
             return 2
         os.environ["KUBECONFIG"] = str(config.kubeconfig)
     try:  # fail fast and clearly; kopf would retry a failing login for ever
-        k8s.login(config.kubeconfig)
+        asyncio.run(connection_info(config.kubeconfig))
     except kopf.LoginError as exc:
         logging.error("%s", exc)
         return 2

@@ -26,19 +26,24 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from pydantic import ValidationError
 
-from elastic_operator import k8s, labels, workers
-from elastic_operator.api.common import now_rfc3339
+from elastic_operator import labels, workers
 from elastic_operator.api.elasticjob import KIND, PLURAL, ElasticJobSpec, ElasticJobStatus
 from elastic_operator.job_credentials import JobCredentials
+from elastic_operator.kube_client import (
+    MERGE_PATCH,
+    ApiException,
+    Kube,
+    is_status,
+    post_event,
+    status_message,
+)
 from elastic_operator.metrics import Metrics
 from elastic_operator.planner import (
     TERMINAL,
@@ -59,6 +64,7 @@ from elastic_operator.rounds import RendezvousView, RoundReader, check_view, vie
 from launcher.etcd_client import PLAIN, EtcdSecurity
 
 log = logging.getLogger("elastic_operator.reconciler")
+COMPONENT = "elastic-operator"
 Key = tuple[str, str]  # (namespace, name)
 Obj = dict[str, Any]
 
@@ -79,10 +85,6 @@ class ReconcilerSettings:
     namespaces: tuple[str, ...] = ()  # watched namespaces (empty: all); the sweep's scope
 
 
-def job_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
-    return k8s.path(PLURAL, namespace, name, sub, group=labels.GROUP, version=labels.VERSION)
-
-
 def _parse_status(raw: Any) -> ElasticJobStatus:
     try:
         return ElasticJobStatus.model_validate(raw or {})
@@ -101,8 +103,8 @@ class _Slot:
 class Reconciler:
     """Coalescing reconcile queue for ElasticJobs. Create and use it inside the event loop."""
 
-    def __init__(self, api: k8s.Api, settings: ReconcilerSettings, metrics: Metrics) -> None:
-        self.api = api
+    def __init__(self, kube: Kube, settings: ReconcilerSettings, metrics: Metrics) -> None:
+        self.kube = kube
         self.settings = settings
         self.metrics = metrics
         # The operator reads every job's keys on the managed etcd: as root when auth is on.
@@ -110,7 +112,7 @@ class Reconciler:
             settings.etcd_security, settings.etcd_root_password)}
         self.rounds = RoundReader(self.wake, security=managed) if settings.read_rounds else None
         self.credentials = None if settings.etcd_root_password is None else JobCredentials(
-            api, EtcdAuthAdmin(settings.default_rendezvous_endpoints, settings.etcd_security,
+            kube, EtcdAuthAdmin(settings.default_rendezvous_endpoints, settings.etcd_security,
                                settings.etcd_root_password), settings.namespaces)
         self._slots: dict[Key, _Slot] = {}
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
@@ -121,7 +123,6 @@ class Reconciler:
         self.jobs = JobCache()
         self.expectations = Expectations()
         self._pods: Mapping[Key, Iterable[CachedPod]] = {}
-        self._instance = os.environ.get("HOSTNAME", "elastic-operator")
 
     # ------------------------------------------------------------------ triggers
 
@@ -319,17 +320,19 @@ class Reconciler:
         ns, name = job.namespace, job.name
         key = (ns, name)
         pods_by_name = {p.name: p for p in cached}
-        pods_path = k8s.path("pods", ns)
+        kube = self.kube
         for mark in result.of(MarkFailureRecorded):
             patch = {"metadata": {"annotations": {labels.FAILURE_RECORDED_AT: mark.at}}}
             with contextlib.suppress(_Missing):
-                marked = await self._write(
-                    self.api.merge_patch(f"{pods_path}/{mark.name}", patch))
+                marked = await self._write(kube.call(
+                    kube.core.patch_namespaced_pod, mark.name, ns, patch,
+                    _content_type=MERGE_PATCH))
                 self.expectations.wrote(key, indexed_pod(marked), time.monotonic())
         if result.status.wire() != old_status.wire():
-            written = await self.api.merge_patch(
-                job_path(ns, name, "status"), {"status": result.status.wire()}
-            )
+            written = await kube.call(
+                kube.custom.patch_namespaced_custom_object_status, labels.GROUP,
+                labels.VERSION, ns, PLURAL, name, {"status": result.status.wire()},
+                _content_type=MERGE_PATCH)
             self.jobs.observe(key, written)
             # Its watch event is an echo only if nobody changed the spec meanwhile; kopf may
             # merge a user's edit and this write into one event, which must not be skipped.
@@ -344,7 +347,8 @@ class Reconciler:
         for delete in result.of(DeletePod):
             log.info("%s/%s: deleting pod %s (%s)", ns, name, delete.name, delete.reason)
             with contextlib.suppress(_Missing):
-                await self._write(self.api.delete(f"{pods_path}/{delete.name}"))
+                await self._write(kube.call(kube.core.delete_namespaced_pod, delete.name, ns,
+                                            propagation_policy="Background"))
                 self.metrics.pods_deleted.labels(reason=delete.reason).inc()
             known = pods_by_name.get(delete.name)
             if known is not None:
@@ -354,7 +358,7 @@ class Reconciler:
         if result.of(CreateService):
             service = workers.headless_service(ns, name, job.uid)
             with contextlib.suppress(_Exists):
-                await self._write(self.api.create(k8s.path("services", ns), service))
+                await self._write(kube.call(kube.core.create_namespaced_service, ns, service))
             self._services.add(job.uid)
         creates = result.of(CreatePod)
         if creates:
@@ -383,16 +387,16 @@ class Reconciler:
         log.info("%s/%s: creating pod %s (%s)", job.namespace, job.name,
                  manifest["metadata"]["name"], create.reason)
         try:
-            created = await self._write(self.api.create(k8s.path("pods", job.namespace),
-                                                        manifest))
+            created = await self._write(self.kube.call(
+                self.kube.core.create_namespaced_pod, job.namespace, manifest))
             self.expectations.wrote((job.namespace, job.name), indexed_pod(created),
                                     time.monotonic())
             self.metrics.pods_created.inc()
         except _Exists:
             return  # created before a restart, or the old one is still terminating
-        except k8s.ApiError as exc:
+        except ApiException as exc:
             # e.g. a template the API server refuses, or a quota: say so on the job.
-            message = f"cannot create {manifest['metadata']['name']}: {exc}"[:1024]
+            message = f"cannot create {manifest['metadata']['name']}: {status_message(exc)}"
             await self.post_event(body, Event("Warning", "FailedCreatePod", message))
             raise
 
@@ -400,10 +404,10 @@ class Reconciler:
         """Await a write; map 404/409 to the idempotence exceptions; remember its version."""
         try:
             result: Obj = await call
-        except k8s.ApiError as exc:
-            if exc.code == 404:
+        except ApiException as exc:
+            if is_status(exc, 404):
                 raise _Missing from exc
-            if exc.code == 409 and exc.reason == "AlreadyExists":
+            if is_status(exc, 409, "AlreadyExists"):
                 raise _Exists from exc
             raise
         self._remember(result)
@@ -418,37 +422,10 @@ class Reconciler:
 
     async def post_event(self, body: Obj, event: Event) -> None:
         """Record a core/v1 Event on the job (failures are logged, never raised)."""
-        meta = body.get("metadata") or {}
-        now = now_rfc3339()
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "generateName": f"{meta.get('name')}.",
-                "namespace": meta.get("namespace"),
-            },
-            "involvedObject": {
-                "apiVersion": labels.API_VERSION,
-                "kind": KIND,
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": event.message,
-            "source": {"component": "elastic-operator"},
-            "reportingComponent": "elastic-operator",
-            "reportingInstance": self._instance,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self.api.create(k8s.path("events", meta.get("namespace")), manifest)
-        except (TimeoutError, k8s.ApiError, aiohttp.ClientError, OSError) as exc:
-            log.warning("%s/%s: event %s not recorded: %s", meta.get("namespace"),
-                        meta.get("name"), event.reason, exc)
+        await post_event(self.kube, {"apiVersion": labels.API_VERSION, "kind": KIND,
+                                     "metadata": body.get("metadata") or {}},
+                         event.reason, event.message, component=COMPONENT,
+                         warning=event.type == "Warning")
 
 
 class _Missing(Exception):

@@ -18,7 +18,7 @@ Fixtures (``tests/conftest.py``):
   ``["--backoff-base", "0.2"]``.
 
 :class:`Api` methods take REST paths; :func:`jobs_path`, :func:`pods_path` and
-:func:`k8s.path <elastic_operator.k8s.path>` build them. ``api.wait_for(fn, timeout, what)``
+:func:`kube_client.path <elastic_operator.kube_client.path>` build them. ``api.wait_for(fn, timeout, what)``
 polls ``fn()`` until it returns a truthy value and returns it (never sleep to synchronise).
 Helpers :func:`elastic_job` (a manifest) and :func:`set_pod_phase` (act as a kubelet) cover
 the common cases.
@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from elastic_operator import k8s, labels
+from elastic_operator import kube_client, labels
 from elastic_operator.api import crd
 from elastic_operator.api.elasticjob import PLURAL
 from kube_emulator.apiserver.server import ApiServerThread, AuditRecord
@@ -131,11 +131,11 @@ class Api:
 
 def jobs_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
     """REST path of ElasticJobs (or one, or its ``status``/``scale`` subresource)."""
-    return k8s.path(PLURAL, namespace, name, sub, group=labels.GROUP, version=labels.VERSION)
+    return kube_client.path(PLURAL, namespace, name, sub, group=labels.GROUP, version=labels.VERSION)
 
 
 def pods_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
-    return k8s.path("pods", namespace, name, sub)
+    return kube_client.path("pods", namespace, name, sub)
 
 
 def elastic_job(name: str, min_replicas: int = 1, max_replicas: int = 4,
@@ -177,7 +177,7 @@ def set_pod_phase(api: Api, namespace: str, name: str, phase: str, *, ready: boo
 
 def events_for(api: Api, namespace: str, name: str) -> list[Obj]:
     """core/v1 Events whose involvedObject is ``name`` in ``namespace``."""
-    return [e for e in api.list(k8s.path("events", namespace))
+    return [e for e in api.list(kube_client.path("events", namespace))
             if e.get("involvedObject", {}).get("name") == name]
 
 

@@ -33,15 +33,15 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import kopf
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from elastic_operator import k8s, labels
+from elastic_operator import labels
 from elastic_operator.api.elasticjob import PLURAL
 from elastic_operator.autoscaler import views
 from elastic_operator.autoscaler.capacity import CapacityCache
@@ -54,16 +54,17 @@ from elastic_operator.autoscaler.policy import (
     Worker,
     decide,
 )
-from elastic_operator.planner import Event
+from elastic_operator.kube_client import (
+    MERGE_PATCH,
+    ApiException,
+    Kube,
+    is_status,
+    post_event,
+    reason,
+)
 
 log = logging.getLogger("elastic_operator.autoscaler")
-PostEvent = Callable[[dict[str, Any], Event], Awaitable[None]]
-
-
-class Patcher(Protocol):
-    """What :meth:`Autoscaler.apply` needs of an API client (:class:`k8s.Api` has it)."""
-
-    async def merge_patch(self, url_path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+COMPONENT = "elastic-operator-autoscaler"
 
 EVENT_REASONS: Mapping[Kind, str] = {
     Kind.GROW: "AutoscaleUp",
@@ -197,8 +198,7 @@ class Autoscaler:
             self.workers[key] = workers
         return workers
 
-    async def apply(self, api: Patcher, post_event: PostEvent, key: str,
-                    target: Target) -> bool:
+    async def apply(self, kube: Kube, key: str, target: Target) -> bool:
         """Write one resize; False when the job changed meanwhile or is gone."""
         job = self.jobs.get(key)
         if job is None:
@@ -207,16 +207,16 @@ class Autoscaler:
         namespace, name = meta.get("namespace"), meta.get("name")
         scale = {"metadata": {"resourceVersion": meta.get("resourceVersion")},
                  "spec": {"replicas": target.replicas}}
-        path = k8s.path(PLURAL, namespace, name, "scale", group=labels.GROUP,
-                        version=labels.VERSION)
         try:
-            written = await api.merge_patch(path, scale)
-        except k8s.ApiError as exc:
-            if exc.code in (404, 409):
+            written = await kube.call(
+                kube.custom.patch_namespaced_custom_object_scale, labels.GROUP, labels.VERSION,
+                namespace, PLURAL, name, scale, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if is_status(exc, 404) or is_status(exc, 409):
                 # Most often a status write of the operator raced ours: the memory (growth
                 # streak) stays valid, and the next round decides from the fresh object.
                 log.info("%s: resize %d->%d skipped (%s); deciding again", key,
-                         target.previous, target.replicas, exc.reason or exc.code)
+                         target.previous, target.replicas, reason(exc) or exc.status)
                 self._wake.set()
                 return False
             raise
@@ -231,7 +231,8 @@ class Autoscaler:
         else:
             self.metrics.scale_downs.labels(reason=target.kind.value).inc()
         log.info("%s: %s", key, target.reason)
-        await post_event(job, Event("Normal", EVENT_REASONS[target.kind], target.reason))
+        await post_event(kube, job, EVENT_REASONS[target.kind], target.reason,
+                         component=COMPONENT)
         return True
 
     async def run_forever(self, memo: kopf.Memo) -> None:
@@ -244,8 +245,8 @@ class Autoscaler:
             try:
                 decision = self.decide(time.time())
                 for key, target in decision.targets.items():
-                    await self.apply(memo.api, memo.reconciler.post_event, key, target)
-            except (k8s.ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    await self.apply(memo.kube, key, target)
+            except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("autoscaler: decision not applied: %s; retrying", exc)
                 self._wake.set()
                 await asyncio.sleep(self.settings.interval_s)
@@ -257,8 +258,8 @@ class Autoscaler:
 
 @kopf.on.startup()
 async def start_autoscaler(memo: kopf.Memo, **_: Any) -> None:
-    """Start the decision loop once the operator's runtime (``memo.api``) is up."""
-    for needed in ("api", "metrics", "reconciler"):
+    """Start the decision loop once the operator's runtime (``memo.kube``) is up."""
+    for needed in ("kube", "metrics", "reconciler"):
         if getattr(memo, needed, None) is None:
             raise kopf.TemporaryError(f"memo.{needed} is not ready yet", delay=0.5)
     settings = AutoscalerSettings.from_env()

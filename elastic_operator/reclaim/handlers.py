@@ -72,9 +72,9 @@ async def reclaim_policy(
     """Run the policy's checks until it is deleted or the operator stops.
 
     ``body`` is kopf's live view, so a changed spec (checkEvery included) applies from the next
-    check on. ``memo.api`` and ``memo.metrics`` come from the operator's startup handler.
+    check on. ``memo.kube`` and ``memo.metrics`` come from the operator's startup handler.
     """
-    kube = ReclaimKube(memo.api)
+    kube = ReclaimKube(memo.kube)
     metrics = reclaim_metrics(memo.metrics.registry)
     # This daemon is the status's only writer, so what it wrote last is the truth; the live
     # body may not have caught up with it yet (the watch lags), and counters must not go back.
@@ -313,12 +313,8 @@ class _Actor:
     ) -> None:
         """Post an event, best effort: it reports an action already taken (or not taken), so
         a failed post is logged and does not turn that action into a failure."""
-        try:
-            await self.kube.post_event(
-                ref, reason=reason, message=message, warning=warning, now=self.now
-            )
-        except KubeError as err:
-            log.warning("reclaim %s: %s", self.policy_name, err)
+        await self.kube.post_event(ref, reason=reason, message=message, warning=warning,
+                                   now=self.now)
 
 
 def _pod_ref(pod: PodFacts) -> dict[str, Any]:
@@ -348,16 +344,8 @@ async def _report_failure(
     metrics.check_failures.labels(namespace, name, failure.reason).inc()
     before = next((c for c in previous.conditions if c.type == plan.READY), None)
     if before is None or before.reason != failure.reason:
-        try:
-            await kube.post_event(
-                policy_ref,
-                reason=f"Check{failure.reason}",
-                message=failure.message,
-                warning=True,
-                now=now,
-            )
-        except KubeError as err:
-            log.warning("reclaim %s/%s: %s", namespace, name, err)
+        await kube.post_event(policy_ref, reason=f"Check{failure.reason}",
+                              message=failure.message, warning=True, now=now)
     ready = Condition(
         type=plan.READY, status="False", reason=failure.reason, message=failure.message
     )

@@ -98,3 +98,17 @@ def unsupported_media_type(message: str) -> ApiError:
 def gone(message: str) -> ApiError:
     """410 Gone with reason Expired (a resourceVersion older than the kept history)."""
     return ApiError(410, "Expired", message)
+
+
+def too_many_requests(retry_after: int) -> ApiError:
+    """429 TooManyRequests, as kube-apiserver's max-in-flight and priority-and-fairness
+    filters refuse a request (the Retry-After header carries ``retry_after`` too)."""
+    return ApiError(429, "TooManyRequests", "Too many requests, please try again later.",
+                    {"retryAfterSeconds": retry_after})
+
+
+def service_unavailable(retry_after: int) -> ApiError:
+    """503 ServiceUnavailable, as an API server that cannot reach its storage answers."""
+    return ApiError(503, "ServiceUnavailable",
+                    "the server is currently unable to handle the request",
+                    {"retryAfterSeconds": retry_after})

@@ -90,6 +90,12 @@ class _Handler:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
             user = self._user(request)
+            refusal = self.server.next_refusal()
+            if refusal is not None:
+                response = _json(refusal.status(), refusal.code)
+                response.headers["Retry-After"] = str(
+                    (refusal.details or {}).get("retryAfterSeconds", 1))
+                return response
             path = request.path.rstrip("/")
             answer = self._discovery(path, request)
             if answer is not None:

@@ -17,6 +17,11 @@ kubectl reads), :mod:`~kube_emulator.apiserver.http` and
 :mod:`~kube_emulator.apiserver.listing` (the HTTP mapping). This module starts and stops
 the server, writes kubeconfigs and keeps an audit trail of who called what.
 
+It listens on plain HTTP, or on HTTPS with ``ssl_context`` (what an in-cluster client
+expects). :meth:`ApiServer.refuse` makes it answer the next requests as an overloaded
+kube-apiserver does (429 TooManyRequests or 503 ServiceUnavailable, with ``Retry-After``),
+so clients' retries can be tested without a real overload.
+
 Differences from a real cluster a client can notice (by design):
 - bearer tokens only name the caller for the audit trail (an unknown token is 401); there is
   no authorization, no admission webhooks, no quotas;
@@ -45,8 +50,10 @@ Differences from a real cluster a client can notice (by design):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +62,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from kube_emulator.apiserver import errors
 from kube_emulator.apiserver.errors import ApiError
 from kube_emulator.apiserver.garbage import GarbageCollector
 from kube_emulator.apiserver.http import AuditRecord, build_app
@@ -73,14 +81,18 @@ class ApiServer:
     ``pods_graceful``: deleting a pod bound to a node only marks it (deletionTimestamp) and a
     kubelet removes it with ``gracePeriodSeconds=0``, as on a real cluster; pass False when
     no kubelet runs (operator tests) so that pod deletes are immediate.
-    ``log_source(namespace, pod, query)`` serves ``pods/log`` when given.
+    ``log_source(namespace, pod, query)`` serves ``pods/log`` when given. ``ssl_context``:
+    serve HTTPS with it (its certificate must name ``host``).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, pods_graceful: bool = True,
                  history_size: int = 2000, bookmark_interval: float = 5.0,
-                 log_source: LogSource | None = None) -> None:
+                 log_source: LogSource | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
+        self._refusals: collections.deque[ApiError] = collections.deque()
         self.store = ObjectStore(history_size=history_size, pods_graceful=pods_graceful)
         self.audit: list[AuditRecord] = []
         self.bookmark_interval = bookmark_interval
@@ -93,8 +105,22 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` once started."""
-        return f"http://{self.host}:{self.port}"
+        """``http://host:port`` (``https`` with TLS) once started."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def refuse(self, count: int, code: int = 429, retry_after: int = 1) -> None:
+        """Answer the next ``count`` authenticated requests with 429 TooManyRequests (or,
+        with ``code=503``, ServiceUnavailable) and ``Retry-After: retry_after``, the way
+        kube-apiserver sheds load; nothing is stored or audited for them."""
+        if code not in (429, 503):
+            raise ValueError(f"refuse(code={code}): only 429 and 503 are overload answers")
+        make = errors.too_many_requests if code == 429 else errors.service_unavailable
+        self._refusals.extend(make(retry_after) for _ in range(count))
+
+    def next_refusal(self) -> ApiError | None:
+        """The refusal due for the request being served, if :meth:`refuse` queued one."""
+        return self._refusals.popleft() if self._refusals else None
 
     def add_user(self, user: str) -> str:
         """A bearer token that the audit trail attributes to ``user`` (stable per user)."""
@@ -151,7 +177,7 @@ class ApiServer:
         self._runner = web.AppRunner(build_app(self), access_log=None,
                                      handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1]

@@ -8,7 +8,7 @@ import base64
 import json
 from typing import Any
 
-from elastic_operator import k8s, labels
+from elastic_operator import kube_client, labels
 from elastic_operator.api.common import now_rfc3339
 from tests.harness import Api, OperatorProcess, events_for, pods_path
 from tests.reclaim.conftest import TOKEN, wait_for
@@ -18,7 +18,7 @@ POLICY = "notebooks"
 
 
 def policy_path(ns: str, name: str | None = None, sub: str | None = None) -> str:
-    return k8s.path("kernelreclaimpolicies", ns, name, sub, group=labels.GROUP,
+    return kube_client.path("kernelreclaimpolicies", ns, name, sub, group=labels.GROUP,
                     version=labels.VERSION)
 
 
@@ -41,7 +41,7 @@ def make_pod(api: Api, ns: str, kernel_id: str, gpus: int = 1,
 
 def make_policy(api: Api, ns: str, url: str, token: str = TOKEN, **spec: Any) -> None:
     """A KernelReclaimPolicy with the token Secret, short durations unless given."""
-    api.create(k8s.path("secrets", ns), {
+    api.create(kube_client.path("secrets", ns), {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "jupyter-token"},
         "data": {"token": base64.b64encode(token.encode()).decode()},
     })
@@ -99,7 +99,7 @@ def assert_no_token(api: Api, operator: OperatorProcess, ns: str) -> None:
     status."""
     encoded = base64.b64encode(TOKEN.encode()).decode()
     texts = {"operator log": operator.log(),
-             "events": json.dumps(api.list(k8s.path("events", ns))),
+             "events": json.dumps(api.list(kube_client.path("events", ns))),
              "policy": json.dumps(api.get(policy_path(ns, POLICY)))}
     for what, text in texts.items():
         assert TOKEN not in text and encoded not in text, f"token leaked into the {what}"

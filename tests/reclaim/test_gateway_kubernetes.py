@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from elastic_operator import k8s, labels
+from elastic_operator import kube_client, labels
 from tests.harness import ROOT, Api, pods_path
 from tests.reclaim.conftest import TOKEN, Jupyter, wait_for
 from tests.reclaim.gateway import KUBERNETES_KERNEL, running_gateway
@@ -148,7 +148,7 @@ def test_gateway_kernel_pod_reclaimed_and_its_gpu_used_again(
     # The gateway cleans up its own pod on an ordinary shutdown too.
     gateway.shutdown(exempt)
     wait_for(lambda: kernel_pod(api, exempt) is None, WAIT, "the exempt kernel's pod to go")
-    api.delete(k8s.path("pods", NAMESPACE, "trainer"))
+    api.delete(kube_client.path("pods", NAMESPACE, "trainer"))
 
 
 def test_gateway_drops_a_kernel_whose_pod_was_deleted(
