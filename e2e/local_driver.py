@@ -10,15 +10,12 @@ import signal
 from pathlib import Path
 
 from e2e.driver import ApplyRefused, Obj
-from elastic_operator.labels import JOB_NAME
+from elastic_operator.kube_client import ApiException, is_status, status_message
+from elastic_operator.labels import GROUP, JOB_NAME, VERSION
 from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import LocalCluster
-from kube_emulator.client import ApiError, resource_path
 
-
-def _job_path(namespace: str, name: str | None = None) -> str:
-    return resource_path("elasticjobs", namespace, name, group="elastic.dev",
-                         version="v1alpha1")
+JOBS = "elasticjobs"
 
 
 class LocalDriver:
@@ -41,23 +38,28 @@ class LocalDriver:
     async def apply(self, docs: list[Obj]) -> None:
         try:
             await kubectl.apply(self.cluster.api, docs, self.namespace)
-        except ApiError as exc:
-            raise ApplyRefused(exc.message) from exc
+        except ApiException as exc:
+            raise ApplyRefused(status_message(exc)) from exc
 
     async def get_job(self, name: str) -> Obj | None:
+        kube = self.cluster.api
         try:
-            return await self.cluster.api.get(_job_path(self.namespace, name))
-        except ApiError as exc:
-            if exc.code == 404:
+            return await kube.call(kube.custom.get_namespaced_custom_object, GROUP, VERSION,
+                                   self.namespace, JOBS, name)
+        except ApiException as exc:
+            if is_status(exc, 404):
                 return None
             raise
 
     async def list_jobs(self) -> list[Obj]:
-        return list((await self.cluster.api.get(_job_path(self.namespace)))["items"])
+        kube = self.cluster.api
+        return list((await kube.call(kube.custom.list_namespaced_custom_object, GROUP,
+                                     VERSION, self.namespace, JOBS))["items"])
 
     async def list_pods(self, job: str) -> list[Obj]:
-        listing = await self.cluster.api.get(resource_path("pods", self.namespace),
-                                             labelSelector=f"{JOB_NAME}={job}")
+        kube = self.cluster.api
+        listing = await kube.call(kube.core.list_namespaced_pod, self.namespace,
+                                  label_selector=f"{JOB_NAME}={job}")
         return list(listing["items"])
 
     async def pod_log(self, pod: str) -> str:
@@ -151,13 +153,16 @@ class LocalDriver:
         return alive
 
     async def _node_of(self, pod: str) -> str:
-        obj = await self.cluster.api.get(resource_path("pods", self.namespace, pod))
+        kube = self.cluster.api
+        obj = await kube.call(kube.core.read_namespaced_pod, pod, self.namespace)
         node = (obj.get("spec") or {}).get("nodeName")
         assert node, f"pod {pod} is not bound to a node"
         return str(node)
 
     async def delete_job(self, name: str) -> None:
-        await self.cluster.api.delete(_job_path(self.namespace, name))
+        kube = self.cluster.api
+        await kube.call(kube.custom.delete_namespaced_custom_object, GROUP, VERSION,
+                        self.namespace, JOBS, name)
 
 
 def _writes_heartbeat(pid: int) -> bool:

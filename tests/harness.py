@@ -18,8 +18,9 @@ Fixtures (``tests/conftest.py``):
   ``["--backoff-base", "0.2"]``.
 
 :class:`Api` methods take REST paths; :func:`jobs_path`, :func:`pods_path` and
-:func:`kube_client.path <elastic_operator.kube_client.path>` build them. ``api.wait_for(fn, timeout, what)``
-polls ``fn()`` until it returns a truthy value and returns it (never sleep to synchronise).
+:func:`kube_client.path <elastic_operator.kube_client.path>` build them.
+``api.wait_for(fn, timeout, what)`` polls ``fn()`` until it returns a truthy value and returns
+it (never sleep to synchronise).
 Helpers :func:`elastic_job` (a manifest) and :func:`set_pod_phase` (act as a kubelet) cover
 the common cases.
 """
@@ -131,7 +132,8 @@ class Api:
 
 def jobs_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
     """REST path of ElasticJobs (or one, or its ``status``/``scale`` subresource)."""
-    return kube_client.path(PLURAL, namespace, name, sub, group=labels.GROUP, version=labels.VERSION)
+    return kube_client.path(PLURAL, namespace, name, sub, group=labels.GROUP,
+                            version=labels.VERSION)
 
 
 def pods_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:

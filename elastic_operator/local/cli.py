@@ -22,6 +22,14 @@ from pathlib import Path
 
 import yaml
 
+from elastic_operator.kube_client import (
+    ApiException,
+    Kube,
+    is_status,
+    path,
+    reason,
+    status_message,
+)
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import (
@@ -31,7 +39,6 @@ from elastic_operator.local.cluster import (
     ClusterState,
     LocalCluster,
 )
-from kube_emulator.client import ApiClient, ApiError, resource_path
 
 UP_TIMEOUT = 180.0
 
@@ -107,8 +114,9 @@ def execute(args: argparse.Namespace) -> int:
     except kubectl.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ApiError as exc:
-        print(f"Error from server ({exc.reason or exc.code}): {exc.message}", file=sys.stderr)
+    except ApiException as exc:
+        print(f"Error from server ({reason(exc) or exc.status}): {status_message(exc)}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -205,17 +213,17 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 # ----- apply / get / delete / logs ------------------------------------------------------
-def connect(state_dir: Path) -> ApiClient:
+async def connect(state_dir: Path) -> Kube:
     """A client for the cluster running from ``state_dir``; UsageError when none runs."""
     state = ClusterState.load(state_dir)
     if state is None or not _alive(state.pid):
         raise kubectl.UsageError(f"no local cluster runs from {state_dir}; start one with "
                                  "`elastic-operator local up`")
-    return ApiClient.from_kubeconfig(state.kubeconfig)
+    return await Kube.login(Path(state.kubeconfig))
 
 
 async def _client_action(args: argparse.Namespace) -> int:
-    async with connect(Path(args.state_dir)) as client:
+    async with await connect(Path(args.state_dir)) as client:
         action = args.local_command
         if action == "apply":
             return await _apply(client, args)
@@ -224,13 +232,13 @@ async def _client_action(args: argparse.Namespace) -> int:
         if action == "delete":
             kinds = await kubectl.discover(client)
             kind = kubectl.resolve(kinds, args.kind)
-            await client.delete(kind.path(args.namespace, args.name))
+            await client.request("DELETE", kind.path(args.namespace, args.name))
             print(f'{kind.qualified} "{args.name}" deleted')
             return 0
         return await _logs(client, args)
 
 
-async def _apply(client: ApiClient, args: argparse.Namespace) -> int:
+async def _apply(client: Kube, args: argparse.Namespace) -> int:
     source = args.filename
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
@@ -240,21 +248,22 @@ async def _apply(client: ApiClient, args: argparse.Namespace) -> int:
     try:
         for line in await kubectl.apply(client, docs, args.namespace):
             print(line)
-    except ApiError as exc:
-        print(f'Error from server ({exc.reason or exc.code}): error when applying "{source}": '
-              f"{exc.message}\nnothing was created from {source}", file=sys.stderr)
+    except ApiException as exc:
+        print(f'Error from server ({reason(exc) or exc.status}): error when applying '
+              f'"{source}": {status_message(exc)}\nnothing was created from {source}',
+              file=sys.stderr)
         return 1
     return 0
 
 
-async def _get(client: ApiClient, args: argparse.Namespace) -> int:
+async def _get(client: Kube, args: argparse.Namespace) -> int:
     kinds = await kubectl.discover(client)
     kind = kubectl.resolve(kinds, args.kind)
     namespace = None if args.all_namespaces else args.namespace
     if args.name:
-        items = [await client.get(kind.path(namespace or "default", args.name))]
+        items = [await client.request("GET", kind.path(namespace or "default", args.name))]
     else:
-        items = (await client.get(kind.path(namespace))).get("items") or []
+        items = (await client.request("GET", kind.path(namespace))).get("items") or []
     if args.output in ("yaml", "json"):
         data = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
         print(yaml.safe_dump(data, sort_keys=False) if args.output == "yaml"
@@ -267,7 +276,7 @@ async def _get(client: ApiClient, args: argparse.Namespace) -> int:
     if kind.kind == "Pod":
         header, rows = kubectl.pods_table(items, args.output == "wide")
     elif kind.kind == "Node":
-        pods = (await client.get(resource_path("pods"))).get("items") or []
+        pods = (await client.call(client.core.list_pod_for_all_namespaces)).get("items") or []
         header, rows = kubectl.nodes_table(items, pods, DEFAULT_GPU_RESOURCE)
     elif kind.kind == "Event" and not kind.group:
         header, rows = kubectl.events_table(items)
@@ -281,16 +290,16 @@ async def _get(client: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _logs(client: ApiClient, args: argparse.Namespace) -> int:
-    path = resource_path("pods", args.namespace, args.pod)
-    pod = await client.get(path)
+async def _logs(client: Kube, args: argparse.Namespace) -> int:
+    pod_path = path("pods", args.namespace, args.pod)
+    pod = await client.request("GET", pod_path)
     containers = [c["name"] for c in pod["spec"].get("containers") or ()]
     container = args.container or (containers[0] if containers else "")
     if container not in containers:
         raise kubectl.UsageError(f"container {container!r} is not valid for pod {args.pod} "
                                  f"(containers: {', '.join(containers)})")
     if not args.follow:
-        text = await client.request("GET", path + "/log", params={"container": container})
+        text = await client.request("GET", pod_path + "/log", params={"container": container})
         sys.stdout.write(str(text))
         return 0
     log_file = Path(args.state_dir) / "pods" / args.namespace / args.pod / f"{container}.log"
@@ -303,9 +312,9 @@ async def _logs(client: ApiClient, args: argparse.Namespace) -> int:
             sys.stdout.write(chunk.decode(errors="replace"))
             sys.stdout.flush()
         try:
-            pod = await client.get(path)
-        except ApiError as exc:
-            if exc.code == 404:
+            pod = await client.request("GET", pod_path)
+        except ApiException as exc:
+            if is_status(exc, 404):
                 return 0
             raise
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):

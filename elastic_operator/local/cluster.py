@@ -32,9 +32,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elastic_operator.kube_client import ApiException, Kube, is_status, path
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 from kube_emulator.apiserver.server import ApiServer
-from kube_emulator.client import ApiClient, ApiError, cancel_all, resource_path
+from kube_emulator.client import ApiClient, cancel_all
 from kube_emulator.etcd import DEFAULT_ETCD_BINARY, EtcdServer
 from kube_emulator.node.kubelet import Kubelet
 from kube_emulator.node.nodes import NodePool
@@ -102,7 +103,8 @@ class LocalCluster:
         self.state_dir = Path(self.config.state_dir).resolve()
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.server: ApiServer | None = None
-        self.client: ApiClient | None = None
+        self.client: ApiClient | None = None  # the emulated node's (kubelet, scheduler)
+        self.kube: Kube | None = None  # the product's, for everything else
         self.kubelet: Kubelet | None = None
         self.nodes: NodePool | None = None
         self.etcd: EtcdServer | None = None
@@ -111,10 +113,11 @@ class LocalCluster:
         self._stopped = asyncio.Event()
 
     @property
-    def api(self) -> ApiClient:
-        """The cluster's own API client (started clusters only)."""
-        assert self.client is not None, "start() the cluster first"
-        return self.client
+    def api(self) -> Kube:
+        """The product's client for this cluster, as ``kubectl``-like callers (the CLI, the
+        demo, the e2e driver) use it (started clusters only)."""
+        assert self.kube is not None, "start() the cluster first"
+        return self.kube
 
     async def start(self) -> LocalCluster:
         """Start every component; returns once pods can be scheduled and run. On failure,
@@ -136,6 +139,7 @@ class LocalCluster:
         await self.server.start()
         self.server.write_kubeconfig(self.kubeconfig)
         self.client = ApiClient.from_kubeconfig(self.kubeconfig)
+        self.kube = await Kube.login(self.kubeconfig)
         await self._install_crds()
         self.kubelet = Kubelet(self.client, self.state_dir, Path(cfg.workdir).resolve(),
                                settings=POD_RUNTIME)
@@ -175,10 +179,10 @@ class LocalCluster:
 
         for crd in all_crds():
             try:
-                await self.api.create(resource_path("customresourcedefinitions",
-                                                    group="apiextensions.k8s.io"), crd)
-            except ApiError as exc:
-                if exc.code != 409:
+                await self.api.request("POST", path("customresourcedefinitions",
+                                                    group="apiextensions.k8s.io"), body=crd)
+            except ApiException as exc:
+                if not is_status(exc, 409):
                     raise
 
     def operator_command(self) -> list[str]:
@@ -244,6 +248,9 @@ class LocalCluster:
         if self.client is not None:
             await self.client.close()
             self.client = None
+        if self.kube is not None:
+            await self.kube.close()
+            self.kube = None
         if self.server is not None:
             await self.server.stop()
             self.server = None

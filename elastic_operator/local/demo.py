@@ -25,10 +25,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from elastic_operator.labels import API_VERSION, JOB_NAME, REPLICA_INDEX
+from elastic_operator.kube_client import ApiException, reason, status_message
+from elastic_operator.labels import API_VERSION, GROUP, JOB_NAME, REPLICA_INDEX, VERSION
 from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import DEFAULT_STATE_DIR, ClusterConfig, LocalCluster
-from kube_emulator.client import ApiError, resource_path
 
 DEFAULT_JOB_FILE = Path("examples/elastic-job.yaml")
 Obj = dict[str, Any]
@@ -128,20 +128,20 @@ class Demo:
 
     async def poll(self) -> None:
         """Refresh progress from the job status, the workers' logs and the events."""
-        api = self.cluster.api
+        kube = self.cluster.api
         p = self.progress
-        job = await api.get(resource_path("elasticjobs", self.namespace, self.name,
-                                          group="elastic.dev", version="v1alpha1"))
+        job = await kube.call(kube.custom.get_namespaced_custom_object, GROUP, VERSION,
+                              self.namespace, "elasticjobs", self.name)
         status = job.get("status") or {}
         p.phase = str(status.get("phase") or "Pending")
         p.ready = int(status.get("readyReplicas") or 0)
         p.desired = int((job.get("spec") or {}).get("replicas") or 0)
         p.restarts = int(status.get("restarts") or 0)
-        pods = (await api.get(resource_path("pods", self.namespace),
-                              labelSelector=f"{JOB_NAME}={self.name}"))["items"]
+        pods = (await kube.call(kube.core.list_namespaced_pod, self.namespace,
+                                label_selector=f"{JOB_NAME}={self.name}"))["items"]
         for pod in pods:
             self._read_log(pod["metadata"]["name"])
-        events = (await api.get(resource_path("events", self.namespace)))["items"]
+        events = (await kube.call(kube.core.list_namespaced_event, self.namespace))["items"]
         events.sort(key=lambda e: e["metadata"].get("resourceVersion", "0").zfill(20))
         p.events = [f"{e.get('reason')}: {e['involvedObject'].get('name')}: {e.get('message')}"
                     for e in events[-6:]]
@@ -169,9 +169,9 @@ class Demo:
         args, step = self.args, self.progress.step
         assert self.cluster.kubelet is not None and self.cluster.nodes is not None
         if self._due("kill", args.kill_worker_at_step, step):
-            pods = (await self.cluster.api.get(
-                resource_path("pods", self.namespace),
-                labelSelector=f"{JOB_NAME}={self.name}"))["items"]
+            kube = self.cluster.api
+            pods = (await kube.call(kube.core.list_namespaced_pod, self.namespace,
+                                    label_selector=f"{JOB_NAME}={self.name}"))["items"]
             running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
             if running:
                 victim = max(running, key=lambda p: int(p["metadata"]["labels"].get(
@@ -292,8 +292,9 @@ async def _main(args: argparse.Namespace) -> int:
         demo = Demo(cluster, args, job)
         try:
             ok = await demo.run()
-        except ApiError as exc:
-            print(f"Error from server ({exc.reason or exc.code}): {exc.message}", file=sys.stderr)
+        except ApiException as exc:
+            print(f"Error from server ({reason(exc) or exc.status}): {status_message(exc)}",
+                  file=sys.stderr)
             return 1
         print(demo.summary(), flush=True)
         if not ok:

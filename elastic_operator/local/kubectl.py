@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kube_emulator.client import ApiClient, ApiError, resource_path
+from elastic_operator.kube_client import MERGE_PATCH, ApiException, Kube, is_status, path
 from kube_emulator.node.placement import TERMINAL_PHASES, parse_quantity
 
 Obj = dict[str, Any]
@@ -40,8 +40,8 @@ class Kind:
 
     def path(self, namespace: str | None, name: str | None = None) -> str:
         """REST path of the collection (or object) in ``namespace`` (None: all namespaces)."""
-        return resource_path(self.plural, namespace if self.namespaced else None, name,
-                             group=self.group, version=self.version)
+        return path(self.plural, namespace if self.namespaced else None, name,
+                    group=self.group, version=self.version)
 
     @property
     def qualified(self) -> str:
@@ -50,13 +50,13 @@ class Kind:
         return f"{singular}.{self.group}" if self.group else singular
 
 
-async def discover(client: ApiClient) -> list[Kind]:
+async def discover(kube: Kube) -> list[Kind]:
     """Every top-level resource the server serves (subresources left out)."""
-    lists = [("", "v1", await client.get("/api/v1"))]
-    for group in (await client.get("/apis")).get("groups") or ():
+    lists = [("", "v1", await kube.request("GET", "/api/v1"))]
+    for group in (await kube.request("GET", "/apis")).get("groups") or ():
         version = group["preferredVersion"]["version"]
         lists.append((group["name"], version,
-                      await client.get(f"/apis/{group['name']}/{version}")))
+                      await kube.request("GET", f"/apis/{group['name']}/{version}")))
     kinds = []
     for group, version, listing in lists:
         for res in listing.get("resources") or ():
@@ -114,15 +114,15 @@ def load_manifests(text: str, source: str) -> list[Obj]:
     return docs
 
 
-async def apply(client: ApiClient, docs: list[Obj], namespace: str) -> list[str]:
+async def apply(kube: Kube, docs: list[Obj], namespace: str) -> list[str]:
     """Create or update every document; returns kubectl-style lines (``x created``).
 
     Every object is first sent with ``dryRun=All`` (and, like kubectl, strict field
     validation, so a misspelt field is an error naming it); only when the server accepts all
     of them are they written. Should a write still be refused (a race), what this call
-    created is deleted again before the ApiError propagates.
+    created is deleted again before the ApiException propagates.
     """
-    kinds = await discover(client)
+    kinds = await discover(kube)
     plan: list[tuple[Kind, str | None, Obj, Obj | None]] = []
     for doc in docs:
         kind = by_api_version(kinds, doc["apiVersion"], doc["kind"])
@@ -131,17 +131,17 @@ async def apply(client: ApiClient, docs: list[Obj], namespace: str) -> list[str]
         current = None
         if meta.get("name"):
             try:
-                current = await client.get(kind.path(ns, meta["name"]))
-            except ApiError as exc:
-                if exc.code != 404:
+                current = await kube.request("GET", kind.path(ns, meta["name"]))
+            except ApiException as exc:
+                if not is_status(exc, 404):
                     raise
         plan.append((kind, ns, doc, current))
     for dry_run in (True, False):
-        lines = await _write(client, plan, dry_run)
+        lines = await _write(kube, plan, dry_run)
     return lines
 
 
-async def _write(client: ApiClient, plan: list[tuple[Kind, str | None, Obj, Obj | None]],
+async def _write(kube: Kube, plan: list[tuple[Kind, str | None, Obj, Obj | None]],
                  dry_run: bool) -> list[str]:
     params = {"fieldValidation": "Strict", **({"dryRun": "All"} if dry_run else {})}
     created: list[str] = []
@@ -149,23 +149,24 @@ async def _write(client: ApiClient, plan: list[tuple[Kind, str | None, Obj, Obj 
     try:
         for kind, ns, doc, current in plan:
             if current is None:
-                obj = await client.create(kind.path(ns), doc, **params)
+                obj = await kube.request("POST", kind.path(ns), body=doc, params=params)
                 if not dry_run:
                     created.append(kind.path(ns, obj["metadata"]["name"]))
                 lines.append(f"{kind.qualified}/{obj['metadata'].get('name')} created")
                 continue
             name = doc["metadata"]["name"]
             patch = {k: v for k, v in doc.items() if k != "status"}
-            updated = await client.patch(kind.path(ns, name), patch, **params)
+            updated = await kube.request("PATCH", kind.path(ns, name), body=patch,
+                                         params=params, content_type=MERGE_PATCH)
             same = updated["metadata"].get("resourceVersion") == \
                 current["metadata"].get("resourceVersion")
             lines.append(f"{kind.qualified}/{name} {'unchanged' if same else 'configured'}")
-    except ApiError:
-        for path in reversed(created):
+    except ApiException:
+        for undo in reversed(created):
             try:
-                await client.delete(path, gracePeriodSeconds=0)
-            except ApiError as exc:
-                if exc.code != 404:
+                await kube.request("DELETE", undo, params={"gracePeriodSeconds": "0"})
+            except ApiException as exc:
+                if not is_status(exc, 404):
                     raise
         raise
     return lines
@@ -271,20 +272,20 @@ def json_path(obj: Obj, path: str) -> Any:
     return current
 
 
-async def custom_table(client: ApiClient, kind: Kind, items: list[Obj]
+async def custom_table(kube: Kube, kind: Kind, items: list[Obj]
                        ) -> tuple[list[str], list[list[str]]]:
     """NAME plus the CRD's additionalPrinterColumns (AGE for other kinds)."""
     columns: list[Obj] = []
     if kind.group:
         try:
-            crd = await client.get(resource_path(
+            crd = await kube.request("GET", path(
                 "customresourcedefinitions", name=f"{kind.plural}.{kind.group}",
                 group="apiextensions.k8s.io"))
             for version in crd["spec"]["versions"]:
                 if version["name"] == kind.version:
                     columns = list(version.get("additionalPrinterColumns") or ())
-        except ApiError as exc:
-            if exc.code != 404:
+        except ApiException as exc:
+            if not is_status(exc, 404):
                 raise
     if not columns:
         columns = [{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]

@@ -1,16 +1,18 @@
-"""The autoscaler's loop logic without kopf: caches fed by events, decisions, writes."""
+"""The autoscaler's loop logic without kopf: caches fed by events, decisions, and its writes
+to the emulated API server."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from elastic_operator import k8s
 from elastic_operator.autoscaler.handlers import Autoscaler, AutoscalerMetrics, AutoscalerSettings
-from elastic_operator.planner import Event
+from elastic_operator.kube_client import Kube
 from tests.autoscaler.objects import GPU, node, pod
+from tests.harness import Api, Cluster, events_for, jobs_path
 
 NOW = 1767225600.0 + 3600  # an hour after the objects' creationTimestamp
 
@@ -27,20 +29,6 @@ def job(name: str = "train", *, enabled: bool = True, replicas: int = 1) -> dict
     }
 
 
-class FakeApi:
-    """Records scale writes; answers with ``fail`` when set."""
-
-    def __init__(self, fail: int | None = None) -> None:
-        self.fail = fail
-        self.writes: list[tuple[str, dict[str, Any]]] = []
-
-    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.writes.append((path, body))
-        if self.fail:
-            raise k8s.ApiError(self.fail, {"reason": "Conflict"}, "PATCH", path)
-        return {"metadata": {"resourceVersion": "8"}, "spec": body["spec"]}
-
-
 REGISTRY = CollectorRegistry()
 METRICS = AutoscalerMetrics(REGISTRY)  # one set: a registry refuses duplicate names
 
@@ -50,50 +38,72 @@ def sample(name: str) -> float:
 
 
 @pytest.fixture
-def scaler() -> Autoscaler:
+async def kube(apiserver: Cluster) -> AsyncIterator[Kube]:
+    async with await Kube.login(apiserver.tester_kubeconfig) as client:
+        yield client
+
+
+def served_job(api: Api, namespace: str) -> dict[str, Any]:
+    """:func:`job` as the API server stores it in ``namespace`` (real uid, resourceVersion)."""
+    body = job()
+    body["metadata"] = {"name": "train"}
+    return api.create(jobs_path(namespace), body)
+
+
+def scaler_in(namespace: str) -> Autoscaler:
     a = Autoscaler(AutoscalerSettings(preempt_after_s=0), METRICS)
     a.on_node("ADDED", node("n1", 8))
-    a.on_pod(None, pod("other", 2, node_name="n1"))
-    a.on_pod(None, pod("train-worker-0", 1, node_name="n1", job="train", index=0))
+    a.on_pod(None, pod("other", 2, node_name="n1", namespace=namespace))
+    a.on_pod(None, pod("train-worker-0", 1, node_name="n1", job="train", index=0,
+                       namespace=namespace))
     return a
 
 
-async def test_decides_from_events_and_writes_the_scale_subresource(scaler: Autoscaler) -> None:
-    scaler.on_job(None, job())
+@pytest.fixture
+def scaler() -> Autoscaler:
+    return scaler_in("default")
+
+
+async def test_decides_from_events_and_writes_the_scale_subresource(
+    api: Api, namespace: str, kube: Kube,
+) -> None:
+    scaler = scaler_in(namespace)
+    served = served_job(api, namespace)
+    scaler.on_job(None, served)
+    key = f"{namespace}/train"
     decision = scaler.decide(NOW)
-    assert decision.targets["default/train"].replicas == 6
+    assert decision.targets[key].replicas == 6
     assert sample("elastic_autoscaler_free_gpus") == 5
     ups = sample("elastic_autoscaler_scale_ups_total")
 
-    api, events = FakeApi(), []
-
-    async def post(body: dict[str, Any], event: Event) -> None:
-        events.append((body["metadata"]["name"], event))
-
-    assert await scaler.apply(api, post, "default/train", decision.targets["default/train"])
-    path, body = api.writes[0]
-    assert path == "/apis/elastic.dev/v1alpha1/namespaces/default/elasticjobs/train/scale"
-    assert body == {"metadata": {"resourceVersion": "7"}, "spec": {"replicas": 6}}
-    assert events[0][0] == "train" and events[0][1].reason == "AutoscaleUp"
-    assert "5 GPUs free on n1" in events[0][1].message
-    assert scaler.jobs["default/train"]["spec"]["replicas"] == 6
-    assert scaler.jobs["default/train"]["metadata"]["resourceVersion"] == "8"
+    assert await scaler.apply(kube, key, decision.targets[key])
+    stored = api.get(jobs_path(namespace, "train"))
+    assert stored["spec"]["replicas"] == 6
+    (event,) = events_for(api, namespace, "train")
+    assert event["reason"] == "AutoscaleUp" and "5 GPUs free on n1" in event["message"]
+    assert event["involvedObject"]["uid"] == served["metadata"]["uid"]
+    assert scaler.jobs[key]["spec"]["replicas"] == 6
+    assert scaler.jobs[key]["metadata"]["resourceVersion"] == (
+        stored["metadata"]["resourceVersion"])
     assert sample("elastic_autoscaler_scale_ups_total") == ups + 1
     assert scaler.decide(NOW + 1).targets == {}  # what was written is what it decides from
 
 
-async def test_a_conflict_is_not_an_error_and_posts_nothing(scaler: Autoscaler) -> None:
-    scaler.on_job(None, job())
-    target = scaler.decide(NOW).targets["default/train"]
-    events: list[Event] = []
-
-    async def post(body: dict[str, Any], event: Event) -> None:
-        events.append(event)
-
-    assert not await scaler.apply(FakeApi(fail=409), post, "default/train", target)
-    assert events == [] and scaler.jobs["default/train"]["spec"]["replicas"] == 1
-    with pytest.raises(k8s.ApiError):
-        await scaler.apply(FakeApi(fail=500), post, "default/train", target)
+async def test_a_conflict_or_a_deleted_job_is_not_an_error_and_posts_nothing(
+    api: Api, namespace: str, kube: Kube,
+) -> None:
+    scaler = scaler_in(namespace)
+    key = f"{namespace}/train"
+    scaler.on_job(None, served_job(api, namespace))
+    target = scaler.decide(NOW).targets[key]
+    api.patch(jobs_path(namespace, "train"), {"metadata": {"labels": {"edited": "yes"}}})
+    assert not await scaler.apply(kube, key, target)  # 409: our resourceVersion is stale
+    api.delete(jobs_path(namespace, "train"))
+    scaler.on_job(None, served_job(api, namespace))
+    api.delete(jobs_path(namespace, "train"))
+    assert not await scaler.apply(kube, key, target)  # 404
+    assert events_for(api, namespace, "train") == []
+    assert scaler.jobs[key]["spec"]["replicas"] == 1
 
 
 def test_disabled_jobs_get_no_target_and_deleted_ones_are_forgotten(scaler: Autoscaler) -> None:
