@@ -48,7 +48,7 @@ from elastic_operator.api.common import now_rfc3339
 
 __all__ = [
     "MERGE_PATCH", "ApiException", "ConfigException", "Kube", "Retry", "configuration",
-    "is_status", "path", "post_event", "reason", "status_message",
+    "describe", "is_status", "path", "post_event", "reason", "status_message",
 ]
 
 log = logging.getLogger("elastic_operator.kube_client")
@@ -106,8 +106,9 @@ class Retry:
             after = (error.headers or {}).get("Retry-After", "")
             if after.isdigit():
                 return min(float(after), self.cap_seconds)
-        elif not isinstance(error, aiohttp.ClientConnectionError | TimeoutError):
-            return None
+        elif (not isinstance(error, aiohttp.ClientConnectionError | TimeoutError)
+              or isinstance(error, aiohttp.ClientSSLError)):
+            return None  # a bug, or TLS refusing the server: trying again cannot help
         backoff = min(self.cap_seconds, self.base_seconds * 2 ** attempt)
         return backoff * random.uniform(0.5, 1.0)
 
@@ -180,7 +181,7 @@ class Kube:
                 delay = self.retry.delay(attempt, exc)
                 if delay is None:
                     raise
-                log.debug("retrying in %.2fs after %s", delay, _short(exc))
+                log.debug("retrying in %.2fs after %s", delay, describe(exc))
             attempt += 1
             await asyncio.sleep(delay)
 
@@ -198,9 +199,11 @@ async def _decode(response: aiohttp.ClientResponse) -> Any:
     return data.decode("utf-8", "replace")
 
 
-def _short(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """One line for a log: ``HTTP 409 AlreadyExists: pods "p" already exists`` (the
+    library's own ``str()`` spans lines with every header), else the exception's repr."""
     if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {reason(exc) or exc.reason}"
+        return f"HTTP {exc.status} {reason(exc) or exc.reason}: {status_message(exc)}"
     return repr(exc)
 
 
@@ -277,4 +280,4 @@ async def post_event(kube: Kube, regarding: Obj, reason: str, message: str, *,
         await kube.call(kube.core.create_namespaced_event, namespace, event)
     except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as exc:
         log.warning("%s/%s: event %s not recorded: %s", namespace, meta.get("name"), reason,
-                    _short(exc))
+                    describe(exc))

@@ -40,6 +40,7 @@ from elastic_operator.kube_client import (
     MERGE_PATCH,
     ApiException,
     Kube,
+    describe,
     is_status,
     post_event,
     status_message,
@@ -250,7 +251,8 @@ class Reconciler:
             slot.errors += 1
             delay = min(self.settings.error_backoff_cap_seconds, 0.5 * 2 ** min(slot.errors, 8))
             self.metrics.reconcile_errors.inc()
-            log.error("%s/%s: reconcile failed (%s); retrying in %.1fs", *key, exc, delay)
+            log.error("%s/%s: reconcile failed (%s); retrying in %.1fs", *key, describe(exc),
+                      delay)
             self._schedule(key, delay)
         finally:
             self.metrics.reconcile_seconds.observe(time.perf_counter() - started)

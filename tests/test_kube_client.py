@@ -128,6 +128,8 @@ async def test_server_errors_reach_the_caller_as_api_exceptions(
     assert kube_client.is_status(exists.value, 409, "AlreadyExists")
     assert not kube_client.is_status(exists.value, 409, "Conflict")
     assert kube_client.status_message(exists.value) == 'pods "twice" already exists'
+    assert kube_client.describe(exists.value) == (
+        'HTTP 409 AlreadyExists: pods "twice" already exists')
     assert (invalid.value.status, kube_client.reason(invalid.value)) == (422, "Invalid")
     assert "Not_A_Name" in kube_client.status_message(invalid.value)
     assert kube_client.is_status(missing.value, 404, "NotFound")
@@ -168,6 +170,7 @@ async def test_the_retry_policy_waits_as_the_server_asks_and_only_for_transient_
     assert policy.delay(0, missing.value) is None  # a 404 is an answer, not a hiccup
     assert 0.1 <= policy.delay(1, aiohttp.ServerDisconnectedError()) <= 0.4
     assert policy.delay(0, ValueError("a bug")) is None
+    assert policy.delay(0, aiohttp.ClientSSLError(None, OSError())) is None  # type: ignore[arg-type]
 
 
 async def test_post_event_records_one_event_and_never_raises(

@@ -58,6 +58,7 @@ from elastic_operator.kube_client import (
     MERGE_PATCH,
     ApiException,
     Kube,
+    describe,
     is_status,
     post_event,
     reason,
@@ -247,7 +248,7 @@ class Autoscaler:
                 for key, target in decision.targets.items():
                     await self.apply(memo.kube, key, target)
             except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.warning("autoscaler: decision not applied: %s; retrying", exc)
+                log.warning("autoscaler: decision not applied: %s; retrying", describe(exc))
                 self._wake.set()
                 await asyncio.sleep(self.settings.interval_s)
             except Exception:
