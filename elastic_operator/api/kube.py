@@ -9,12 +9,23 @@ pod holds. Pure functions of API objects as plain dicts; nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 
 Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A core/v1 Event to record on an object (the job controller's plans and the autoscaler's
+    resizes both write them, so the value lives below both)."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
 
 
 class QuantityError(ValueError):
