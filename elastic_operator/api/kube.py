@@ -1,5 +1,6 @@
 """Kubernetes arithmetic every controller shares: GPU quantities, a pod's GPU request,
-taint tolerations and API timestamps.
+taint tolerations, terminal pod phases, API timestamps (RFC 3339, both ways) and the Event
+value the controllers record.
 
 One definition, so the autoscaler (which places workers by GPU count) and the reclaim
 controller (which reports the GPUs a reclaim frees) can never disagree about how many GPUs a
@@ -16,6 +17,9 @@ from typing import Any
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 
 Obj = Mapping[str, Any]
+
+# Pod phases after which a pod holds nothing on its node any more.
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,11 @@ def parse_epoch(text: Any) -> float | None:
     """:func:`parse_time` as seconds since the epoch (the autoscaler's clock)."""
     when = parse_time(text)
     return None if when is None else when.timestamp()
+
+
+def now_rfc3339(now: datetime | None = None) -> str:
+    """RFC 3339 UTC timestamp with seconds precision, the format Kubernetes uses."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def precise_time(now: datetime) -> str:

@@ -24,9 +24,8 @@ from pydantic import ValidationError
 
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobSpec, Phase, desired_replicas
-from elastic_operator.api.kube import QuantityError, parse_epoch, pod_gpu_request
+from elastic_operator.api.kube import TERMINAL_PHASES, QuantityError, parse_epoch, pod_gpu_request
 from elastic_operator.autoscaler.capacity import (
-    TERMINAL_PHASES,
     CapacitySnapshot,
     PodInfo,
     placement_key,

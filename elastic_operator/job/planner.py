@@ -50,7 +50,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from elastic_operator.api.common import Condition, now_rfc3339, set_condition
+from elastic_operator.api.common import Condition, set_condition
 from elastic_operator.api.elasticjob import (
     ElasticJobSpec,
     ElasticJobStatus,
@@ -59,6 +59,7 @@ from elastic_operator.api.elasticjob import (
     desired_replicas,
     validate_spec,
 )
+from elastic_operator.api.kube import now_rfc3339
 from elastic_operator.job.actions import (
     Action,
     CreatePod,

@@ -36,8 +36,8 @@ import aiohttp
 from pydantic import ValidationError
 
 from elastic_operator import k8s, labels
-from elastic_operator.api.common import now_rfc3339
 from elastic_operator.api.elasticjob import KIND, PLURAL, ElasticJobSpec, ElasticJobStatus
+from elastic_operator.api.kube import now_rfc3339
 from elastic_operator.job import worker_manifests
 from elastic_operator.job.etcd_auth import EtcdAuthAdmin, root_security
 from elastic_operator.job.etcd_credentials import JobCredentials
