@@ -44,7 +44,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.client.rest import RESTResponse
 from kubernetes_asyncio.config import ConfigException
 
-from elastic_operator.api.common import now_rfc3339
+from elastic_operator.api.kube import now_rfc3339
 
 __all__ = [
     "MERGE_PATCH", "ApiException", "ConfigException", "Kube", "Retry", "configuration",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from elastic_operator.api.kube import TERMINAL_PHASES
 from elastic_operator.kube_client import (
     ApiException,
     Kube,
@@ -317,7 +318,7 @@ async def _logs(client: Kube, args: argparse.Namespace) -> int:
             if is_status(exc, 404):
                 return 0
             raise
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             with contextlib.suppress(OSError), open(log_file, "rb") as handle:
                 handle.seek(offset)
                 sys.stdout.write(handle.read().decode(errors="replace"))

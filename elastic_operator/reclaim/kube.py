@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 
 from elastic_operator import kube_client, labels
-from elastic_operator.api.common import now_rfc3339
 from elastic_operator.api.kernelreclaim import PLURAL
+from elastic_operator.api.kube import now_rfc3339
 from elastic_operator.kube_client import MERGE_PATCH, ApiException, Kube
 
 COMPONENT = "elastic-operator-reclaim"
