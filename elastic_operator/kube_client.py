@@ -60,23 +60,24 @@ USER_AGENT = "elastic-operator"
 
 async def configuration(kubeconfig: Path | None = None, *,
                         service_account: Path = SERVICE_ACCOUNT) -> k8s_client.Configuration:
-    """The library's configuration for this process, as kubectl and kopf choose it.
+    """The library's configuration for this process.
 
-    Without ``kubeconfig``, a pod's service account (``service_account``/token and ca.crt,
-    ``KUBERNETES_SERVICE_HOST``/``_PORT``) wins; otherwise the kubeconfig: ``kubeconfig``,
-    else ``$KUBECONFIG`` (read now, not at import), else ``~/.kube/config``. The token of
-    either is re-read by the library as it rotates. Raises
-    :class:`kubernetes_asyncio.config.ConfigException` with what is missing.
+    ``kubeconfig``, else ``$KUBECONFIG`` (read now: the library reads it at import), else a
+    pod's service account (``service_account``/token and ca.crt, ``KUBERNETES_SERVICE_HOST``/
+    ``_PORT``) when one is mounted, else ``~/.kube/config``. The token of either is re-read by
+    the library as it rotates. Raises :class:`kubernetes_asyncio.config.ConfigException`
+    saying what is missing.
     """
     config = k8s_client.Configuration()
+    kubeconfig = kubeconfig or (Path(os.environ["KUBECONFIG"])
+                                if os.environ.get("KUBECONFIG") else None)
     if kubeconfig is None and (service_account / "token").is_file():
         k8s_config.incluster_config.InClusterConfigLoader(
             token_filename=str(service_account / "token"),
             cert_filename=str(service_account / "ca.crt"),
         ).load_and_set(config)
         return config
-    source = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG") or str(
-        Path.home() / ".kube" / "config")
+    source = str(kubeconfig or Path.home() / ".kube" / "config")
     try:
         await k8s_config.load_kube_config(config_file=source, client_configuration=config)
     except ConfigException as exc:

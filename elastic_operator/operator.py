@@ -183,8 +183,7 @@ async def connection_info(kubeconfig: Path | None, *,
 
 @kopf.on.login()
 async def _login(**_: object) -> kopf.ConnectionInfo:
-    kubeconfig = os.environ.get("KUBECONFIG")  # execute() puts --kubeconfig there
-    return await connection_info(Path(kubeconfig) if kubeconfig else None)
+    return await connection_info(None)  # execute() puts --kubeconfig into $KUBECONFIG
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -75,9 +75,16 @@ async def test_kubeconfig_login_from_the_flag_or_kubeconfig_env(
         listing = await kube.request("GET", kube_client.path("pods", NS))
     assert [p["metadata"]["name"] for p in listing["items"]] == ["a"]
     assert users(server, "create") == ["by-flag"] and users(server, "list") == ["by-env"]
+    # $KUBECONFIG wins over a mounted service account, as for kubectl (kopf's login agrees).
+    account = service_account(tmp_path / "sa", "unused", __file__)
+    async with await Kube.login(service_account=account) as kube:
+        assert kube.server == server.url
+    assert (await connection_info(None, service_account=account)).server == server.url
 
 
-async def test_a_missing_kubeconfig_names_the_fix(tmp_path: Path) -> None:
+async def test_a_missing_kubeconfig_names_the_fix(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     with pytest.raises(kube_client.ConfigException, match="--kubeconfig or set KUBECONFIG"):
         await kube_client.configuration(tmp_path / "absent",
                                         service_account=tmp_path / "no-service-account")
@@ -86,6 +93,7 @@ async def test_a_missing_kubeconfig_names_the_fix(tmp_path: Path) -> None:
 async def test_in_cluster_login_over_tls_with_the_service_account(
     tls_server: ApiServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(tls_server.port))
     account = service_account(tmp_path / "sa", tls_server.add_user("system:sa"), pki.ca)
@@ -103,6 +111,7 @@ async def test_in_cluster_login_over_tls_with_the_service_account(
 async def test_in_cluster_login_refuses_a_server_its_ca_did_not_sign(
     tls_server: ApiServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(tls_server.port))
     account = service_account(tmp_path / "sa", tls_server.add_user("system:sa"), pki.other_ca)
