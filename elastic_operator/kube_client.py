@@ -15,9 +15,10 @@ this module adds, because the library has neither:
 - **dict answers**: :meth:`Kube.call` asks for the raw response (``_preload_content=False``)
   and decodes its JSON, so hot paths never build the generated models (a V1Pod costs more to
   deserialise than to send);
-- **one retry policy** (:class:`Retry`): 429 and 5xx answers and connection failures are
-  retried with capped exponential backoff, honouring ``Retry-After``. Every product write is
-  idempotent (deterministic names; 404 and 409 mean done), so a retried POST is safe;
+- **one retry policy** (:class:`Retry`): 429 and 5xx answers and connection failures (not
+  timeouts) are retried with capped exponential backoff, honouring ``Retry-After``. Every
+  product write is idempotent (deterministic names; 404 and 409 mean done), so a retried POST
+  is safe;
 - **one Event writer**: :func:`post_event`, used by every controller.
 
 Watches stay kopf's (the operator) or the CLI's polling; the emulator keeps a small client of
@@ -89,7 +90,8 @@ async def configuration(kubeconfig: Path | None = None, *,
 
 @dataclass(frozen=True)
 class Retry:
-    """When a failed call is tried again: 429/5xx answers and connection failures, at most
+    """When a failed call is tried again: 429/5xx answers, a refused connection and a
+    connection the server closed (e.g. a kept-alive one it timed out), at most
     ``attempts`` times in all, after ``Retry-After`` when the server sends one (capped at
     ``cap_seconds``), else after ``base_seconds`` doubled per attempt with jitter."""
 
@@ -107,9 +109,13 @@ class Retry:
             after = (error.headers or {}).get("Retry-After", "")
             if after.isdigit():
                 return min(float(after), self.cap_seconds)
-        elif (not isinstance(error, aiohttp.ClientConnectionError | TimeoutError)
+        elif (not isinstance(error, aiohttp.ClientConnectorError
+                             | aiohttp.ServerDisconnectedError)
               or isinstance(error, aiohttp.ClientSSLError)):
-            return None  # a bug, or TLS refusing the server: trying again cannot help
+            # A timeout is not retried: the server may be overloaded, and the callers' own
+            # backoff (the reconciler's, the autoscaler's) is the gentler retry. Neither is a
+            # bug or TLS refusing the server, which no retry can help.
+            return None
         backoff = min(self.cap_seconds, self.base_seconds * 2 ** attempt)
         return backoff * random.uniform(0.5, 1.0)
 
@@ -187,7 +193,7 @@ class Kube:
         while True:
             try:
                 return await _decode(await send())
-            except (ApiException, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            except (ApiException, aiohttp.ClientConnectionError) as exc:
                 delay = self.retry.delay(attempt, exc)
                 if delay is None:
                     raise

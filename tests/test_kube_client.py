@@ -179,6 +179,7 @@ async def test_the_retry_policy_waits_as_the_server_asks_and_only_for_transient_
     assert policy.delay(0, missing.value) is None  # a 404 is an answer, not a hiccup
     assert 0.1 <= policy.delay(1, aiohttp.ServerDisconnectedError()) <= 0.4
     assert policy.delay(0, ValueError("a bug")) is None
+    assert policy.delay(0, TimeoutError()) is None  # maybe overloaded: the caller backs off
     assert policy.delay(0, aiohttp.ClientSSLError(None, OSError())) is None  # type: ignore[arg-type]
 
 
