@@ -223,16 +223,20 @@ def _elastic_argv(etcd: str, script_args: list[str]) -> Callable[[str, int, Path
     return argv
 
 
-def _lighthouse(out: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def _lighthouse(min_replicas: int) -> Callable[[Path], tuple[subprocess.Popen[bytes],
+                                                            dict[str, str]]]:
     """torchft's Lighthouse with the flags of torchft's own examples (its heartbeat timeout,
-    5 s, is left at its default: it is what a SIGKILL costs torchft)."""
-    port = free_port()
-    binary = Path(sys.executable).with_name("torchft_lighthouse")
-    with open(out / "lighthouse.log", "wb") as log:
-        proc = subprocess.Popen([str(binary), "--min_replicas", "1", "--quorum_tick_ms", "100",
-                                 "--join_timeout_ms", "10000", "--bind", f"[::]:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, {"TORCHFT_LIGHTHOUSE": f"http://127.0.0.1:{port}"}
+    5 s, is left at its default: it is what a lost replica group costs torchft)."""
+    def start(out: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+        port = free_port()
+        binary = Path(sys.executable).with_name("torchft_lighthouse")
+        with open(out / "lighthouse.log", "wb") as log:
+            proc = subprocess.Popen(
+                [str(binary), "--min_replicas", str(min_replicas), "--quorum_tick_ms", "100",
+                 "--join_timeout_ms", "10000", "--bind", f"[::]:{port}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return proc, {"TORCHFT_LIGHTHOUSE": f"http://127.0.0.1:{port}"}
+    return start
 
 
 def _torchft_argv(script_args: list[str]) -> Callable[[str, int, Path], list[str]]:
@@ -257,18 +261,20 @@ def run_stalls_part(etcd: str, workdir: Path, limit: float) -> tuple[dict[str, S
     if importlib.util.find_spec("torchft") is None:
         print("# torchft: skipped (not installed; pip install -e '.[bench]')", flush=True)
     else:
+        # The step-time run waits for both groups (min 2): otherwise the first to start
+        # trains its whole run alone before the second has imported torch.
         systems.append((System("torchft", _torchft_argv(["--replica-groups", "3", *forever]),
-                               service=_lighthouse),
+                               service=_lighthouse(1)),
                         System("torchft-defaults", _torchft_argv(["--replica-groups", "2"]),
-                               service=_lighthouse)))
+                               service=_lighthouse(2))))
     results = {}
     for stalls_system, defaults_system in systems:
         started = time.monotonic()
         res = step_stalls.run_stalls(stalls_system, workdir, limit)
         res.step_time = step_stalls.run_step_time(defaults_system, workdir, limit, members=2)
         results[stalls_system.name] = res
-        print(f"# {stalls_system.name} stalls: done in {time.monotonic() - started:.0f}s "
-              f"({'; '.join(res.notes)})", flush=True)
+        print(f"# {stalls_system.name} stalls: done in {time.monotonic() - started:.0f}s",
+              flush=True)
     help_text = subprocess.run([sys.executable, str(ELASTIC), "--help"], cwd=REPO,
                                capture_output=True, text=True, check=False).stdout
     if "--state-mb" not in help_text:
@@ -302,6 +308,8 @@ def print_stalls(results: dict[str, Stalls], baseline: float | None, limit: floa
               f"{_s(res.kill, limit):>12}{_s(res.joiner_first_step, limit):>12}"
               f"{_ms(res.step_time):>12}{_ms(overhead):>12}")
     print(f"{'torchrun':<10}{'':>48}{_ms(baseline):>12}{'(baseline)':>12}")
+    for name, res in results.items():
+        print(f"{name}: {'; '.join(res.notes)}")
     print("step: median step time at world size 2 with the script's defaults (no --step-time); "
           "overhead: minus the baseline (examples/train_ddp.py under torchrun)")
 

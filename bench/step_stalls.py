@@ -119,8 +119,6 @@ class System:
     argv: Callable[[str, int, Path], list[str]]
     env: dict[str, str] = field(default_factory=dict)
     service: Callable[[Path], tuple[subprocess.Popen[bytes], dict[str, str]]] | None = None
-    kill_note: str = ""
-    leave_note: str = ""
 
 
 class Job:
@@ -235,7 +233,8 @@ def run_stalls(system: System, workdir: Path, limit: float) -> Stalls:
         # job's master store (torchft: every member prints; each hosts only its own store).
         printer = max(("a", "b"), key=lambda n: job.members[n].last_step_at())
         victim = "a" if printer == "b" else "b"
-        out.notes.append(f"kill: member {victim}")
+        out.notes.append(f"leave: SIGTERM to c's main process; kill: SIGKILL of {victim}'s "
+                         f"process tree ({printer} printed the last step and stays)")
 
         def kill() -> float:
             at = time.monotonic()
