@@ -61,6 +61,7 @@ class Member:
             at = time.monotonic()
             line = raw.decode(errors="replace")
             self._lines.write(f"{at:.4f} {line}")
+            self._lines.flush()
             event = parse_step_line(line, at)
             if event is not None:
                 self.events.append(event)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import etcd3
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -33,6 +32,8 @@ from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import DEFAULT_STATE_DIR, ClusterConfig, LocalCluster
 from elastic_operator.local.resize_report import StepEvent, grow_report, parse_step_line
 from kube_emulator.client import ApiError, resource_path
+from launcher.etcd_client import make_client
+from launcher.etcd_session import ETCD_ERRORS
 
 DEFAULT_JOB_FILE = Path("examples/elastic-job.yaml")
 Obj = dict[str, Any]
@@ -246,7 +247,7 @@ class Demo:
         """After ``--add-gpus-at-step``: the grow report (``resize_report.grow_report``) over
         the step lines (stamped as read, every 0.1 s) and the start-up of the pods created
         after the GPUs appeared (listed at the next 0.5 s poll until their agent's node key
-        appeared in etcd)."""
+        was seen in etcd, polled every 0.1 s)."""
         if self.gpus_added_at is None:
             return []
         registered = self.registrations.first if self.registrations is not None else {}
@@ -289,6 +290,8 @@ class Demo:
                 for _ in range(5):  # logs more often than the API: step times to 0.1 s
                     await asyncio.sleep(0.1)
                     self._read_logs()
+                    if self.registrations is not None:
+                        await asyncio.to_thread(self.registrations.poll)
             self.progress.phase = f"{self.progress.phase} (timed out)"
             return False
         finally:
@@ -300,25 +303,27 @@ class Demo:
 
 class Registrations:
     """When each agent first registered in etcd (its rendezvous node key,
-    ``/elastic/<rdzv id>/nodes/<node id>``, was created), from a watch on this process's
-    monotonic clock. Node ids start with the pod's name (the agent's ``HOSTNAME``)."""
+    ``/elastic/<rdzv id>/nodes/<node id>``, appeared), on this process's monotonic clock, to
+    the resolution of ``poll``'s callers. Node ids start with the pod's name (the agent's
+    ``HOSTNAME``)."""
 
     def __init__(self, endpoint: str) -> None:
-        host, port = endpoint.rsplit(":", 1)
         self.first: dict[str, float] = {}
-        self._client = etcd3.client(host=host, port=int(port))
-        self._watch = self._client.add_watch_prefix_callback("/elastic/", self._on_response)
+        self._client = make_client(endpoint, timeout=2.0)
 
-    def _on_response(self, response: Any) -> None:
-        at = time.monotonic()
-        for event in getattr(response, "events", ()):  # an error instead: the demo goes on
-            parts = event.key.decode(errors="replace").split("/")
-            if isinstance(event, etcd3.events.PutEvent) and len(parts) == 5 and \
-                    parts[3] == "nodes":
-                self.first.setdefault(parts[4], at)
+    def poll(self) -> None:
+        """Take in the node keys there now (blocking: run it in a thread)."""
+        try:
+            listed = self._client.get_prefix("/elastic/", keys_only=True)
+            at = time.monotonic()
+            for _, meta in listed:
+                parts = meta.key.decode(errors="replace").split("/")
+                if len(parts) == 5 and parts[3] == "nodes":
+                    self.first.setdefault(parts[4], at)
+        except ETCD_ERRORS:
+            return  # etcd restarting: the next poll sees the keys, a little late
 
     def close(self) -> None:
-        self._client.cancel_watch(self._watch)
         self._client.close()
 
 
