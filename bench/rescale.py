@@ -41,6 +41,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -245,16 +246,14 @@ def _torchft_argv(script_args: list[str]) -> Callable[[str, int, Path], list[str
     return argv
 
 
-def run_stalls_part(etcd: str, workdir: Path, limit: float) -> tuple[dict[str, Stalls],
-                                                                     float | None, str]:
+def run_stalls_part(etcd: str, workdir: Path, limit: float,
+                    rounds: int) -> tuple[dict[str, Stalls], float | None, str]:
     """Part two: per system the stalls and step time; the baseline step time; the 400 MB
     join's line."""
     forever = ["--epochs", str(step_stalls.EPOCHS), "--step-time", str(STEP_TIME)]
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     ddp = System("ddp", lambda job, index, out: [
         torchrun, "--standalone", "--nproc-per-node=2", str(DDP)])
-    baseline = step_stalls.run_step_time(ddp, workdir, limit, members=1)
-    print(f"# ddp (torchrun): step time {_ms(baseline)}", flush=True)
     systems = [(System("ours", _elastic_argv(etcd, [*forever, "--checkpoint-dir",
                                                    str(workdir / "ours-checkpoints")])),
                 System("ours-defaults", _elastic_argv(etcd, [])))]
@@ -267,11 +266,28 @@ def run_stalls_part(etcd: str, workdir: Path, limit: float) -> tuple[dict[str, S
                                service=_lighthouse(1)),
                         System("torchft-defaults", _torchft_argv(["--replica-groups", "2"]),
                                service=_lighthouse(2))))
+    # Step times: the systems in turn, ``rounds`` times, so a burst of load from elsewhere on
+    # the machine hits one round of each rather than all of one system; the median round.
+    times: dict[str, list[float]] = {}
+    for round_ in range(rounds):
+        for system, members in [(ddp, 1), *[(d, 2) for _, d in systems]]:
+            median = step_stalls.run_step_time(system, workdir, limit, members,
+                                               f"{system.name}-steps-{round_}")
+            if median is not None:
+                times.setdefault(system.name, []).append(median)
+    print(f"# step times (ms, {rounds} rounds): " + "; ".join(
+        f"{name} {' '.join(f'{t * 1000:.2f}' for t in ts)}" for name, ts in times.items()),
+        flush=True)
+
+    def step_time(name: str) -> float | None:
+        return statistics.median(times[name]) if name in times else None
+
+    baseline = step_time("ddp")
     results = {}
     for stalls_system, defaults_system in systems:
         started = time.monotonic()
         res = step_stalls.run_stalls(stalls_system, workdir, limit)
-        res.step_time = step_stalls.run_step_time(defaults_system, workdir, limit, members=2)
+        res.step_time = step_time(defaults_system.name)
         results[stalls_system.name] = res
         print(f"# {stalls_system.name} stalls: done in {time.monotonic() - started:.0f}s",
               flush=True)
@@ -310,8 +326,9 @@ def print_stalls(results: dict[str, Stalls], baseline: float | None, limit: floa
     print(f"{'torchrun':<10}{'':>48}{_ms(baseline):>12}{'(baseline)':>12}")
     for name, res in results.items():
         print(f"{name}: {'; '.join(res.notes)}")
-    print("step: median step time at world size 2 with the script's defaults (no --step-time); "
-          "overhead: minus the baseline (examples/train_ddp.py under torchrun)")
+    print("step: median step time at world size 2 with the script's defaults (no --step-time), "
+          "median of the rounds; overhead: minus the baseline (examples/train_ddp.py under "
+          "torchrun)")
 
 
 def main() -> int:
@@ -323,6 +340,8 @@ def main() -> int:
                              "ours)")
     parser.add_argument("--parts", nargs="+", choices=["rescale", "stalls"],
                         default=["rescale", "stalls"], help="which parts to run (default: both)")
+    parser.add_argument("--step-rounds", type=int, default=3,
+                        help="part stalls: step-time runs per system (median taken)")
     parser.add_argument("--keep", action="store_true", help="keep the agents' logs (printed)")
     args = parser.parse_args()
     # A SIGTERM (e.g. from a CI timeout) still runs the cleanup in the finally blocks.
@@ -360,7 +379,8 @@ def main() -> int:
             results[variant.name] = run_variant(variant, workdir, args.limit)
             print(f"# {variant.name}: done in {time.monotonic() - started:.0f}s", flush=True)
         if "stalls" in args.parts:
-            stalls, baseline, big = run_stalls_part(etcd.endpoint, workdir, args.limit)
+            stalls, baseline, big = run_stalls_part(etcd.endpoint, workdir, args.limit,
+                                                    args.step_rounds)
 
     def shown(value: float | None) -> str:
         return f"{args.limit:.1f} (cap)" if value is None else f"{value:.1f}"

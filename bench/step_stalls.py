@@ -262,9 +262,10 @@ def run_join_only(system: System, workdir: Path, limit: float, name: str) -> flo
         job.close()
 
 
-def run_step_time(system: System, workdir: Path, limit: float, members: int) -> float | None:
+def run_step_time(system: System, workdir: Path, limit: float, members: int,
+                  name: str) -> float | None:
     """Median step time at world 2 of a run to the end with the script's defaults."""
-    job = Job(system, workdir, f"{system.name}-steps")
+    job = Job(system, workdir, name)
     try:
         for index in range(members):
             job.start("ab"[index])
