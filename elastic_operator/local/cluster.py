@@ -1,13 +1,16 @@
 """LocalCluster: the whole embedded cluster in one process (plus etcd and the operator).
 
 It composes the emulated API server, GPU nodes, the scheduler, the kubelet (pods as local
-process groups), a real etcd subprocess and the operator itself, run exactly as on a real
-cluster (``elastic-operator run --kubeconfig ...``) as a subprocess. Everything writes under
+process groups, ``kubectl exec`` into them), the Deployment controller, a real etcd
+subprocess and the operator itself, run exactly as on a real cluster (``elastic-operator run
+--kubeconfig ...``) as a subprocess, or with ``operator_deployment`` as the pod of the
+Deployment ``elastic-system/elastic-operator`` (its log is then the pod's). Everything writes under
 one state directory (default ``.local-cluster/``):
 
 - ``kubeconfig``: point ``elastic-operator`` or a real kubectl here;
 - ``cluster.json``: URL, pids and etcd endpoint while the cluster runs (removed on stop);
 - ``logs/operator.log``, ``logs/cluster.log``, ``etcd/``; ``pods/<ns>/<pod>/<container>.log``;
+- ``volumes/<ns>/<claim>/``: what pods mounting a PersistentVolumeClaim share;
 - ``checkpoints/``: emptied at start, so jobs never resume a previous cluster's run.
 
 Guarantees: :meth:`LocalCluster.stop` stops every process the cluster started (pods get

@@ -36,6 +36,9 @@ Differences from a real cluster a client can notice (by design):
   the local runtime ignores images);
 - paging with ``limit``/``continue`` reads current data, not a snapshot;
 - ``pods/log`` returns the log so far and ends, also with ``follow=true``;
+- ``pods/exec`` speaks the WebSocket channel protocols v5/v4 only (no SPDY, no TTY), see
+  :mod:`~kube_emulator.apiserver.remotecommand`; ``pods/eviction`` always succeeds (there
+  are no PodDisruptionBudgets);
 - Orphan propagation strips ownerReferences at once instead of through the ``orphan``
   finalizer; the garbage collector runs right after each change, not milliseconds later;
 - a watch older than the kept history (``history_size`` events) gets an ERROR event with
