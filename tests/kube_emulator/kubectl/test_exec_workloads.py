@@ -120,6 +120,9 @@ async def test_a_claim_is_one_directory_for_every_pod_that_mounts_it(cli: Cli) -
     await cli("delete", "pod", "writer", "--wait=true")
     assert not scratch.exists() and (claim / "run" / "x").is_file()
     assert (await cli.json("get", "pvc", "data"))["status"]["phase"] == "Bound"
+    _, table, _ = await cli("get", "pvc", "data")
+    assert table.splitlines()[1].split()[:6] == ["data", "Bound", "1Gi", "RWX", "<none>",
+                                                 "<none>"]
 
 
 async def test_a_missing_claim_fails_the_container_naming_it(cli: Cli) -> None:
@@ -169,6 +172,11 @@ async def test_rollout_status_follows_a_deployment_whose_pod_is_deleted(cli: Cli
     names = {p["metadata"]["name"] for p in
              (await cli.json("get", "pods", "-l", "app=web"))["items"]}
     assert victim not in names and len(names) == 2
+    _, table, _ = await cli("get", "deployment", "web", "-o", "wide")
+    header, row = table.splitlines()
+    assert header.split()[:5] == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert row.split()[:4] == ["web", "2/2", "2", "2"]
+    assert row.split()[5:] == ["x", "x", "app=web"]  # container named after the image
     await cli("scale", "deployment/web", "--replicas=1")
     await cli("rollout", "status", "deployment/web", "--timeout=60s")
     live = [p for p in (await cli.json("get", "pods", "-l", "app=web"))["items"]
