@@ -3,7 +3,8 @@
 It needs: the CRDs and the operator installed (``kubectl apply -f crds/ && kubectl apply -k
 deploy/``), a namespace for the scenarios, a worker image holding this repository's
 ``examples/`` under its working directory, a ReadWriteMany PVC (checkpoints and the index
-logs that the exactly-once check reads) and a reader pod ``e2e-shared-reader`` mounting it.
+logs that the exactly-once check reads) and a reader Deployment ``e2e-shared-reader`` mounting
+it.
 A real cluster's GPUs cannot be conjured, so ``can_add_gpus`` is False and the growth
 scenario uses the scale subresource instead.
 """
@@ -20,7 +21,7 @@ from e2e.driver import ApplyRefused, Obj
 from elastic_operator.labels import JOB_NAME
 
 SHARED_MOUNT = "/shared"
-READER_POD = "e2e-shared-reader"
+READER = "e2e-shared-reader"  # a Deployment: its pod comes back when its node is lost
 OPERATOR_NAMESPACE = "elastic-system"
 OPERATOR_SELECTOR = "app.kubernetes.io/name=elastic-operator"
 
@@ -125,7 +126,7 @@ class KubeDriver:
     async def apply(self, docs: list[Obj]) -> None:
         for doc in docs:
             if doc.get("kind") == "ElasticJob":
-                await self.kubectl("exec", READER_POD, "--", "mkdir", "-p",
+                await self.kubectl("exec", f"deploy/{READER}", "--", "mkdir", "-p",
                                    self.shared_dir(doc["metadata"]["name"]))
         text = yaml.safe_dump_all(docs)
         for extra in (["--dry-run=server"], []):
@@ -154,7 +155,7 @@ class KubeDriver:
         return await self.kubectl("logs", pod, check=False)
 
     async def read_file(self, path: str) -> str:
-        return await self.kubectl("exec", READER_POD, "--", "cat", path)
+        return await self.kubectl("exec", f"deploy/{READER}", "--", "cat", path)
 
     async def kill_training_processes(self, pod: str) -> int:
         out = await self.kubectl("exec", pod, "--", "python", "-c", _KILL_TRAINING)
@@ -194,10 +195,11 @@ class KubeDriver:
 
     async def lose_node(self, pod: str) -> str:
         node = (await self.kubectl("get", "pod", pod, "-o", "jsonpath={.spec.nodeName}")).strip()
-        # A real machine cannot be unplugged from here: drain it hard and delete it, which is
-        # what the cluster does once a lost node's pods are garbage-collected.
+        # A real machine cannot be unplugged from here: delete its Node, and the pod GC marks
+        # its pods (DisruptionTarget, DeletionByPodGC) and force-deletes them, as after a
+        # machine's loss. Deleting the pod ourselves would look like a crash to the operator.
         await self.kubectl("delete", "node", node, "--wait=false")
-        await self.kubectl("delete", "pod", pod, "--grace-period=0", "--force")
+        await self.kubectl("wait", f"pod/{pod}", "--for=delete", "--timeout=180s", check=False)
         return node
 
     async def restart_etcd(self) -> None:
@@ -226,7 +228,7 @@ class KubeDriver:
 
 
 def shared_setup(claim: str) -> str:
-    """The claim and the reader pod the driver needs in its namespace (step 3 of
+    """The claim and the reader Deployment the driver needs in its namespace (step 3 of
     e2e/README.md), as YAML for ``kubectl apply``."""
     return f"""\
 apiVersion: v1
@@ -234,12 +236,16 @@ kind: PersistentVolumeClaim
 metadata: {{name: {claim}}}
 spec: {{accessModes: [ReadWriteMany], resources: {{requests: {{storage: 1Gi}}}}}}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {READER_POD}}}
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {READER}}}
 spec:
-  containers:
-    - {{name: reader, image: busybox, command: [sleep, infinity],
-       volumeMounts: [{{name: shared, mountPath: {SHARED_MOUNT}}}]}}
-  volumes: [{{name: shared, persistentVolumeClaim: {{claimName: {claim}}}}}]
+  selector: {{matchLabels: {{app: {READER}}}}}
+  template:
+    metadata: {{labels: {{app: {READER}}}}}
+    spec:
+      containers:
+        - {{name: reader, image: busybox, command: [sleep, infinity],
+           volumeMounts: [{{name: shared, mountPath: {SHARED_MOUNT}}}]}}
+      volumes: [{{name: shared, persistentVolumeClaim: {{claimName: {claim}}}}}]
 """

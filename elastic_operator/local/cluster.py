@@ -1,7 +1,7 @@
 """LocalCluster: the whole embedded cluster in one process (plus etcd and the operator).
 
 It composes the emulated API server, GPU nodes, the scheduler, the kubelet (pods as local
-process groups, ``kubectl exec`` into them), the Deployment controller, a real etcd
+process groups, ``kubectl exec`` into them), the Deployment controller and pod GC, a real etcd
 subprocess and the operator itself, run exactly as on a real cluster (``elastic-operator run
 --kubeconfig ...``) as a subprocess, or with ``operator_deployment`` as the pod of the
 Deployment ``elastic-system/elastic-operator`` (its log is then the pod's). Everything writes under
@@ -39,6 +39,7 @@ from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 from kube_emulator.apiserver.server import ApiServer
 from kube_emulator.client import ApiClient, ApiError, cancel_all, resource_path
 from kube_emulator.controllers.deployments import DeploymentController
+from kube_emulator.controllers.podgc import PodGarbageCollector
 from kube_emulator.etcd import DEFAULT_ETCD_BINARY, EtcdServer
 from kube_emulator.node.kubelet import Kubelet
 from kube_emulator.node.nodes import NodePool
@@ -156,6 +157,7 @@ class LocalCluster:
             asyncio.create_task(Scheduler(self.client, (cfg.gpu_resource,)).run(ready[0])),
             asyncio.create_task(self.kubelet.run(ready[1])),
             asyncio.create_task(DeploymentController(self.client).run(ready[2])),
+            asyncio.create_task(PodGarbageCollector(self.client).run()),
         ]
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 60)
         if cfg.etcd:

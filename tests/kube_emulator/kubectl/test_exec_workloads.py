@@ -201,3 +201,19 @@ async def test_eviction_deletes_the_pod_gracefully_with_a_disruption_condition(
     code, _, err = await cli("create", "--raw", "/api/v1/namespaces/default/pods/reader/eviction",
                              "-f", "-", stdin=body, check=False)
     assert code == 1 and "NotFound" in err
+
+
+async def test_deleting_a_node_garbage_collects_its_pods(cli: Cli) -> None:
+    node = (await cli.json("get", "pod", "writer"))["spec"]["nodeName"]
+    others = [p["metadata"]["name"] for p in (await cli.json("get", "pods"))["items"]
+              if p["spec"]["nodeName"] != node]
+    assert cli.cluster.kubelet is not None
+    main = cli.cluster.kubelet.pids("writer")[0]
+    await cli("delete", "node", node)
+    await cli("wait", "pod/writer", "--for=delete", "--timeout=30s")
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):  # killed with its pod, reaped within a moment
+            os.kill(main, 0)
+            await asyncio.sleep(0.05)
+    left = [p["metadata"]["name"] for p in (await cli.json("get", "pods"))["items"]]
+    assert left == others
