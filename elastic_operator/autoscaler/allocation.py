@@ -85,7 +85,7 @@ class Prepared:
             self._bound_candidates = {}
             for job, w in self._takeable:
                 self._bound_candidates.setdefault(str(w.node), []).append(
-                    (worker_rank(job, w.index), w.index, str(w.node)))
+                    (worker_rank(job, w.index), w.index))
         return self._bound_candidates
 
     def _give_back(self, job: JobState) -> int:

@@ -18,8 +18,9 @@ class Ledger:
 
     ``raw`` is each job's target so far (the same dict as ``out.replicas``); ``reserved`` maps
     a pending or not yet created worker, ``(job, index)``, to the node whose GPUs were set
-    aside for it; ``reservations`` logs every reservation in order (a moved one is logged
-    again), so an index over them can catch up instead of being told of each.
+    aside for it; ``reservations`` logs every reservation in order (one given back and
+    reserved again is logged again), so an index over them can catch up instead of being told
+    of each.
     """
 
     def __init__(self, jobs: Mapping[str, JobState], workers: Mapping[str, Mapping[int, Worker]],
@@ -31,13 +32,6 @@ class Ledger:
         self.raw = out.replicas
         self.reserved: dict[tuple[str, int], str] = {}
         self.reservations: list[tuple[str, int, str]] = []
-
-    def where(self, key: str, index: int) -> str | None:
-        """The node worker ``index`` of job ``key`` holds GPUs on: bound, or reserved."""
-        w = self.workers[key].get(index)
-        if w is not None and w.node is not None:
-            return w.node
-        return self.reserved.get((key, index))
 
     def reserve(self, key: str, index: int, node: str) -> None:
         self.reserved[(key, index)] = node

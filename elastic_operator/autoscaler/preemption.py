@@ -21,7 +21,8 @@ Each take lowers its job by one, so the takes come in the order of a per-worker 
   a job is entered again when its size changes, so a take costs a push and a pop.
 
 Between two demands no take is in flight and a job's replicas only fall while demand is
-placed, so a candidate found taken or moved is dropped from the heaps for good.
+placed, so a candidate found taken is dropped from the heaps for good. A worker keeps its node:
+bound, or reserved once and, when taken and given back, reserved again where it was.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from elastic_operator.autoscaler.ledger import Ledger
 from elastic_operator.autoscaler.model import JobState, Kind, Unit, plural
 
 Rank = tuple[float, int, float, str]
-Candidate = tuple[Rank, int, str]  # (rank of the take, worker index, node)
+Candidate = tuple[Rank, int]  # (rank of the take, worker index); the rank names the job
 
 
 def worker_rank(job: JobState, index: int) -> Rank:
@@ -220,10 +221,10 @@ class Preemption:
         aside: list[Candidate] = []
         found = None
         while heap:
-            rank, index, node = heap[0]
+            rank, index = heap[0]
             key = rank[3]
-            if index >= ledger.raw[key] or ledger.where(key, index) != node:
-                heapq.heappop(heap)  # taken, or its reservation moved (entered again there)
+            if index >= ledger.raw[key]:
+                heapq.heappop(heap)  # taken
                 continue
             v = ledger.jobs[key]
             if not may_take(v, unit):
@@ -249,6 +250,6 @@ class Preemption:
         for key, index, node in log[found.logged:]:
             job = ledger.jobs[key]
             if node in eligible and job.shrinkable(index):
-                heapq.heappush(found.heap, (worker_rank(job, index), index, node))
+                heapq.heappush(found.heap, (worker_rank(job, index), index))
         found.logged = len(log)
         return found

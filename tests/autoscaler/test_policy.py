@@ -354,7 +354,7 @@ def _outcome(alloc: Allocation) -> tuple[object, ...]:
             alloc.unmet)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(clusters(), clusters(max_nodes=8, max_jobs=8)), st.booleans(),
        st.integers(0, 3))
 def test_allocate_decides_as_the_plain_reference(case: Case, everyone_enabled: bool,
