@@ -144,6 +144,8 @@ class Autoscaler:
         self.views: dict[str, views.JobView | None] = {}
         self.workers: dict[str, tuple[Worker, ...]] = {}
         self.states: dict[str, JobState] = {}
+        # views.worker_of of each job's pods, kept per event: a decision only sorts them.
+        self.pod_workers: dict[str, dict[str, Worker | None]] = {}
         self.memory: dict[str, JobMemory] = {}
         self._wake = asyncio.Event()
 
@@ -162,6 +164,13 @@ class Autoscaler:
             if info is not None and info.job is not None:
                 self.workers.pop(info.job, None)
                 self.states.pop(info.job, None)
+        if old is not None and old.job is not None:
+            group = self.pod_workers.get(old.job, {})
+            group.pop(key, None)
+            if not group:
+                self.pod_workers.pop(old.job, None)
+        if new is not None and new.job is not None:
+            self.pod_workers.setdefault(new.job, {})[key] = views.worker_of(new)
         if old is not None or new is not None:  # a CPU-only foreign pod changes nothing
             self._wake.set()
 
@@ -207,7 +216,7 @@ class Autoscaler:
     def _workers(self, key: str) -> tuple[Worker, ...]:
         workers = self.workers.get(key)
         if workers is None:
-            workers = views.workers_of(self.capacity.by_job.get(key, {}).values())
+            workers = views.live_workers(self.pod_workers.get(key, {}).values())
             self.workers[key] = workers
         return workers
 

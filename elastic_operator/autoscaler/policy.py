@@ -147,7 +147,9 @@ def decide(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capaci
     prepared = Prepared(jobs, demands, now, settings, hold)
     alloc = prepared.allocate(capacity)
     lowest = alloc
-    if floor is not None and floor != capacity:
+    # The floor only caps growth: when nothing would grow, it cannot change a target.
+    if floor is not None and floor != capacity and any(
+            alloc.replicas[j.key] > j.replicas for j in jobs if j.managed):
         lowest = prepared.allocate(floor)
     targets: dict[str, Target] = {}
     new_memory: dict[str, JobMemory] = {}
