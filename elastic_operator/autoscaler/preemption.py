@@ -63,9 +63,9 @@ class Preemption:
 
     ``held`` is, per node, the GPUs of the workers preemption may take that are bound there;
     ``bound_candidates`` gives the same workers as :data:`Candidate` entries per node (called
-    on the first direct search only); ``victims`` a
-    heap of (victim rank, job key) of every job preemption may shrink; all as the allocation
-    starts placing demand. ``least_worker`` is the fewest GPUs a managed job's worker holds.
+    on the first direct search only); ``victims`` is a heap of (victim rank, job key) of every
+    job preemption may shrink; all as the allocation starts placing demand. ``least_worker``
+    is the fewest GPUs a managed job's worker holds.
     """
 
     def __init__(self, ledger: Ledger, held: Mapping[str, int],
