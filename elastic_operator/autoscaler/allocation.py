@@ -45,7 +45,7 @@ class Prepared:
         self.now = now
         self.settings = settings
         self.hold = hold
-        self.workers: dict[str, dict[int, Worker]] = {}
+        self.workers: dict[str, Mapping[int, Worker]] = {}
         self.replicas: dict[str, int] = {}
         self.kinds: dict[str, Kind] = {}
         self.reasons: dict[str, str] = {}
@@ -57,13 +57,11 @@ class Prepared:
         self._takeable: list[tuple[JobState, Worker]] = []
         self._bound_candidates: dict[str, list[Candidate]] | None = None
         for job in self.jobs.values():
-            self.workers[job.key] = {w.index: w for w in job.workers}
+            self.workers[job.key] = job.by_index
             raw = self._give_back(job) if job.managed else job.replicas
             self.replicas[job.key] = raw
             lowest = job.min_replicas if job.managed else raw  # the first takeable index
-            for w in job.workers:
-                if w.node is None:
-                    continue
+            for w in job.bound:
                 if w.index >= raw:
                     self.released.append((w.node, job.gpus_per_worker))
                 elif w.index >= lowest:
@@ -91,10 +89,8 @@ class Prepared:
     def _give_back(self, job: JobState) -> int:
         """Rule 3: replicas Unschedulable past the job's timeout are given back; its new
         replicas."""
-        stuck = sum(1 for w in job.workers
-                    if w.node is None and job.min_replicas <= w.index < job.replicas
-                    and w.unschedulable_since is not None
-                    and self.now - w.unschedulable_since >= job.unschedulable_timeout_s)
+        stuck = sum(1 for since in job.unschedulable_extras
+                    if self.now - since >= job.unschedulable_timeout_s)
         if not stuck:
             return job.replicas
         self.kinds[job.key] = Kind.GIVE_BACK
@@ -110,11 +106,10 @@ class Prepared:
         for job in self.jobs.values():
             if job.gpus_per_worker <= 0:
                 continue
-            workers = self.workers[job.key]
-            for index in range(self.replicas[job.key]):
-                w = workers.get(index)
-                if w is not None and w.node is not None:
-                    continue
+            raw = self.replicas[job.key]
+            for index, w in job.unplaced:
+                if index >= raw:
+                    break  # in index order
                 since = w.pending_since if w and w.pending_since is not None else self.now
                 units.append(Unit(job.key, index, job.gpus_per_worker, job.eligible,
                                   job.priority, index < job.min_replicas, since))

@@ -23,7 +23,8 @@ class Ledger:
     of each.
     """
 
-    def __init__(self, jobs: Mapping[str, JobState], workers: Mapping[str, Mapping[int, Worker]],
+    def __init__(self, jobs: Mapping[str, JobState],
+                 workers: Mapping[str, Mapping[int, Worker]],
                  pool: Pool, out: Allocation) -> None:
         self.jobs = jobs
         self.workers = workers

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 PROTECTED_PRIORITY = math.inf  # protected pods outrank every job
 
@@ -47,6 +48,34 @@ class JobState:
     def managed(self) -> bool:
         """The autoscaler may move this job's replicas."""
         return self.enabled and self.gpus_per_worker > 0
+
+    # Derived once per JobState: the autoscaler reuses a job's state while the job and its
+    # pods are unchanged, so these cost a decision nothing for the jobs that did not change.
+    @cached_property
+    def by_index(self) -> Mapping[int, Worker]:
+        """The workers by replica index (a later duplicate index wins)."""
+        return {w.index: w for w in self.workers}
+
+    @cached_property
+    def bound(self) -> tuple[Worker, ...]:
+        """The workers bound to a node."""
+        return tuple(w for w in self.workers if w.node is not None)
+
+    @cached_property
+    def unplaced(self) -> tuple[tuple[int, Worker | None], ...]:
+        """Each index below ``replicas`` without a bound worker: (index, its pending worker,
+        or None when it is not created yet)."""
+        by_index = self.by_index
+        return tuple((i, by_index.get(i)) for i in range(self.replicas)
+                     if by_index.get(i) is None or by_index[i].node is None)
+
+    @cached_property
+    def unschedulable_extras(self) -> tuple[float, ...]:
+        """When each pending worker above the min and below ``replicas`` was reported
+        Unschedulable (those the give-back rule counts)."""
+        return tuple(w.unschedulable_since for w in self.workers
+                     if w.node is None and self.min_replicas <= w.index < self.replicas
+                     and w.unschedulable_since is not None)
 
     def shrinkable(self, index: int) -> bool:
         """Whether preemption may take worker ``index``: the job is managed and it is above
