@@ -31,13 +31,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     """Print or write the CRDs."""
-    from elastic_operator.api import crd
+    from elastic_operator.api import crd, registry
 
     if args.write:
-        for path in crd.write_all(args.write):
+        for path in registry.write_all(args.write):
             print(f"wrote {path}")
         return 0
-    sys.stdout.write("---\n".join(crd.render(c) for c in crd.all_crds()))
+    sys.stdout.write("---\n".join(crd.render(c) for c in registry.all_crds()))
     return 0
 
 

@@ -18,7 +18,7 @@ or namespace: no per-job startup latency (an etcd pod takes seconds to schedule 
 added to every job's first formation), nothing per job to run, and one small etcd easily
 carries the rendezvous traffic of hundreds of jobs. The shared failure domain has three
 members; the keys are kept apart by etcd's users (``--etcd-root-password-file``: a user per job
-reaching only its prefix, see :mod:`elastic_operator.job_credentials`) and the traffic by TLS
+reaching only its prefix, see :mod:`elastic_operator.job.etcd_credentials`) and the traffic by TLS
 (``--etcd-ca-file``); docs/security.md.
 """
 
@@ -35,15 +35,15 @@ from pathlib import Path
 import kopf
 
 from elastic_operator import k8s
-from elastic_operator.planner import PlannerSettings
-from elastic_operator.reconciler import ReconcilerSettings
-from elastic_operator.workers import DEFAULT_RENDEZVOUS_ENDPOINTS
+from elastic_operator.job.planner import PlannerSettings
+from elastic_operator.job.reconciler import ReconcilerSettings
+from elastic_operator.job.worker_manifests import DEFAULT_RENDEZVOUS_ENDPOINTS
 from launcher.etcd_client import EtcdSecurity
 
 # Each module registers its kopf handlers on import. The autoscaler and the reclaim
 # controller add their own module here (one line each).
 HANDLER_MODULES: list[str] = [
-    "elastic_operator.handlers",
+    "elastic_operator.job.handlers",
     "elastic_operator.autoscaler.handlers",
     "elastic_operator.reclaim.handlers",
 ]

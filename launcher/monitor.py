@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
 import logging
 import os
@@ -37,20 +36,12 @@ from typing import TYPE_CHECKING
 
 from launcher.contract import WorkerEnv, WorkerOutcome, read_outcome
 from launcher.etcd_rendezvous import Round
+from launcher.parent_death import die_with_parent
 
 if TYPE_CHECKING:
     from launcher.prewarm import WarmPool
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """preexec_fn: ask Linux to SIGKILL this child when the agent dies (no-op elsewhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 class GroupState(enum.Enum):
     RUNNING = "running"

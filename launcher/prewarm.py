@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from launcher.monitor import die_with_parent
+from launcher.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
 

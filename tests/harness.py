@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import yaml
 
 from elastic_operator import k8s, labels
-from elastic_operator.api import crd
+from elastic_operator.api import registry
 from elastic_operator.api.elasticjob import PLURAL
 from kube_emulator.apiserver.server import ApiServerThread, AuditRecord
 
@@ -271,7 +271,7 @@ def start_cluster(workdir: Path) -> Cluster:
         )
         admin = cluster.client("admin")
         crds_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-        for manifest in crd.all_crds():
+        for manifest in registry.all_crds():
             admin.create(crds_path, manifest)
         return cluster
     except BaseException:

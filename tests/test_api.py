@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from elastic_operator.api import crd
+from elastic_operator.api import crd, registry
 from elastic_operator.api.common import Condition, set_condition
 from elastic_operator.api.elasticjob import ElasticJobSpec, SpecError, validate_spec
 
@@ -16,13 +16,13 @@ TEMPLATE = {"spec": {"containers": [{"name": "worker", "image": "x"}]}}
 
 
 def test_committed_crds_match_the_models() -> None:
-    expected = {c["metadata"]["name"] + ".yaml": crd.render(c) for c in crd.all_crds()}
+    expected = {c["metadata"]["name"] + ".yaml": crd.render(c) for c in registry.all_crds()}
     found = {p.name: p.read_text() for p in (ROOT / "crds").glob("*.yaml")}
     assert found == expected, "crds/ is stale: run `elastic-operator crds --write crds/`"
 
 
 def _elasticjob_crd() -> dict:
-    return next(c for c in crd.all_crds() if c["spec"]["names"]["kind"] == "ElasticJob")
+    return next(c for c in registry.all_crds() if c["spec"]["names"]["kind"] == "ElasticJob")
 
 
 def test_crd_has_status_and_scale_subresources_and_columns() -> None:

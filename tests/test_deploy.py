@@ -62,7 +62,7 @@ def test_operator_deployment_is_hardened() -> None:
 
 def test_managed_etcd_matches_the_operator_default() -> None:
     """The operator's default endpoints are exactly the StatefulSet's members, by stable name."""
-    from elastic_operator.workers import DEFAULT_RENDEZVOUS_ENDPOINTS
+    from elastic_operator.job.worker_manifests import DEFAULT_RENDEZVOUS_ENDPOINTS
 
     (sts,) = by_kind("StatefulSet")
     peers = next(d for d in by_kind("Service")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import ast
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,29 +24,55 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (also inside functions and TYPE_CHECKING)."""
-    tree = ast.parse(path.read_text(), str(path))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-    return found
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+PACKAGES = ("elastic_operator", "launcher", "kube_emulator")
 
 
-def test_the_emulator_imports_nothing_of_the_product() -> None:
-    """kube_emulator judges the operator in tests; an oracle that imports the code it judges
-    would share its mistakes (see kube_emulator's package docstring)."""
-    product = ("elastic_operator", "launcher")
-    offenders = sorted(
-        f"{path.relative_to(ROOT)}: {module}"
-        for path in (ROOT / "kube_emulator").rglob("*.py")
-        for module in _imported_modules(path)
-        if module.split(".")[0] in product
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter over the packages under ``root``, with the contracts of our pyproject."""
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo", str(ROOT / "pyproject.toml")],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    assert not offenders, "kube_emulator must not import the product:\n" + "\n".join(offenders)
+
+
+def test_the_layering_contracts_hold() -> None:
+    """pyproject's [tool.importlinter]: the emulator and the launcher import nothing of the
+    operator, the three controllers are independent, the decisions do no I/O, no cycles."""
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("kube_emulator/client.py", "import launcher.contract", "kube_emulator imports nothing"),
+        ("launcher/contract.py", "import elastic_operator.labels", "launcher never imports"),
+        ("elastic_operator/api/kube.py", "import kube_emulator.client",
+         "only elastic_operator.local"),
+        ("elastic_operator/autoscaler/policy.py", "import elastic_operator.job.planner",
+         "the three controllers are independent"),
+        ("elastic_operator/job/planner.py", "import kopf", "the decisions do no I/O"),
+        ("elastic_operator/api/crd.py", "import elastic_operator.api.registry",
+         "no import cycles"),
+        ("elastic_operator/labels.py", "import elastic_operator.api.common", "operator layers"),
+    ],
+)
+def test_a_broken_contract_fails(tmp_path: Path, module: str, line: str, contract: str) -> None:
+    """The contracts can fail: a copy of the tree with one offending import breaks its one."""
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / module
+    target.write_text(f"{target.read_text()}\n{line}  # the offending import\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0, result.stdout
+    broken = result.stdout[result.stdout.index("Broken contracts"):]
+    assert contract in broken, result.stdout
 
 
 def test_the_operator_image_does_not_carry_the_emulator() -> None:

@@ -1,6 +1,6 @@
 """What a job costs the API server: requests counted in the emulator's audit log.
 
-The reconciler reads jobs and pods from its watches (``elastic_operator.podcache``), so the
+The reconciler reads jobs and pods from its watches (``elastic_operator.job.watch_cache``), so the
 requests a job causes are its own writes: creating a job of N workers is N pod creates plus a
 few (Service, status, events), and a job that trains undisturbed costs nothing at all, however
 many periodic resyncs pass (here a dozen, at a 1 s resync; ``bench/operator_scale.py`` counts

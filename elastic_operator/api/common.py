@@ -3,10 +3,12 @@ base model that keeps the wire names (camelCase) the CRD schemas are generated f
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from elastic_operator.api.kube import now_rfc3339
 
 
 class ApiModel(BaseModel):
@@ -34,11 +36,6 @@ class Condition(ApiModel):
         default="", description="RFC 3339 time at which status last changed."
     )
     observedGeneration: int | None = Field(default=None, ge=0)
-
-
-def now_rfc3339(now: datetime | None = None) -> str:
-    """RFC 3339 UTC timestamp with seconds precision, the format Kubernetes uses."""
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(

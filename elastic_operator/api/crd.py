@@ -12,7 +12,6 @@ schema: no ``$ref``, no ``anyOf`` for optionals (``nullable`` instead), boolean
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -163,24 +162,6 @@ def crd_manifest(spec: CrdSpec) -> dict[str, Any]:
     }
 
 
-def all_crds() -> list[dict[str, Any]]:
-    """Every CRD this project defines, in a stable order."""
-    from elastic_operator.api import registry
-
-    return [crd_manifest(s) for s in registry.CRDS]
-
-
 def render(crd: dict[str, Any]) -> str:
     """YAML text of one CRD, stable across runs (a test compares it byte for byte)."""
     return yaml.safe_dump(crd, sort_keys=False, width=100)
-
-
-def write_all(directory: Path) -> list[Path]:
-    """Write one ``<plural>.<group>.yaml`` per CRD into ``directory``; return the paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for crd in all_crds():
-        path = directory / f"{crd['metadata']['name']}.yaml"
-        path.write_text(render(crd))
-        paths.append(path)
-    return paths

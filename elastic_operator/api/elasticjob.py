@@ -256,3 +256,11 @@ def validate_spec(spec: ElasticJobSpec) -> None:
             f"is {restart!r}",
             "use Never (the operator replaces failed workers itself) or leave it out",
         )
+
+
+def desired_replicas(spec: ElasticJobSpec) -> int:
+    """The worker count a spec asks for: spec.replicas (minReplicas when absent) clamped to
+    [minReplicas, maxReplicas]. The job controller creates that many workers and the autoscaler
+    decides from it, so both read it here."""
+    wanted = spec.minReplicas if spec.replicas is None else spec.replicas
+    return max(spec.minReplicas, min(spec.maxReplicas, wanted))

@@ -1,5 +1,6 @@
 """Kubernetes arithmetic every controller shares: GPU quantities, a pod's GPU request,
-taint tolerations and API timestamps.
+taint tolerations, terminal pod phases, API timestamps (RFC 3339, both ways) and the Event
+value the controllers record.
 
 One definition, so the autoscaler (which places workers by GPU count) and the reclaim
 controller (which reports the GPUs a reclaim frees) can never disagree about how many GPUs a
@@ -9,12 +10,26 @@ pod holds. Pure functions of API objects as plain dicts; nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 
 Obj = Mapping[str, Any]
+
+# Pod phases after which a pod holds nothing on its node any more.
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """A core/v1 Event to record on an object (the job controller's plans and the autoscaler's
+    resizes both write them, so the value lives below both)."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
 
 
 class QuantityError(ValueError):
@@ -108,6 +123,11 @@ def parse_epoch(text: Any) -> float | None:
     """:func:`parse_time` as seconds since the epoch (the autoscaler's clock)."""
     when = parse_time(text)
     return None if when is None else when.timestamp()
+
+
+def now_rfc3339(now: datetime | None = None) -> str:
+    """RFC 3339 UTC timestamp with seconds precision, the format Kubernetes uses."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def precise_time(now: datetime) -> str:

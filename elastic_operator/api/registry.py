@@ -1,7 +1,14 @@
-"""The list of CRDs this project serves; a new custom resource registers here."""
+"""The list of CRDs this project serves; a new custom resource registers here.
+
+:mod:`elastic_operator.api.crd` knows how to make a CRD of any model and nothing of which ones
+exist, so the manifests of all of them (:func:`all_crds`, :func:`write_all`) are made here.
+"""
+
+from pathlib import Path
+from typing import Any
 
 from elastic_operator.api import elasticjob, kernelreclaim
-from elastic_operator.api.crd import CrdSpec
+from elastic_operator.api.crd import CrdSpec, crd_manifest, render
 
 ELASTICJOB = CrdSpec(
     kind=elasticjob.KIND,
@@ -28,3 +35,19 @@ KERNELRECLAIMPOLICY = CrdSpec(
 )
 
 CRDS: list[CrdSpec] = [ELASTICJOB, KERNELRECLAIMPOLICY]
+
+
+def all_crds() -> list[dict[str, Any]]:
+    """Every CRD this project defines, in a stable order."""
+    return [crd_manifest(s) for s in CRDS]
+
+
+def write_all(directory: Path) -> list[Path]:
+    """Write one ``<plural>.<group>.yaml`` per CRD into ``directory``; return the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for crd in all_crds():
+        path = directory / f"{crd['metadata']['name']}.yaml"
+        path.write_text(render(crd))
+        paths.append(path)
+    return paths

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elastic_operator.api.kube import (
+    TERMINAL_PHASES,
     QuantityError,
     gpu_quantity,
     parse_epoch,
@@ -38,7 +39,6 @@ from elastic_operator.api.kube import (
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE, JOB_NAME
 
 Obj = Mapping[str, Any]
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 
 

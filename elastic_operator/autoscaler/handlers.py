@@ -43,6 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from elastic_operator import k8s, labels
 from elastic_operator.api.elasticjob import PLURAL
+from elastic_operator.api.kube import Event
 from elastic_operator.autoscaler import views
 from elastic_operator.autoscaler.capacity import CapacityCache, CapacitySnapshot
 from elastic_operator.autoscaler.policy import (
@@ -55,7 +56,6 @@ from elastic_operator.autoscaler.policy import (
     Worker,
     decide,
 )
-from elastic_operator.planner import Event
 
 log = logging.getLogger("elastic_operator.autoscaler")
 PostEvent = Callable[[dict[str, Any], Event], Awaitable[None]]

@@ -23,16 +23,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from elastic_operator import labels
-from elastic_operator.api.elasticjob import ElasticJobSpec, Phase
-from elastic_operator.api.kube import QuantityError, parse_epoch, pod_gpu_request
+from elastic_operator.api.elasticjob import ElasticJobSpec, Phase, desired_replicas
+from elastic_operator.api.kube import TERMINAL_PHASES, QuantityError, parse_epoch, pod_gpu_request
 from elastic_operator.autoscaler.capacity import (
-    TERMINAL_PHASES,
     CapacitySnapshot,
     PodInfo,
     placement_key,
 )
 from elastic_operator.autoscaler.policy import Capacity, Demand, JobState, Worker
-from elastic_operator.planner import desired_replicas
 
 Obj = Mapping[str, Any]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from elastic_operator.api.kube import TERMINAL_PHASES
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import (
@@ -308,7 +309,7 @@ async def _logs(client: ApiClient, args: argparse.Namespace) -> int:
             if exc.code == 404:
                 return 0
             raise
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             with contextlib.suppress(OSError), open(log_file, "rb") as handle:
                 handle.seek(offset)
                 sys.stdout.write(handle.read().decode(errors="replace"))

@@ -171,7 +171,7 @@ class LocalCluster:
         return self.kubelet.log_source(namespace, name, query) if self.kubelet else ""
 
     async def _install_crds(self) -> None:
-        from elastic_operator.api.crd import all_crds
+        from elastic_operator.api.registry import all_crds
 
         for crd in all_crds():
             try:

@@ -25,6 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from elastic_operator.api.kube import TERMINAL_PHASES
 from elastic_operator.labels import API_VERSION, JOB_NAME, REPLICA_INDEX
 from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import DEFAULT_STATE_DIR, ClusterConfig, LocalCluster
@@ -247,7 +248,7 @@ class Demo:
                     loss = "-" if p.loss is None else f"{p.loss:.4f}"
                     print(f"step {p.step} epoch {p.epoch} world size {p.world_size} "
                           f"loss {loss} phase {p.phase}", flush=True)
-                if p.phase in ("Succeeded", "Failed"):
+                if p.phase in TERMINAL_PHASES:
                     return p.phase == "Succeeded"
                 operator = self.cluster.operator
                 if operator is not None and operator.returncode is not None:

@@ -10,6 +10,7 @@ nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,8 +18,14 @@ from typing import Any
 
 import yaml
 
+from elastic_operator.api.kube import (
+    TERMINAL_PHASES,
+    QuantityError,
+    gpu_quantity,
+    parse_time,
+    pod_gpu_request,
+)
 from kube_emulator.client import ApiClient, ApiError, resource_path
-from kube_emulator.node.placement import TERMINAL_PHASES, parse_quantity
 
 Obj = dict[str, Any]
 
@@ -174,9 +181,9 @@ async def _write(client: ApiClient, plan: list[tuple[Kind, str | None, Obj, Obj 
 # ----- tables ---------------------------------------------------------------------------
 def age(stamp: str | None, now: datetime | None = None) -> str:
     """kubectl's short age (``45s``, ``3m``, ``2h``, ``4d``) of an RFC 3339 timestamp."""
-    if not stamp:
+    then = parse_time(stamp)
+    if then is None:
         return "<unknown>"
-    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size * (2 if unit != "d" else 1):
@@ -228,9 +235,17 @@ def pods_table(pods: list[Obj], wide: bool) -> tuple[list[str], list[list[str]]]
 
 def nodes_table(nodes: list[Obj], pods: list[Obj], resource: str
                 ) -> tuple[list[str], list[list[str]]]:
-    from kube_emulator.node.placement import node_usage
-
-    usage = node_usage(pods, [resource])
+    """``get nodes``: each node's state and GPUs in use of allocatable, counted as the
+    autoscaler counts them (:mod:`elastic_operator.api.kube`): a pod bound to the node and not
+    finished holds its request, a terminating one too until it is gone."""
+    used: dict[str, int] = {}
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        node = spec.get("nodeName")
+        if not node or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            continue
+        with contextlib.suppress(QuantityError):  # the autoscaler counts such a pod as 0 too
+            used[node] = used.get(node, 0) + pod_gpu_request(spec, resource)
     rows = []
     for node in nodes:
         name = node["metadata"]["name"]
@@ -240,9 +255,12 @@ def nodes_table(nodes: list[Obj], pods: list[Obj], resource: str
         state = "Ready" if ready else "NotReady"
         if (node.get("spec") or {}).get("unschedulable"):
             state += ",SchedulingDisabled"
-        alloc = parse_quantity((status.get("allocatable") or {}).get(resource, 0))
-        used = usage.get(name, {}).get(resource, 0.0)
-        rows.append([name, state, f"{used:g}/{alloc:g}",
+        try:
+            alloc = str(gpu_quantity((status.get("allocatable") or {}).get(resource, 0),
+                                     f"node {name} status.allocatable[{resource}]"))
+        except QuantityError:
+            alloc = "?"
+        rows.append([name, state, f"{used.get(name, 0)}/{alloc}",
                      age(node["metadata"].get("creationTimestamp"))])
     return ["NAME", "STATUS", "GPUS(USED/ALLOC)", "AGE"], rows
 

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 
 from elastic_operator import k8s, labels
-from elastic_operator.api.common import now_rfc3339
 from elastic_operator.api.kernelreclaim import PLURAL
+from elastic_operator.api.kube import now_rfc3339
 
 COMPONENT = "elastic-operator-reclaim"
 

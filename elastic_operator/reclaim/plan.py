@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from elastic_operator.api.common import Condition, now_rfc3339, set_condition
+from elastic_operator.api.common import Condition, set_condition
 from elastic_operator.api.kernelreclaim import (
     RECENT_DECISIONS,
     DecisionRecord,
     KernelReclaimPolicySpec,
     KernelReclaimPolicyStatus,
 )
+from elastic_operator.api.kube import now_rfc3339
 from elastic_operator.reclaim import rule
 from elastic_operator.reclaim.pods import ObservedPod
 from elastic_operator.reclaim.rule import Action, Decision, GpuFacts, KernelFacts, PodFacts

@@ -20,7 +20,7 @@ from typing import Any
 
 from elastic_operator import labels
 from elastic_operator.api.kernelreclaim import LabelSelector
-from elastic_operator.api.kube import QuantityError, parse_time, pod_gpu_request
+from elastic_operator.api.kube import TERMINAL_PHASES, QuantityError, parse_time, pod_gpu_request
 from elastic_operator.reclaim import rule
 
 Obj = Mapping[str, Any]
@@ -44,7 +44,7 @@ def running_since(pod: Obj) -> datetime | None:
 def is_finished(pod: Obj) -> bool:
     """A pod that no longer runs (or is being deleted) holds nothing worth reclaiming."""
     phase = (pod.get("status") or {}).get("phase")
-    return phase in ("Succeeded", "Failed") or bool(
+    return phase in TERMINAL_PHASES or bool(
         (pod.get("metadata") or {}).get("deletionTimestamp")
     )
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
 
 import yaml
 from aiohttp import web
@@ -32,10 +33,7 @@ from kube_emulator.apiserver.listing import json_response as _json
 from kube_emulator.apiserver.resources import POD_KEY, ResourceInfo
 from kube_emulator.apiserver.scale import read_scale, write_scale
 from kube_emulator.apiserver.selectors import SelectorError
-from kube_emulator.apiserver.store import Obj
-
-if TYPE_CHECKING:
-    from kube_emulator.apiserver.server import ApiServer
+from kube_emulator.apiserver.store import Obj, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +61,24 @@ class AuditRecord(NamedTuple):
     user: str
 
 
+# ``log_source(namespace, pod, query)`` -> the text of ``pods/log``.
+LogSource = Callable[[str, str, dict[str, str]], str]
+
+
+class Served(Protocol):
+    """What the HTTP side needs of the server it serves (the server module's ``ApiServer``).
+    A protocol, so this module does not import the server that imports it."""
+
+    host: str
+    port: int
+    store: ObjectStore
+    tokens: Mapping[str, str]
+    bookmark_interval: float
+    log_source: LogSource | None
+
+    def record(self, record: AuditRecord) -> None: ...
+
+
 class _Request:
     """A parsed resource request."""
 
@@ -74,7 +90,7 @@ class _Request:
         self.subresource = subresource
 
 
-def build_app(server: ApiServer) -> web.Application:
+def build_app(server: Served) -> web.Application:
     """The aiohttp application serving ``server``."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     handler = _Handler(server)
@@ -83,7 +99,7 @@ def build_app(server: ApiServer) -> web.Application:
 
 
 class _Handler:
-    def __init__(self, server: ApiServer) -> None:
+    def __init__(self, server: Served) -> None:
         self.server = server
         self.store = server.store
 

@@ -48,7 +48,6 @@ import asyncio
 import contextlib
 import secrets
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +56,12 @@ from aiohttp import web
 
 from kube_emulator.apiserver.errors import ApiError
 from kube_emulator.apiserver.garbage import GarbageCollector
-from kube_emulator.apiserver.http import AuditRecord, build_app
+from kube_emulator.apiserver.http import AuditRecord, LogSource, build_app
 from kube_emulator.apiserver.resources import ResourceInfo
 from kube_emulator.apiserver.selectors import LabelSelector
 from kube_emulator.apiserver.store import ObjectStore
 
 __all__ = ["ApiServer", "ApiServerThread", "AuditRecord", "write_kubeconfig"]
-
-LogSource = Callable[[str, str, dict[str, str]], str]
 
 
 class ApiServer:

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from elastic_operator import k8s
+from elastic_operator.api.kube import Event
 from elastic_operator.autoscaler.handlers import Autoscaler, AutoscalerMetrics, AutoscalerSettings
-from elastic_operator.planner import Event
 from tests.autoscaler.objects import GPU, node, pod
 
 NOW = 1767225600.0 + 3600  # an hour after the objects' creationTimestamp

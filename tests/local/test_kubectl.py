@@ -13,6 +13,7 @@ from elastic_operator.local.kubectl import (
     age,
     by_api_version,
     load_manifests,
+    nodes_table,
     pod_status,
     render_table,
     resolve,
@@ -73,6 +74,41 @@ def test_age(seconds: int, expected: str) -> None:
     now = datetime(2026, 1, 10, tzinfo=UTC)
     then = datetime.fromtimestamp(now.timestamp() - seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert age(then, now) == expected
+
+
+def test_age_reads_any_rfc3339_and_says_unknown_for_garbage() -> None:
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    assert age("2026-01-09T23:59:50.123456Z", now) == "9s"
+    assert age("2026-01-10T00:59:00+01:00", now) == "60s"
+    assert age("yesterday", now) == age(None, now) == "<unknown>"
+
+
+GPU = "nvidia.com/gpu"
+
+
+def _gpu_pod(node: str | None, phase: str, limits: Any, init: Any = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "c", "resources": {"limits": limits}}]}
+    if init is not None:
+        spec["initContainers"] = [{"name": "i", "resources": {"limits": init}}]
+    if node:
+        spec["nodeName"] = node
+    return {"metadata": {"name": "p"}, "spec": spec, "status": {"phase": phase}}
+
+
+def test_nodes_table_counts_gpus_as_the_controllers_do() -> None:
+    """Init containers take their max, "2000m" is 2, finished and unbound pods hold nothing, a
+    quantity that is no whole GPU counts nothing (api/kube.py, as the autoscaler counts)."""
+    nodes = [{"metadata": {"name": n, "creationTimestamp": None},
+              "status": {"allocatable": {GPU: alloc},
+                         "conditions": [{"type": "Ready", "status": "True"}]}}
+             for n, alloc in (("a", "8"), ("b", "4000m"), ("c", "half"))]
+    pods = [_gpu_pod("a", "Running", {GPU: "2000m"}),
+            _gpu_pod("a", "Pending", {GPU: 1}, {GPU: "3"}),
+            _gpu_pod("a", "Succeeded", {GPU: 4}), _gpu_pod(None, "Pending", {GPU: 4}),
+            _gpu_pod("b", "Running", {GPU: "1.5"}), _gpu_pod("b", "Running", {GPU: "1"})]
+    header, rows = nodes_table(nodes, pods, GPU)
+    assert header[2] == "GPUS(USED/ALLOC)"
+    assert [(r[0], r[2]) for r in rows] == [("a", "5/8"), ("b", "1/4"), ("c", "0/?")]
 
 
 def test_render_table_aligns_columns() -> None:

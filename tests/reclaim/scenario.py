@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from elastic_operator import k8s, labels
-from elastic_operator.api.common import now_rfc3339
+from elastic_operator.api.kube import now_rfc3339
 from tests.harness import Api, OperatorProcess, events_for, pods_path
 from tests.reclaim.conftest import TOKEN, wait_for
 

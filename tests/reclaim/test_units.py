@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from elastic_operator import labels
-from elastic_operator.api import crd
 from elastic_operator.api.common import Condition
 from elastic_operator.api.kernelreclaim import (
     GpuIdleSpec,
@@ -20,6 +19,7 @@ from elastic_operator.api.kernelreclaim import (
     KernelReclaimPolicyStatus,
     duration_seconds,
 )
+from elastic_operator.api.registry import all_crds
 from elastic_operator.reclaim import plan, pods
 from elastic_operator.reclaim.jupyter import JupyterClient, kernel_facts
 from elastic_operator.reclaim.metrics import ReclaimMetrics
@@ -111,7 +111,7 @@ def test_selector_query_with_expressions() -> None:
 
 
 def test_crd_is_generated_with_duration_patterns() -> None:
-    manifest = next(c for c in crd.all_crds() if c["spec"]["names"]["kind"] ==
+    manifest = next(c for c in all_crds() if c["spec"]["names"]["kind"] ==
                     "KernelReclaimPolicy")
     assert manifest["spec"]["names"]["shortNames"] == ["krp"]
     version = manifest["spec"]["versions"][0]

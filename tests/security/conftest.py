@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic_operator.rendezvous_auth import EtcdAuthAdmin, job_user, new_password
+from elastic_operator.job.etcd_auth import EtcdAuthAdmin, job_user, new_password
 from launcher.etcd_client import EtcdSecurity
 from tests.security.etcd_cluster import EtcdCluster, Pki, make_pki
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from elastic_operator.rendezvous_auth import EtcdAuthAdmin, job_user, new_password
+from elastic_operator.job.etcd_auth import EtcdAuthAdmin, job_user, new_password
 from launcher import contract
 from launcher.etcd_client import EtcdSecurity, make_client
 from launcher.training.audit import check_exactly_once, committed_world_sizes, read_records

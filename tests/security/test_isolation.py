@@ -83,7 +83,7 @@ def test_a_member_of_b_cannot_touch_job_a(secure_etcd: SecureEtcd) -> None:
 
 
 def test_removing_a_job_removes_its_access(secure_etcd: SecureEtcd) -> None:
-    from elastic_operator.rendezvous_auth import job_user
+    from elastic_operator.job.etcd_auth import job_user
 
     creds = secure_etcd.job("team-c", "c-0001")
     make_client(secure_etcd.endpoints, 5.0, creds).close()

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from elastic_operator.rendezvous_auth import credentials_secret, job_user, new_password
-from elastic_operator.workers import CREDENTIALS_DIR, rdzv_id
+from elastic_operator.job.etcd_auth import credentials_secret, job_user, new_password
+from elastic_operator.job.worker_manifests import CREDENTIALS_DIR, rdzv_id
 from launcher import contract
 from launcher.etcd_client import EtcdAuthError, EtcdSecurity, is_expired_token, make_client
 from tests.harness import (

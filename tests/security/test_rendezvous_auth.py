@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from elastic_operator.rendezvous_auth import (
+from elastic_operator.job.etcd_auth import (
     job_user,
     parse_job_user,
     prefix_range,

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from elastic_operator.rendezvous_auth import EtcdAuthAdmin, job_user, new_password
+from elastic_operator.job.etcd_auth import EtcdAuthAdmin, job_user, new_password
 from launcher import contract
 from launcher.etcd_client import EtcdSecurity, is_expired_token
 from launcher.etcd_session import EtcdSession, EtcdUnavailableError

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from elastic_operator.api import crd
+from elastic_operator.api import registry
 from kube_emulator.apiserver.server import ApiServerThread
 from tests.harness import Api
 
@@ -64,7 +64,7 @@ def kubectl(kubectl_binary: str, tmp_path_factory: pytest.TempPathFactory
     try:
         config = server.write_kubeconfig(home / "kubeconfig", user="admin")
         api = Api(server.url, server.server.add_user("admin"))
-        for manifest in crd.all_crds():
+        for manifest in registry.all_crds():
             api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", manifest)
         # HOME isolates kubectl's discovery and OpenAPI cache (~/.kube/cache) from the user's.
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elastic_operator.api.elasticjob import ElasticJobStatus
+from elastic_operator.api.kube import Event
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,6 @@ class MarkFailureRecorded:
 @dataclass(frozen=True)
 class CreateService:
     """Create the job's headless Service for peer DNS (409 means it is already there)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event on the job."""
-
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 Action = CreatePod | DeletePod | MarkFailureRecorded | CreateService | Event

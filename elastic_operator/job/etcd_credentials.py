@@ -1,6 +1,6 @@
 """Each job's etcd credentials on the shared etcd: the Secret, the etcd user, their removal.
 
-The I/O half of :mod:`elastic_operator.rendezvous_auth` (which decides names, ranges and what
+The I/O half of :mod:`elastic_operator.job.etcd_auth` (which decides names, ranges and what
 a sweep removes). Guarantees:
 
 - :meth:`JobCredentials.ensure` returns the name of a Secret in the job's namespace, owned by
@@ -23,9 +23,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from elastic_operator import k8s, labels, workers
+from elastic_operator import k8s, labels
 from elastic_operator.api.elasticjob import PLURAL
-from elastic_operator.rendezvous_auth import (
+from elastic_operator.job import worker_manifests
+from elastic_operator.job.etcd_auth import (
     SECRET_CA_KEY,
     SECRET_PASSWORD_KEY,
     SECRET_USER_KEY,
@@ -36,7 +37,7 @@ from elastic_operator.rendezvous_auth import (
     stale_users,
 )
 
-log = logging.getLogger("elastic_operator.job_credentials")
+log = logging.getLogger("elastic_operator.job.etcd_credentials")
 Obj = dict[str, Any]
 
 
@@ -58,7 +59,7 @@ def secret_manifest(namespace: str, name: str, uid: str, user: str, password: st
             "name": credentials_secret(name),
             "namespace": namespace,
             "labels": {labels.JOB_NAME: name, labels.ROLE: "rendezvous-credentials"},
-            "ownerReferences": [workers.owner_reference(name, uid)],
+            "ownerReferences": [worker_manifests.owner_reference(name, uid)],
         },
         "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
     }
@@ -79,7 +80,7 @@ class JobCredentials:
 
     async def ensure(self, namespace: str, name: str, uid: str) -> str:
         """Secret and etcd user of this job exist and agree; the Secret's name."""
-        rdzv = workers.rdzv_id(namespace, name, uid)
+        rdzv = worker_manifests.rdzv_id(namespace, name, uid)
         secret = credentials_secret(name)
         if rdzv in self._ready:
             return secret
@@ -102,7 +103,7 @@ class JobCredentials:
 
     async def remove(self, namespace: str, name: str, uid: str) -> None:
         """Delete the job's etcd user and role (the Secret goes with the job)."""
-        rdzv = workers.rdzv_id(namespace, name, uid)
+        rdzv = worker_manifests.rdzv_id(namespace, name, uid)
         self._ready.discard(rdzv)
         await self._bootstrap()
         await asyncio.to_thread(self.admin.remove, job_user(namespace, rdzv))
@@ -122,7 +123,7 @@ class JobCredentials:
         for job in jobs:
             meta = job.get("metadata") or {}
             ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
-            live.append((ns, workers.rdzv_id(ns, name, uid)))
+            live.append((ns, worker_manifests.rdzv_id(ns, name, uid)))
         users = await asyncio.to_thread(self.admin.users)
         stale = stale_users(users, live, self.namespaces)
         for user in stale:

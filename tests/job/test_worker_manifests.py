@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobSpec
-from elastic_operator.workers import (
+from elastic_operator.job.worker_manifests import (
     CREDENTIALS_DIR,
     CREDENTIALS_VOLUME,
     headless_service,

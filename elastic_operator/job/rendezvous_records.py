@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from elastic_operator.observed import node_replica_index
+from elastic_operator.job.observed import node_replica_index
 from launcher.contract import (
     MAX_MEMBERS,
     MAX_NODE_ID,

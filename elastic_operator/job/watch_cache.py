@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elastic_operator.api.elasticjob import KIND
-from elastic_operator.observed import PodView, observe_pod
+from elastic_operator.job.observed import PodView, observe_pod
 
 Key = tuple[str, str]  # (namespace, job name)
 Obj = dict[str, Any]

@@ -26,11 +26,11 @@ import kopf
 
 from elastic_operator import k8s, labels
 from elastic_operator.api.elasticjob import PLURAL
-from elastic_operator.metrics import Metrics
-from elastic_operator.podcache import CachedPod, indexed_pod
-from elastic_operator.reconciler import Key, Reconciler
+from elastic_operator.job.metrics import Metrics
+from elastic_operator.job.reconciler import Key, Reconciler
+from elastic_operator.job.watch_cache import CachedPod, indexed_pod
 
-log = logging.getLogger("elastic_operator.handlers")
+log = logging.getLogger("elastic_operator.job.handlers")
 
 
 @kopf.on.startup()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from elastic_operator.rounds import (
+from elastic_operator.job.rendezvous_records import (
     MAX_MESSAGE,
     MAX_ROUND_BYTES,
     RendezvousView,

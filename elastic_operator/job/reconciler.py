@@ -1,5 +1,5 @@
 """Reads one ElasticJob and its pods, asks the planner, applies the plan: the I/O half of the
-operator (the decisions are all in :mod:`elastic_operator.planner`).
+operator (the decisions are all in :mod:`elastic_operator.job.planner`).
 
 Guarantees:
 
@@ -7,7 +7,7 @@ Guarantees:
   it dirty; it is reconciled once more afterwards. So a burst of pod events costs one or two
   reconciles, and two reconciles never race on the same status.
 - **No reads per reconcile.** The job and its pods come from what the watches delivered
-  (:mod:`elastic_operator.podcache`: a kopf index of worker pods, filled before any handler
+  (:mod:`elastic_operator.job.watch_cache`: a kopf index of worker pods, filled before any handler
   runs, the job bodies of watch events and our own writes, and expectations for writes the
   watch has not shown yet), so a reconcile costs no request unless it changes something, and
   its cost does not grow with the cluster. Writes stay idempotent (deterministic names: 409
@@ -35,12 +35,14 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
-from elastic_operator import k8s, labels, workers
-from elastic_operator.api.common import now_rfc3339
+from elastic_operator import k8s, labels
 from elastic_operator.api.elasticjob import KIND, PLURAL, ElasticJobSpec, ElasticJobStatus
-from elastic_operator.job_credentials import JobCredentials
-from elastic_operator.metrics import Metrics
-from elastic_operator.planner import (
+from elastic_operator.api.kube import now_rfc3339
+from elastic_operator.job import worker_manifests
+from elastic_operator.job.etcd_auth import EtcdAuthAdmin, root_security
+from elastic_operator.job.etcd_credentials import JobCredentials
+from elastic_operator.job.metrics import Metrics
+from elastic_operator.job.planner import (
     TERMINAL,
     CreatePod,
     CreateService,
@@ -53,12 +55,16 @@ from elastic_operator.planner import (
     plan,
     utcnow,
 )
-from elastic_operator.podcache import CachedPod, Expectations, JobCache, indexed_pod, newer
-from elastic_operator.rendezvous_auth import EtcdAuthAdmin, root_security
-from elastic_operator.rounds import RendezvousView, RoundReader, check_view, view_limits
+from elastic_operator.job.rendezvous_records import (
+    RendezvousView,
+    RoundReader,
+    check_view,
+    view_limits,
+)
+from elastic_operator.job.watch_cache import CachedPod, Expectations, JobCache, indexed_pod, newer
 from launcher.etcd_client import PLAIN, EtcdSecurity
 
-log = logging.getLogger("elastic_operator.reconciler")
+log = logging.getLogger("elastic_operator.job.reconciler")
 Key = tuple[str, str]  # (namespace, name)
 Obj = dict[str, Any]
 
@@ -68,12 +74,12 @@ class ReconcilerSettings:
     """Operator-wide behaviour of reconciles (from ``elastic-operator run`` flags)."""
 
     planner: PlannerSettings = field(default_factory=PlannerSettings)
-    default_rendezvous_endpoints: str = workers.DEFAULT_RENDEZVOUS_ENDPOINTS
+    default_rendezvous_endpoints: str = worker_manifests.DEFAULT_RENDEZVOUS_ENDPOINTS
     resync_seconds: float = 10.0
     read_rounds: bool = True
     error_backoff_cap_seconds: float = 30.0
     # TLS files for the operator's etcd connections; with the root password, every job on
-    # the default etcd gets its own etcd user (elastic_operator.job_credentials).
+    # the default etcd gets its own etcd user (elastic_operator.job.etcd_credentials).
     etcd_security: EtcdSecurity = PLAIN
     etcd_root_password: str | None = field(default=None, repr=False)
     namespaces: tuple[str, ...] = ()  # watched namespaces (empty: all); the sweep's scope
@@ -285,7 +291,7 @@ class Reconciler:
         seen = RendezvousView()
         endpoints = self._endpoints(job)
         if self.rounds is not None and endpoints:
-            seen = self.rounds.latest(key, endpoints, workers.rdzv_id(*key, uid))
+            seen = self.rounds.latest(key, endpoints, worker_manifests.rdzv_id(*key, uid))
             seen = check_view(seen, name, *view_limits(job.spec), time.time())
         result = plan(
             job,
@@ -352,7 +358,7 @@ class Reconciler:
                               for p in self._pods.get(key, ()))
                 self.expectations.deleted(key, known, time.monotonic(), indexed)
         if result.of(CreateService):
-            service = workers.headless_service(ns, name, job.uid)
+            service = worker_manifests.headless_service(ns, name, job.uid)
             with contextlib.suppress(_Exists):
                 await self._write(self.api.create(k8s.path("services", ns), service))
             self._services.add(job.uid)
@@ -376,7 +382,7 @@ class Reconciler:
                 message = f"cannot provision the job's etcd credentials: {exc}"[:1024]
                 await self.post_event(body, Event("Warning", "RendezvousCredentials", message))
                 raise
-        manifest = workers.worker_pod(
+        manifest = worker_manifests.worker_pod(
             job.namespace, job.name, job.uid, create.index, spec,
             self.settings.default_rendezvous_endpoints, credentials,
         )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import ElasticJobStatus, Phase
-from elastic_operator.planner import (
+from elastic_operator.job.planner import (
     COMPLETION_GRACE,
     CreatePod,
     CreateService,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elastic_operator.observed import PodView
-from elastic_operator.podcache import CachedPod, Expectations, JobCache
+from elastic_operator.job.observed import PodView
+from elastic_operator.job.watch_cache import CachedPod, Expectations, JobCache
 
 KEY = ("ns", "j")
 

@@ -37,7 +37,7 @@ from etcd3.etcdrpc.auth_pb2 import Permission
 from launcher.contract import etcd_prefix
 from launcher.etcd_client import EtcdSecurity, make_client
 
-log = logging.getLogger("elastic_operator.rendezvous_auth")
+log = logging.getLogger("elastic_operator.job.etcd_auth")
 
 # Users and roles this operator manages all start with this; others are never touched.
 USER_PREFIX: Final = "elastic-job/"

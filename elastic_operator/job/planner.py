@@ -34,7 +34,7 @@ Guarantees the tests check:
   deleted; when no member of that round is still running, or ``COMPLETION_GRACE`` after the
   record, the job is Succeeded and its workers are deleted.
 - **Departures are not failures.** A worker that ended because it was told to go (scale-down,
-  eviction, drain, node shutdown: see :mod:`elastic_operator.observed`), or that exited 0
+  eviction, drain, node shutdown: see :mod:`elastic_operator.job.observed`), or that exited 0
   without a completion, is replaced at once (when its index is still wanted) without entering
   status.restarts or the maxRestarts budget.
 - **Terminal** jobs (Failed, Succeeded) only lose their remaining workers. The exception is an
@@ -50,7 +50,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from elastic_operator.actions import (
+from elastic_operator.api.common import Condition, set_condition
+from elastic_operator.api.elasticjob import (
+    ElasticJobSpec,
+    ElasticJobStatus,
+    Phase,
+    SpecError,
+    desired_replicas,
+    validate_spec,
+)
+from elastic_operator.api.kube import now_rfc3339
+from elastic_operator.job.actions import (
     Action,
     CreatePod,
     CreateService,
@@ -59,15 +69,7 @@ from elastic_operator.actions import (
     MarkFailureRecorded,
     Plan,
 )
-from elastic_operator.api.common import Condition, now_rfc3339, set_condition
-from elastic_operator.api.elasticjob import (
-    ElasticJobSpec,
-    ElasticJobStatus,
-    Phase,
-    SpecError,
-    validate_spec,
-)
-from elastic_operator.observed import (
+from elastic_operator.job.observed import (
     JobView,
     PodView,
     node_replica_index,
@@ -81,7 +83,7 @@ from launcher.contract import Completion, FailureReport
 
 __all__ = [
     "Action", "CreatePod", "CreateService", "DeletePod", "Event", "JobView",
-    "MarkFailureRecorded", "Plan", "PlannerSettings", "PodView", "desired_replicas",
+    "MarkFailureRecorded", "Plan", "PlannerSettings", "PodView",
     "observe_pod", "plan", "precise_time", "utcnow", "worker_failure",
 ]
 
@@ -109,12 +111,6 @@ class PlannerSettings:
         if exponent >= 64:  # 2**64 * base is past any cap; avoids float overflow
             return self.backoff_cap_seconds
         return min(self.backoff_cap_seconds, self.backoff_base_seconds * 2**exponent)
-
-
-def desired_replicas(spec: ElasticJobSpec) -> int:
-    """spec.replicas (minReplicas when absent) clamped to [minReplicas, maxReplicas]."""
-    wanted = spec.minReplicas if spec.replicas is None else spec.replicas
-    return max(spec.minReplicas, min(spec.maxReplicas, wanted))
 
 
 def _spec_problem(raw: dict[str, Any]) -> tuple[ElasticJobSpec | None, SpecError | None]:
