@@ -1,7 +1,8 @@
-"""Rescale benchmark: torchrun (c10d, defaults and tuned) against our launcher, in one run.
+"""Rescale benchmark: torchrun (c10d, defaults and tuned) and torchft against our launcher.
 
-Same training script for all (tests/launcher/train_tiny.py: a 1-element gloo all_reduce every
-50 ms), ``--nnodes=1:3``, one process per node, all on 127.0.0.1. For each launcher:
+Part one, ``rescale``: the same training script for all (tests/launcher/train_tiny.py: a
+1-element gloo all_reduce every 50 ms), ``--nnodes=1:3``, one process per node, all on
+127.0.0.1. For each launcher:
 
 - formation: two agents started together -> first training step at world size 2;
 - shrink: one agent SIGKILLed together with its training process (a pod killed; under torchrun
@@ -10,21 +11,37 @@ Same training script for all (tests/launcher/train_tiny.py: a 1-element gloo all
 - grow: a fresh job of two agents, a third agent started -> first step at world size 3
   (includes the newcomer's own interpreter start, the same for every launcher).
 
-A scenario that does not recover within ``--limit`` seconds counts as ``--limit`` and is marked
-``(cap)``. The last line is machine-readable, ours over torchrun with its defaults:
-``shrink_ratio=<ours/torchrun> grow_ratio=<ours/torchrun>``.
+Part two, ``stalls`` (``bench/step_stalls.py``): ours (``python -m launcher ...
+examples/train_elastic.py``, real etcd) and torchft (``bench/torchft_train.py``, the same task
+under torchft's Manager, a Lighthouse started here) each run 2 members, then a third joins, it
+leaves gracefully (SIGTERM), and one of the original two is SIGKILLed with its whole process
+tree. Printed per system: the survivors' largest gap between two consecutive completed steps
+around each event, the joiner's time from its start to the job's first step at world size 3,
+and the per-step overhead: the median step time at world size 2 of a run with the script's
+defaults minus that of the plain ``examples/train_ddp.py`` under ``torchrun --standalone``
+(same model and data). torchft is optional (``pip install -e '.[bench]'``); without it its
+column says so. When ``examples/train_elastic.py --help`` offers ``--state-mb``, the join is
+repeated with 400 MB of extra state.
 
-    .venv/bin/python bench/rescale.py [--limit 120]
+A scenario that does not recover within ``--limit`` seconds counts as ``--limit`` and is marked
+``(cap)``. The last line is machine-readable, ours over torchrun with its defaults, then the
+stalls in seconds (``nan``: not measured): ``shrink_ratio=<ours/torchrun>
+grow_ratio=<ours/torchrun> join_stall_s=X leave_stall_s=Y kill_stall_s=Z
+torchft_kill_stall_s=W``.
+
+    .venv/bin/python bench/rescale.py [--limit 120] [--parts rescale stalls]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,9 +53,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import step_stalls  # noqa: E402
+from step_stalls import STEP_TIME, Stalls, System  # noqa: E402
+
 from kube_emulator.etcd import EtcdServer  # noqa: E402
 
 SCRIPT = REPO / "tests" / "launcher" / "train_tiny.py"
+ELASTIC = REPO / "examples" / "train_elastic.py"
+DDP = REPO / "examples" / "train_ddp.py"
+TORCHFT_TRAIN = REPO / "bench" / "torchft_train.py"
 TUNED_CONF = "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=2"
 
 
@@ -190,12 +213,135 @@ def run_variant(variant: Variant, workdir: Path, limit: float) -> dict[str, floa
     return results
 
 
+def _elastic_argv(etcd: str, script_args: list[str]) -> Callable[[str, int, Path], list[str]]:
+    """Our launcher, one process per agent, on examples/train_elastic.py."""
+    def argv(job: str, index: int, out: Path) -> list[str]:
+        node = "abcdefgh"[index]
+        return [sys.executable, "-m", "launcher", "--nnodes=1:3", "--nproc-per-node=1",
+                f"--rdzv-endpoint={etcd}", f"--rdzv-id={job}", "--max-restarts=10",
+                "--local-addr=127.0.0.1", f"--node-id={job}-{node}",
+                f"--termination-log={out}/termination-{node}", str(ELASTIC), *script_args]
+    return argv
+
+
+def _lighthouse(min_replicas: int) -> Callable[[Path], tuple[subprocess.Popen[bytes],
+                                                            dict[str, str]]]:
+    """torchft's Lighthouse with the flags of torchft's own examples (its heartbeat timeout,
+    5 s, is left at its default: it is what a lost replica group costs torchft)."""
+    def start(out: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+        port = free_port()
+        binary = Path(sys.executable).with_name("torchft_lighthouse")
+        with open(out / "lighthouse.log", "wb") as log:
+            proc = subprocess.Popen(
+                [str(binary), "--min_replicas", str(min_replicas), "--quorum_tick_ms", "100",
+                 "--join_timeout_ms", "10000", "--bind", f"[::]:{port}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return proc, {"TORCHFT_LIGHTHOUSE": f"http://127.0.0.1:{port}"}
+    return start
+
+
+def _torchft_argv(script_args: list[str]) -> Callable[[str, int, Path], list[str]]:
+    def argv(job: str, index: int, out: Path) -> list[str]:
+        return [sys.executable, str(TORCHFT_TRAIN), "--replica-id", str(index), *script_args]
+    return argv
+
+
+def run_stalls_part(etcd: str, workdir: Path, limit: float,
+                    rounds: int) -> tuple[dict[str, Stalls], float | None, str]:
+    """Part two: per system the stalls and step time; the baseline step time; the 400 MB
+    join's line."""
+    forever = ["--epochs", str(step_stalls.EPOCHS), "--step-time", str(STEP_TIME)]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    ddp = System("ddp", lambda job, index, out: [
+        torchrun, "--standalone", "--nproc-per-node=2", str(DDP)])
+    systems = [(System("ours", _elastic_argv(etcd, [*forever, "--checkpoint-dir",
+                                                   str(workdir / "ours-checkpoints")])),
+                System("ours-defaults", _elastic_argv(etcd, [])))]
+    if importlib.util.find_spec("torchft") is None:
+        print("# torchft: skipped (not installed; pip install -e '.[bench]')", flush=True)
+    else:
+        # The step-time run waits for both groups (min 2): otherwise the first to start
+        # trains its whole run alone before the second has imported torch.
+        systems.append((System("torchft", _torchft_argv(["--replica-groups", "3", *forever]),
+                               service=_lighthouse(1)),
+                        System("torchft-defaults", _torchft_argv(["--replica-groups", "2"]),
+                               service=_lighthouse(2))))
+    # Step times: the systems in turn, ``rounds`` times, so a burst of load from elsewhere on
+    # the machine hits one round of each rather than all of one system; the median round.
+    times: dict[str, list[float]] = {}
+    for round_ in range(rounds):
+        for system, members in [(ddp, 1), *[(d, 2) for _, d in systems]]:
+            median = step_stalls.run_step_time(system, workdir, limit, members,
+                                               f"{system.name}-steps-{round_}")
+            if median is not None:
+                times.setdefault(system.name, []).append(median)
+    print(f"# step times (ms, {rounds} rounds): " + "; ".join(
+        f"{name} {' '.join(f'{t * 1000:.2f}' for t in ts)}" for name, ts in times.items()),
+        flush=True)
+
+    def step_time(name: str) -> float | None:
+        return statistics.median(times[name]) if name in times else None
+
+    baseline = step_time("ddp")
+    results = {}
+    for stalls_system, defaults_system in systems:
+        started = time.monotonic()
+        res = step_stalls.run_stalls(stalls_system, workdir, limit)
+        res.step_time = step_time(defaults_system.name)
+        results[stalls_system.name] = res
+        print(f"# {stalls_system.name} stalls: done in {time.monotonic() - started:.0f}s",
+              flush=True)
+    help_text = subprocess.run([sys.executable, str(ELASTIC), "--help"], cwd=REPO,
+                               capture_output=True, text=True, check=False).stdout
+    if "--state-mb" not in help_text:
+        big = "join with 400 MB of state: skipped (examples/train_elastic.py has no --state-mb)"
+    else:
+        gap = step_stalls.run_join_only(
+            System("ours-400mb", _elastic_argv(etcd, [
+                *forever, "--state-mb", "400", "--checkpoint-dir",
+                str(workdir / "ours-400mb-checkpoints")])), workdir, limit, "ours-400mb")
+        big = f"join with 400 MB of state (ours): largest gap {_s(gap, limit)}"
+    return results, baseline, big
+
+
+def _s(value: float | None, limit: float) -> str:
+    return f"{limit:.2f} (cap)" if value is None else f"{value:.2f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.2f} ms"
+
+
+def print_stalls(results: dict[str, Stalls], baseline: float | None, limit: float) -> None:
+    print(f"\nstep stalls, seconds (examples/train_elastic.py, --step-time {STEP_TIME}; "
+          f"largest gap between steps around each event)")
+    print(f"{'system':<10}{'join':>12}{'leave':>12}{'kill':>12}{'joiner 1st':>12}"
+          f"{'step':>12}{'overhead':>12}")
+    for name, res in results.items():
+        overhead = (None if res.step_time is None or baseline is None
+                    else res.step_time - baseline)
+        print(f"{name:<10}{_s(res.join, limit):>12}{_s(res.leave, limit):>12}"
+              f"{_s(res.kill, limit):>12}{_s(res.joiner_first_step, limit):>12}"
+              f"{_ms(res.step_time):>12}{_ms(overhead):>12}")
+    print(f"{'torchrun':<10}{'':>48}{_ms(baseline):>12}{'(baseline)':>12}")
+    for name, res in results.items():
+        print(f"{name}: {'; '.join(res.notes)}")
+    print("step: median step time at world size 2 with the script's defaults (no --step-time), "
+          "median of the rounds; overhead: minus the baseline (examples/train_ddp.py under "
+          "torchrun)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=float, default=120.0,
                         help="seconds a scenario may take before it counts as not recovered")
     parser.add_argument("--only", choices=["torchrun", "torchrun-tuned", "ours"], action="append",
-                        help="run only these launchers (ratios need torchrun and ours)")
+                        help="part rescale: run only these launchers (ratios need torchrun and "
+                             "ours)")
+    parser.add_argument("--parts", nargs="+", choices=["rescale", "stalls"],
+                        default=["rescale", "stalls"], help="which parts to run (default: both)")
+    parser.add_argument("--step-rounds", type=int, default=3,
+                        help="part stalls: step-time runs per system (median taken)")
     parser.add_argument("--keep", action="store_true", help="keep the agents' logs (printed)")
     args = parser.parse_args()
     # A SIGTERM (e.g. from a CI timeout) still runs the cleanup in the finally blocks.
@@ -214,6 +360,9 @@ def main() -> int:
                     "--max-restarts=3", *extra, *script, "--out", str(out)]
         return cmd
 
+    results = {}
+    stalls: dict[str, Stalls] = {}
+    baseline, big = None, ""
     with EtcdServer() as etcd:
         def ours_cmd(job: str, out: Path, node: str) -> list[str]:
             return [sys.executable, "-m", "launcher", "--nnodes=1:3", "--nproc-per-node=1",
@@ -225,11 +374,13 @@ def main() -> int:
                     Variant("torchrun-tuned", torchrun_cmd(TUNED_CONF), c10d_port.get),
                     Variant("ours", ours_cmd)]
         selected = [v for v in variants if not args.only or v.name in args.only]
-        results = {}
-        for variant in selected:
+        for variant in selected if "rescale" in args.parts else []:
             started = time.monotonic()
             results[variant.name] = run_variant(variant, workdir, args.limit)
             print(f"# {variant.name}: done in {time.monotonic() - started:.0f}s", flush=True)
+        if "stalls" in args.parts:
+            stalls, baseline, big = run_stalls_part(etcd.endpoint, workdir, args.limit,
+                                                    args.step_rounds)
 
     def shown(value: float | None) -> str:
         return f"{args.limit:.1f} (cap)" if value is None else f"{value:.1f}"
@@ -237,25 +388,43 @@ def main() -> int:
     def capped(value: float | None) -> float:
         return args.limit if value is None else value
 
-    print(f"\nrescale benchmark, seconds (limit {args.limit:.0f} s; '(cap)': did not recover)")
-    print(f"{'launcher':<16}{'formation':>14}{'shrink':>14}{'grow':>14}")
-    for name, res in results.items():
-        print(f"{name:<16}{shown(res['formation']):>14}{shown(res['shrink']):>14}"
-              f"{shown(res['grow']):>14}")
+    if results:
+        print(f"\nrescale benchmark, seconds (limit {args.limit:.0f} s; '(cap)': did not "
+              "recover)")
+        print(f"{'launcher':<16}{'formation':>14}{'shrink':>14}{'grow':>14}")
+        for name, res in results.items():
+            print(f"{name:<16}{shown(res['formation']):>14}{shown(res['shrink']):>14}"
+                  f"{shown(res['grow']):>14}")
+    if stalls:
+        print_stalls(stalls, baseline, args.limit)
+        print(big)
     if args.keep:
         print(f"# logs kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    if "ours" not in results or "torchrun" not in results:
-        return 0
-    ours = results["ours"]
-    if "torchrun-tuned" in results:
-        tuned = results["torchrun-tuned"]
-        print(f"vs tuned torchrun: shrink {capped(ours['shrink']) / capped(tuned['shrink']):.2f} "
-              f"grow {capped(ours['grow']) / capped(tuned['grow']):.2f}")
-    base = results["torchrun"]
-    print(f"shrink_ratio={capped(ours['shrink']) / capped(base['shrink']):.3f} "
-          f"grow_ratio={capped(ours['grow']) / capped(base['grow']):.3f}")
+    last = []
+    if "ours" in results and "torchrun" in results:
+        ours = results["ours"]
+        if "torchrun-tuned" in results:
+            tuned = results["torchrun-tuned"]
+            print(f"vs tuned torchrun: shrink "
+                  f"{capped(ours['shrink']) / capped(tuned['shrink']):.2f} "
+                  f"grow {capped(ours['grow']) / capped(tuned['grow']):.2f}")
+        base = results["torchrun"]
+        last += [f"shrink_ratio={capped(ours['shrink']) / capped(base['shrink']):.3f}",
+                 f"grow_ratio={capped(ours['grow']) / capped(base['grow']):.3f}"]
+    if stalls:
+        def key(value: float | None) -> str:
+            return f"{capped(value):.3f}"
+
+        ours_stalls = stalls.get("ours", Stalls())
+        torchft = stalls.get("torchft")
+        last += [f"join_stall_s={key(ours_stalls.join)}",
+                 f"leave_stall_s={key(ours_stalls.leave)}",
+                 f"kill_stall_s={key(ours_stalls.kill)}",
+                 "torchft_kill_stall_s=" + ("nan" if torchft is None else key(torchft.kill))]
+    if last:
+        print(" ".join(last))
     return 0
 
 

@@ -73,12 +73,12 @@ class Driver(Protocol):
         heartbeat; returns how many were frozen."""
 
     async def evict(self, pod: str) -> None:
-        """Take the pod's GPU away (local: the node loses it; real cluster: the Eviction API),
-        so that the pod is evicted."""
+        """Take the pod's GPU away (local: the node loses it; through kubectl: the node is
+        cordoned and the Eviction API evicts the pod), so that the pod is evicted."""
 
     async def lose_node(self, pod: str) -> str:
-        """The machine running ``pod`` is gone (node deleted, its pods garbage-collected);
-        returns the node's name."""
+        """The machine running ``pod`` is gone (node deleted, its pods garbage-collected by
+        the pod GC); returns the node's name once ``pod`` is gone."""
 
     async def restart_etcd(self) -> None:
         """Stop the rendezvous etcd and start it again (same data)."""

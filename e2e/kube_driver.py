@@ -3,7 +3,8 @@
 It needs: the CRDs and the operator installed (``kubectl apply -f crds/ && kubectl apply -k
 deploy/``), a namespace for the scenarios, a worker image holding this repository's
 ``examples/`` under its working directory, a ReadWriteMany PVC (checkpoints and the index
-logs that the exactly-once check reads) and a reader pod ``e2e-shared-reader`` mounting it.
+logs that the exactly-once check reads) and a reader Deployment ``e2e-shared-reader`` mounting
+it.
 A real cluster's GPUs cannot be conjured, so ``can_add_gpus`` is False and the growth
 scenario uses the scale subresource instead.
 """
@@ -20,39 +21,64 @@ from e2e.driver import ApplyRefused, Obj
 from elastic_operator.labels import JOB_NAME
 
 SHARED_MOUNT = "/shared"
-READER_POD = "e2e-shared-reader"
+READER = "e2e-shared-reader"  # a Deployment: its pod comes back when its node is lost
 OPERATOR_NAMESPACE = "elastic-system"
 OPERATOR_SELECTOR = "app.kubernetes.io/name=elastic-operator"
 
-# Run inside a worker container: SIGKILL every process whose parent is PID 1 (the launcher),
-# i.e. the training processes, but not the launcher itself nor this exec'd process.
-_KILL_TRAINING = """
+# The container's main process (the launcher): PID 1 in a container; on the local cluster,
+# whose pods share the machine's PID space, the emulator names it in KUBE_EMULATOR_CONTAINER_PID
+# (set for exec'd processes only). The helpers below run in an exec'd process and only touch
+# that process's descendants, so on the local cluster they never reach another pod.
+_LAUNCHER = """
 import os, signal
-me, n = os.getpid(), 0
-for pid in filter(str.isdigit, os.listdir('/proc')):
-    try:
-        fields = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
-    except OSError:
-        continue
-    if fields[1] == '1' and int(pid) not in (1, me):
-        os.kill(int(pid), signal.SIGKILL); n += 1
-print(n)
+LAUNCHER = int(os.environ.get('KUBE_EMULATOR_CONTAINER_PID', '1'))
+def parents():
+    out = {}
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            fields = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != 'Z':
+            out[int(pid)] = int(fields[1])
+    return out
+def descendants():
+    table, found, stack = parents(), set(), [LAUNCHER]
+    while stack:
+        pid = stack.pop()
+        kids = [p for p, parent in table.items() if parent == pid and p not in found]
+        found.update(kids)
+        stack.extend(kids)
+    return found - {os.getpid()}
 """
 
+# SIGKILL the launcher's children (the training processes), not the launcher itself.
+_KILL_TRAINING = _LAUNCHER + """
+children = [p for p, parent in parents().items() if parent == LAUNCHER and p != os.getpid()]
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+print(len(children))
+"""
 
-# Run inside a worker container: SIGSTOP every process that holds a training heartbeat file
-# open (the training helpers keep it open), i.e. the training processes, not the launcher.
-_FREEZE_TRAINING = """
-import os, signal
+# SIGSTOP the launcher's descendants that hold a training heartbeat file open (the training
+# helpers keep it open), i.e. the training processes, not the launcher or idle workers.
+_FREEZE_TRAINING = _LAUNCHER + """
 n = 0
-for pid in filter(str.isdigit, os.listdir('/proc')):
+for pid in descendants():
     try:
         links = [os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd')]
     except OSError:
         continue
     if any(os.path.basename(link).startswith('heartbeat-') for link in links):
-        os.kill(int(pid), signal.SIGSTOP); n += 1
+        os.kill(pid, signal.SIGSTOP); n += 1
 print(n)
+"""
+
+# SIGKILL the launcher. Inside a real container's PID namespace its PID 1 ignores SIGKILL
+# sent from within (the kernel protects a namespace's init): there this step does nothing
+# unless the image runs the launcher under an init (tini) that forwards it.
+_KILL_AGENT = _LAUNCHER + """
+os.kill(LAUNCHER, signal.SIGKILL)
 """
 ETCD_SELECTOR = "app.kubernetes.io/name=elastic-etcd"
 
@@ -62,18 +88,21 @@ class KubeDriver:
 
     can_add_gpus = False
 
-    def __init__(self, kubeconfig: str, namespace: str, image: str, claim: str) -> None:
+    def __init__(self, kubeconfig: str, namespace: str, image: str, claim: str,
+                 kubectl: str = "kubectl") -> None:
         self.kubeconfig = kubeconfig
+        self.binary = kubectl
         self.namespace = namespace
         self.image = image
         self.claim = claim
         self._jobs: set[str] = set()
+        self._cordoned: set[str] = set()
 
     async def kubectl(self, *args: str, stdin: str | None = None,
                       namespace: str | None = None, check: bool = True) -> str:
         """Run kubectl; returns stdout, raises RuntimeError (with stderr) on failure."""
         proc = await asyncio.create_subprocess_exec(
-            "kubectl", "--kubeconfig", self.kubeconfig, "-n", namespace or self.namespace,
+            self.binary, "--kubeconfig", self.kubeconfig, "-n", namespace or self.namespace,
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
@@ -97,7 +126,7 @@ class KubeDriver:
     async def apply(self, docs: list[Obj]) -> None:
         for doc in docs:
             if doc.get("kind") == "ElasticJob":
-                await self.kubectl("exec", READER_POD, "--", "mkdir", "-p",
+                await self.kubectl("exec", f"deploy/{READER}", "--", "mkdir", "-p",
                                    self.shared_dir(doc["metadata"]["name"]))
         text = yaml.safe_dump_all(docs)
         for extra in (["--dry-run=server"], []):
@@ -126,7 +155,7 @@ class KubeDriver:
         return await self.kubectl("logs", pod, check=False)
 
     async def read_file(self, path: str) -> str:
-        return await self.kubectl("exec", READER_POD, "--", "cat", path)
+        return await self.kubectl("exec", f"deploy/{READER}", "--", "cat", path)
 
     async def kill_training_processes(self, pod: str) -> int:
         out = await self.kubectl("exec", pod, "--", "python", "-c", _KILL_TRAINING)
@@ -146,14 +175,18 @@ class KubeDriver:
                            "--timeout=180s", namespace=OPERATOR_NAMESPACE)
 
     async def kill_agent(self, pod: str) -> None:
-        await self.kubectl("exec", pod, "--", "python", "-c",
-                           "import os, signal; os.kill(1, signal.SIGKILL)", check=False)
+        await self.kubectl("exec", pod, "--", "python", "-c", _KILL_AGENT, check=False)
 
     async def hang_training(self, pod: str) -> int:
         out = await self.kubectl("exec", pod, "--", "python", "-c", _FREEZE_TRAINING)
         return int(out.strip() or 0)
 
     async def evict(self, pod: str) -> None:
+        # A failed device: the node is cordoned first (what a GPU health check does), so
+        # the replacement cannot land on the GPU just given up; cleanup() uncordons it.
+        node = (await self.kubectl("get", "pod", pod, "-o", "jsonpath={.spec.nodeName}")).strip()
+        await self.kubectl("cordon", node)
+        self._cordoned.add(node)
         body = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
                            "metadata": {"name": pod, "namespace": self.namespace}})
         await self.kubectl("create", "--raw",
@@ -162,10 +195,11 @@ class KubeDriver:
 
     async def lose_node(self, pod: str) -> str:
         node = (await self.kubectl("get", "pod", pod, "-o", "jsonpath={.spec.nodeName}")).strip()
-        # A real machine cannot be unplugged from here: drain it hard and delete it, which is
-        # what the cluster does once a lost node's pods are garbage-collected.
+        # A real machine cannot be unplugged from here: delete its Node, and the pod GC marks
+        # its pods (DisruptionTarget, DeletionByPodGC) and force-deletes them, as after a
+        # machine's loss. Deleting the pod ourselves would look like a crash to the operator.
         await self.kubectl("delete", "node", node, "--wait=false")
-        await self.kubectl("delete", "pod", pod, "--grace-period=0", "--force")
+        await self.kubectl("wait", f"pod/{pod}", "--for=delete", "--timeout=180s", check=False)
         return node
 
     async def restart_etcd(self) -> None:
@@ -183,7 +217,35 @@ class KubeDriver:
         await self.kubectl("delete", "elasticjob", name, "--ignore-not-found", "--wait=true")
 
     async def cleanup(self) -> None:
-        """Delete the jobs this driver created (their pods go with them)."""
+        """Delete the jobs this driver created (their pods go with them) and uncordon the
+        nodes it cordoned."""
         for name in sorted(self._jobs):
             await self.delete_job(name)
         self._jobs.clear()
+        for node in sorted(self._cordoned):
+            await self.kubectl("uncordon", node, check=False)
+        self._cordoned.clear()
+
+
+def shared_setup(claim: str) -> str:
+    """The claim and the reader Deployment the driver needs in its namespace (step 3 of
+    e2e/README.md), as YAML for ``kubectl apply``."""
+    return f"""\
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {claim}}}
+spec: {{accessModes: [ReadWriteMany], resources: {{requests: {{storage: 1Gi}}}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {READER}}}
+spec:
+  selector: {{matchLabels: {{app: {READER}}}}}
+  template:
+    metadata: {{labels: {{app: {READER}}}}}
+    spec:
+      containers:
+        - {{name: reader, image: busybox, command: [sleep, infinity],
+           volumeMounts: [{{name: shared, mountPath: {SHARED_MOUNT}}}]}}
+      volumes: [{{name: shared, persistentVolumeClaim: {{claimName: {claim}}}}}]
+"""

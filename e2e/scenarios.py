@@ -372,3 +372,8 @@ MEMBERSHIP = [scale_down, scale_up, scale_down_and_up, autoscaler_shrinks_for_pr
               etcd_restarted, operator_killed_during_shrink]
 ALL = [job_succeeds_and_cleans_up, *MEMBERSHIP, job_grows_into_new_gpus,
        operator_restarted_mid_run, invalid_job_is_refused]
+# Run on the local cluster through KubeDriver (the real kubectl, e2e/test_kube_driver.py)
+# instead of LocalDriver: each scenario costs minutes, so the suite runs each one once, and
+# these exercise the operator and the path a platform team drives by kubectl at the same time.
+THROUGH_KUBECTL = [scale_up, scale_down, worker_killed_mid_epoch, worker_hangs, agent_killed,
+                   worker_evicted, node_lost, operator_restarted_mid_run, invalid_job_is_refused]

@@ -11,7 +11,10 @@ Rooms:
   garbage collection, OpenAPI, Table output, server-side apply: what a real kubectl needs);
 - :mod:`kube_emulator.node`: what runs on the emulated nodes (scheduler, kubelet, process
   runtime, placement rules, the Node objects);
-- :mod:`kube_emulator.client`: the small REST client the node components use;
+- :mod:`kube_emulator.controllers`: what kube-controller-manager does for built-in kinds
+  (Deployments, the pod GC of deleted nodes);
+- :mod:`kube_emulator.client`: the small REST client the node components and controllers
+  use;
 - :mod:`kube_emulator.etcd`: a real etcd subprocess for tests and the local cluster;
 - :mod:`kube_emulator.times`: the emulator's RFC 3339 clock.
 """

@@ -48,6 +48,13 @@ KINDS = [
     ("", "v1", "Binding", "V1Binding", "io.k8s.api.core.v1",
      "Binding ties one object to another; for example, a pod is bound to a node by a "
      "scheduler."),
+    ("", "v1", "PersistentVolumeClaim", "V1PersistentVolumeClaim", "io.k8s.api.core.v1",
+     "PersistentVolumeClaim is a user's request for and claim to a persistent volume."),
+    ("apps", "v1", "Deployment", "V1Deployment", "io.k8s.api.apps.v1",
+     "Deployment enables declarative updates for Pods and ReplicaSets."),
+    ("policy", "v1", "Eviction", "V1Eviction", "io.k8s.api.policy.v1",
+     "Eviction evicts a pod from its node subject to certain policies and safety "
+     "constraints."),
     ("events.k8s.io", "v1", "Event", "EventsV1Event", "io.k8s.api.events.v1",
      "Event is a report of an event somewhere in the cluster."),
     ("coordination.k8s.io", "v1", "Lease", "V1Lease", "io.k8s.api.coordination.v1",

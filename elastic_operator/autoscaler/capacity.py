@@ -210,7 +210,9 @@ class CapacitySnapshot:
     free: Mapping[str, int]
     releasing: Mapping[str, int]
     # Eligible nodes per placement_key: jobs mostly share a few templates' constraints, so a
-    # decision tests each node once per distinct constraint, not once per job.
+    # decision tests each node once per distinct constraint, not once per job. Snapshots of
+    # the same nodes may share it (CapacityCache does, until a node changes), so the sets,
+    # and what the policy keys on them, carry over from one decision to the next.
     _eligible: dict[str, frozenset[str]] = field(default_factory=dict, compare=False,
                                                   repr=False)
 
@@ -239,7 +241,8 @@ class CapacitySnapshot:
             offer = min(offer, lowest.get(n, offer))
             free[n] = min(self.free[n], offer)
             releasing[n] = offer - free[n]
-        return CapacitySnapshot(nodes=self.nodes, free=free, releasing=releasing)
+        return CapacitySnapshot(nodes=self.nodes, free=free, releasing=releasing,
+                                _eligible=self._eligible)
 
 
 class CapacityCache:
@@ -265,6 +268,9 @@ class CapacityCache:
         self.waiting: dict[str, PodInfo] = {}
         self._used: dict[str, int] = {}
         self._releasing: dict[str, int] = {}
+        # CapacitySnapshot._eligible of the current nodes, shared by every snapshot taken
+        # until a node changes.
+        self._eligible: dict[str, frozenset[str]] = {}
         # Least offer (free + releasing) per node since take_floor(); absent: unchanged since.
         # None until the first call: what the start-up listing passed through is no history.
         self._floor: dict[str, int] | None = None
@@ -273,10 +279,14 @@ class CapacityCache:
         """Take one watch event (ADDED/MODIFIED/DELETED, or None for a listed object)."""
         info = NodeInfo.from_object(node, self.resource)
         self._before({info.name})
+        old = self.nodes.get(info.name)
         if event_type == "DELETED":
             self.nodes.pop(info.name, None)
         else:
             self.nodes[info.name] = info
+        if self.nodes.get(info.name) != old:
+            # A new dict, not a cleared one: earlier snapshots keep the sets of their nodes.
+            self._eligible = {}
         self._after({info.name})
 
     def apply_pod(self, event_type: str, pod: Obj) -> None:
@@ -338,7 +348,7 @@ class CapacityCache:
     def snapshot(self) -> CapacitySnapshot:
         """Free GPUs per schedulable node now."""
         nodes = {n: info for n, info in self.nodes.items() if info.schedulable and info.gpus > 0}
-        return _snapshot(nodes, self._used, self._releasing)
+        return _snapshot(nodes, self._used, self._releasing, self._eligible)
 
     def take_floor(self) -> dict[str, int]:
         """The least offer (free + releasing) of every node an event changed since the previous
@@ -372,10 +382,12 @@ def compute_snapshot(nodes: Iterable[Obj], pods: Iterable[Obj],
 
 
 def _snapshot(nodes: Mapping[str, NodeInfo], used: Mapping[str, int],
-              releasing: Mapping[str, int]) -> CapacitySnapshot:
+              releasing: Mapping[str, int],
+              eligible: dict[str, frozenset[str]] | None = None) -> CapacitySnapshot:
     free = {n: max(0, i.gpus - used.get(n, 0)) for n, i in nodes.items()}
     # What is free once the terminating pods are gone, minus what is free already (an
     # over-committed node may get back less than its terminating pods hold).
     after = {n: max(0, i.gpus - used.get(n, 0) + releasing.get(n, 0)) for n, i in nodes.items()}
     return CapacitySnapshot(nodes=nodes, free=free,
-                            releasing={n: after[n] - free[n] for n in nodes})
+                            releasing={n: after[n] - free[n] for n in nodes},
+                            _eligible={} if eligible is None else eligible)

@@ -44,10 +44,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from elastic_operator import labels
 from elastic_operator.api.elasticjob import PLURAL
 from elastic_operator.autoscaler import views
-from elastic_operator.autoscaler.capacity import CapacityCache
+from elastic_operator.autoscaler.capacity import CapacityCache, CapacitySnapshot
 from elastic_operator.autoscaler.policy import (
     Decision,
     JobMemory,
+    JobState,
     Kind,
     PolicySettings,
     Target,
@@ -140,9 +141,13 @@ class Autoscaler:
         self.capacity = CapacityCache(settings.resource)
         self.jobs: dict[str, dict[str, Any]] = {}
         # Each job parsed once per change (None: skipped), not once per decision; likewise
-        # its workers, dropped when one of its pods changes.
+        # its workers, dropped when one of its pods changes, and its policy input, dropped
+        # with either (or rebuilt when its eligible nodes changed).
         self.views: dict[str, views.JobView | None] = {}
         self.workers: dict[str, tuple[Worker, ...]] = {}
+        self.states: dict[str, JobState] = {}
+        # views.worker_of of each job's pods, kept per event: a decision only sorts them.
+        self.pod_workers: dict[str, dict[str, Worker | None]] = {}
         self.memory: dict[str, JobMemory] = {}
         self._wake = asyncio.Event()
 
@@ -160,11 +165,20 @@ class Autoscaler:
         for info in (old, new):
             if info is not None and info.job is not None:
                 self.workers.pop(info.job, None)
+                self.states.pop(info.job, None)
+        if old is not None and old.job is not None:
+            group = self.pod_workers.get(old.job, {})
+            group.pop(key, None)
+            if not group:
+                self.pod_workers.pop(old.job, None)
+        if new is not None and new.job is not None:
+            self.pod_workers.setdefault(new.job, {})[key] = views.worker_of(new)
         if old is not None or new is not None:  # a CPU-only foreign pod changes nothing
             self._wake.set()
 
     def on_job(self, event_type: str | None, job: Mapping[str, Any]) -> None:
         key = views.job_key(job)
+        self.states.pop(key, None)
         if event_type == "DELETED":
             self.jobs.pop(key, None)
             self.views.pop(key, None)
@@ -181,8 +195,8 @@ class Autoscaler:
         snapshot = self.capacity.snapshot()
         floor = snapshot.lowered(self.capacity.take_floor())
         self.metrics.free_gpus.set(snapshot.total_free)
-        states = [views.job_state(view, self._workers(key), snapshot)
-                  for key, view in self.views.items() if view is not None]
+        states = [self._state(key, view, snapshot) for key, view in self.views.items()
+                  if view is not None]
         demands = views.protected_demands(self.capacity.waiting.values(), snapshot,
                                           self.settings.protected_priority)
         decision = decide(states, demands, views.policy_capacity(snapshot), self.memory, now,
@@ -192,10 +206,19 @@ class Autoscaler:
         self.metrics.decisions.inc()
         return decision
 
+    def _state(self, key: str, view: views.JobView, snapshot: CapacitySnapshot) -> JobState:
+        state = self.states.get(key)
+        # The snapshot hands out the same set until a node changes (CapacityCache).
+        if state is None or state.eligible is not snapshot.eligible(view.pod_spec,
+                                                                    view.placement):
+            state = views.job_state(view, self._workers(key), snapshot)
+            self.states[key] = state
+        return state
+
     def _workers(self, key: str) -> tuple[Worker, ...]:
         workers = self.workers.get(key)
         if workers is None:
-            workers = views.workers_of(self.capacity.by_job.get(key, {}).values())
+            workers = views.live_workers(self.pod_workers.get(key, {}).values())
             self.workers[key] = workers
         return workers
 
@@ -227,6 +250,7 @@ class Autoscaler:
         if new_version:
             meta["resourceVersion"] = new_version
         self.views[key] = views.job_view(job, self.settings.resource)
+        self.states.pop(key, None)
         if target.kind is Kind.GROW:
             self.metrics.scale_ups.inc()
         else:

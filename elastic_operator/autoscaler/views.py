@@ -68,21 +68,23 @@ def job_view(job: Obj, resource: str = labels.DEFAULT_GPU_RESOURCE) -> JobView |
                    parse_epoch(meta.get("creationTimestamp")) or 0.0, placement_key(pod_spec))
 
 
-def workers_of(pods: Iterable[PodInfo]) -> tuple[Worker, ...]:
-    """A job's live workers by index (see the module docstring), from its worker pods."""
-    workers = []
-    for pod in pods:
-        index = pod.labels.get(labels.REPLICA_INDEX, "")
-        if pod.terminating or pod.phase in TERMINAL_PHASES or not str(index).isdigit():
-            continue
-        workers.append(Worker(int(index), pod.node, None if pod.node else pod.created,
-                              None if pod.node else pod.unschedulable_since))
-    return tuple(sorted(workers, key=lambda w: w.index))
+def worker_of(pod: PodInfo) -> Worker | None:
+    """The live worker a job's pod is (see the module docstring), or None."""
+    index = pod.labels.get(labels.REPLICA_INDEX, "")
+    if pod.terminating or pod.phase in TERMINAL_PHASES or not str(index).isdigit():
+        return None
+    return Worker(int(index), pod.node, None if pod.node else pod.created,
+                  None if pod.node else pod.unschedulable_since)
+
+
+def live_workers(workers: Iterable[Worker | None]) -> tuple[Worker, ...]:
+    """A job's live workers by index, from :func:`worker_of` of each of its pods."""
+    return tuple(sorted((w for w in workers if w is not None), key=lambda w: w.index))
 
 
 def job_state(view: JobView, workers: tuple[Worker, ...],
               snapshot: CapacitySnapshot) -> JobState:
-    """The policy's view of one ElasticJob with its :func:`workers_of`."""
+    """The policy's view of one ElasticJob with its :func:`live_workers`."""
     spec = view.spec
     return JobState(
         key=view.key,

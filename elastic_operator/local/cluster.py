@@ -1,13 +1,16 @@
 """LocalCluster: the whole embedded cluster in one process (plus etcd and the operator).
 
 It composes the emulated API server, GPU nodes, the scheduler, the kubelet (pods as local
-process groups), a real etcd subprocess and the operator itself, run exactly as on a real
-cluster (``elastic-operator run --kubeconfig ...``) as a subprocess. Everything writes under
+process groups, ``kubectl exec`` into them), the Deployment controller and pod GC, a real etcd
+subprocess and the operator itself, run exactly as on a real cluster (``elastic-operator run
+--kubeconfig ...``) as a subprocess, or with ``operator_deployment`` as the pod of the
+Deployment ``elastic-system/elastic-operator`` (its log is then the pod's). Everything writes under
 one state directory (default ``.local-cluster/``):
 
 - ``kubeconfig``: point ``elastic-operator`` or a real kubectl here;
 - ``cluster.json``: URL, pids and etcd endpoint while the cluster runs (removed on stop);
 - ``logs/operator.log``, ``logs/cluster.log``, ``etcd/``; ``pods/<ns>/<pod>/<container>.log``;
+- ``volumes/<ns>/<claim>/``: what pods mounting a PersistentVolumeClaim share;
 - ``checkpoints/``: emptied at start, so jobs never resume a previous cluster's run.
 
 Guarantees: :meth:`LocalCluster.stop` stops every process the cluster started (pods get
@@ -36,6 +39,8 @@ from elastic_operator.kube_client import ApiException, Kube, is_status, path
 from elastic_operator.labels import DEFAULT_GPU_RESOURCE
 from kube_emulator.apiserver.server import ApiServer
 from kube_emulator.client import ApiClient, cancel_all
+from kube_emulator.controllers.deployments import DeploymentController
+from kube_emulator.controllers.podgc import PodGarbageCollector
 from kube_emulator.etcd import DEFAULT_ETCD_BINARY, EtcdServer
 from kube_emulator.node.kubelet import Kubelet
 from kube_emulator.node.nodes import NodePool
@@ -53,6 +58,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = Path(".local-cluster")
 STATE_FILE = "cluster.json"
 STOP_GRACE = 10.0
+OPERATOR_NAMESPACE = "elastic-system"
+OPERATOR_DEPLOYMENT = "elastic-operator"
 
 
 @dataclass
@@ -69,6 +76,9 @@ class ClusterConfig:
     operator: bool = True
     etcd: bool = True
     operator_args: list[str] = field(default_factory=list)
+    # Run the operator as a pod of the Deployment elastic-system/elastic-operator (as
+    # deploy/ does on a real cluster) instead of a plain subprocess.
+    operator_deployment: bool = False
 
 
 @dataclass
@@ -145,10 +155,13 @@ class LocalCluster:
                                settings=POD_RUNTIME)
         self.nodes = NodePool(self.client, cfg.gpu_resource)
         await self.nodes.create(cfg.nodes, cfg.gpus_per_node)
-        ready = [asyncio.Event(), asyncio.Event()]
+        self.server.exec_source = self.kubelet.exec_target
+        ready = [asyncio.Event(), asyncio.Event(), asyncio.Event()]
         self._tasks = [
             asyncio.create_task(Scheduler(self.client, (cfg.gpu_resource,)).run(ready[0])),
             asyncio.create_task(self.kubelet.run(ready[1])),
+            asyncio.create_task(DeploymentController(self.client).run(ready[2])),
+            asyncio.create_task(PodGarbageCollector(self.client).run()),
         ]
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 60)
         if cfg.etcd:
@@ -194,8 +207,40 @@ class LocalCluster:
             cmd += ["--default-rendezvous-endpoints", self.etcd.endpoint]
         return cmd + list(self.config.operator_args)
 
+    def operator_deployment(self) -> dict[str, Any]:
+        """The Deployment that runs the operator with ``operator_deployment`` (the name,
+        namespace, labels and strategy of deploy/operator.yaml; the command of
+        :meth:`operator_command`)."""
+        labels = {"app.kubernetes.io/name": OPERATOR_DEPLOYMENT}
+        return {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": OPERATOR_DEPLOYMENT, "namespace": OPERATOR_NAMESPACE,
+                         "labels": labels},
+            "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                     "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                         "name": "operator", "image": "elastic-operator:local",
+                         "command": self.operator_command(),
+                         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}]}]}}},
+        }
+
+    async def _apply_operator_deployment(self) -> None:
+        for collection, body in (
+                (path("namespaces"), {"metadata": {"name": OPERATOR_NAMESPACE}}),
+                (path("deployments", OPERATOR_NAMESPACE, group="apps"),
+                 self.operator_deployment())):
+            try:
+                await self.api.request("POST", collection, body=body)
+            except ApiException as exc:
+                if not is_status(exc, 409):
+                    raise
+
     async def start_operator(self) -> None:
-        """Start (or restart) the operator subprocess; its output goes to logs/operator.log."""
+        """Start (or restart) the operator subprocess; its output goes to logs/operator.log.
+        With ``operator_deployment``: create its Deployment (if missing) instead."""
+        if self.config.operator_deployment:
+            await self._apply_operator_deployment()
+            return
         if self.operator is not None and self.operator.returncode is None:
             return
         env = dict(os.environ)
@@ -211,7 +256,14 @@ class LocalCluster:
 
     async def stop_operator(self, sig: int = signal.SIGTERM, timeout: float = STOP_GRACE) -> None:
         """Stop the operator: ``sig`` to its process group (SIGKILL emulates a crash), SIGKILL
-        after ``timeout`` seconds."""
+        after ``timeout`` seconds. With ``operator_deployment``: delete its Deployment (its pod
+        goes with it, gracefully; ``sig`` and ``timeout`` do not apply)."""
+        if self.config.operator_deployment:
+            if self.kube is not None:
+                with contextlib.suppress(ApiException):
+                    await self.api.request("DELETE", path("deployments", OPERATOR_NAMESPACE,
+                                                          OPERATOR_DEPLOYMENT, group="apps"))
+            return
         process, self.operator = self.operator, None
         if process is None or process.returncode is not None:
             return

@@ -2,8 +2,9 @@
 
 Starts a private embedded cluster, applies the example ElasticJob, shows live progress (world
 size, step, loss, recent events), optionally injects chaos (a worker SIGKILLed at step N, GPUs
-added or removed at step M), prints a summary (steps, resizes, wall time, final loss) and tears
-everything down. Exit code 0 when the job succeeded. Progress comes from the training
+added or removed at step M), prints a summary (steps, resizes, wall time, final loss; after
+``--add-gpus-at-step`` also how the grow went, see ``resize_report``) and tears everything
+down. Exit code 0 when the job succeeded. Progress comes from the training
 script's JSON step lines in the worker pods' logs and from the job's status.
 """
 
@@ -30,6 +31,9 @@ from elastic_operator.kube_client import ApiException, reason, status_message
 from elastic_operator.labels import API_VERSION, GROUP, JOB_NAME, REPLICA_INDEX, VERSION
 from elastic_operator.local import kubectl
 from elastic_operator.local.cluster import DEFAULT_STATE_DIR, ClusterConfig, LocalCluster
+from elastic_operator.local.resize_report import StepEvent, grow_report, parse_step_line
+from launcher.etcd_client import make_client
+from launcher.etcd_session import ETCD_ERRORS
 
 DEFAULT_JOB_FILE = Path("examples/elastic-job.yaml")
 Obj = dict[str, Any]
@@ -80,6 +84,7 @@ class Progress:
     offsets: dict[str, int] = field(default_factory=dict)
 
     generations: set[int] = field(default_factory=set)
+    step_events: list[StepEvent] = field(default_factory=list)  # on time.monotonic()
 
     @property
     def resizes(self) -> int:
@@ -91,6 +96,9 @@ class Progress:
         """Take in one log line; lines that are not the script's JSON events are ignored."""
         if not line.startswith("{"):
             return
+        step = parse_step_line(line, time.monotonic())
+        if step is not None:
+            self.step_events.append(step)
         try:
             event = json.loads(line)
         except ValueError:
@@ -126,6 +134,9 @@ class Demo:
         self.started = time.monotonic()
         self._done_chaos: set[str] = set()
         self.plain = False
+        self.gpus_added_at: float | None = None
+        self.pods_seen: dict[str, float] = {}  # pod name -> when a poll first listed it
+        self.registrations: Registrations | None = None
 
     async def poll(self) -> None:
         """Refresh progress from the job status, the workers' logs and the events."""
@@ -141,11 +152,16 @@ class Demo:
         pods = (await kube.call(kube.core.list_namespaced_pod, self.namespace,
                                 label_selector=f"{JOB_NAME}={self.name}"))["items"]
         for pod in pods:
-            self._read_log(pod["metadata"]["name"])
+            self.pods_seen.setdefault(pod["metadata"]["name"], time.monotonic())
+        self._read_logs()
         events = (await kube.call(kube.core.list_namespaced_event, self.namespace))["items"]
         events.sort(key=lambda e: e["metadata"].get("resourceVersion", "0").zfill(20))
         p.events = [f"{e.get('reason')}: {e['involvedObject'].get('name')}: {e.get('message')}"
                     for e in events[-6:]]
+
+    def _read_logs(self) -> None:
+        for pod in self.pods_seen:
+            self._read_log(pod)
 
     def _read_log(self, pod: str) -> None:
         assert self.cluster.kubelet is not None
@@ -181,6 +197,7 @@ class Demo:
                 self._log_chaos(f"step {step}: SIGKILL worker pod {victim}")
         if self._due("add", args.add_gpus_at_step, step):
             node = await self.cluster.nodes.add_gpus(args.add_gpus)
+            self.gpus_added_at = time.monotonic()
             self._log_chaos(f"step {step}: +{args.add_gpus} GPU(s) on {node}")
         if self._due("remove", args.remove_gpus_at_step, step):
             evicted = await self.cluster.nodes.remove_gpus(args.remove_gpus)
@@ -223,12 +240,28 @@ class Demo:
                 f"{len(p.generations)}\n"
                 f"  worker restarts: {p.restarts}\n"
                 f"  wall time: {time.monotonic() - self.started:.1f}s\n"
-                f"  final loss: {'-' if loss is None else f'{loss:.4f}'}")
+                f"  final loss: {'-' if loss is None else f'{loss:.4f}'}"
+                + "".join(f"\n  {line}" for line in self.grow_lines()))
+
+    def grow_lines(self) -> list[str]:
+        """After ``--add-gpus-at-step``: the grow report (``resize_report.grow_report``) over
+        the step lines (stamped as read, every 0.1 s) and the start-up of the pods created
+        after the GPUs appeared (listed at the next 0.5 s poll until their agent's node key
+        was seen in etcd, polled every 0.1 s)."""
+        if self.gpus_added_at is None:
+            return []
+        registered = self.registrations.first if self.registrations is not None else {}
+        startups = [at - seen for pod, seen in self.pods_seen.items()
+                    if seen > self.gpus_added_at
+                    for node, at in registered.items() if node.startswith(f"{pod}-")]
+        return grow_report(self.progress.step_events, self.gpus_added_at, startups).lines()
 
     async def run(self) -> bool:
         """Apply the job and follow it until it ends; True when it Succeeded."""
         console = Console()
         self.plain = self.args.plain or not console.is_terminal
+        if self.cluster.etcd is not None and self.args.add_gpus_at_step is not None:
+            self.registrations = Registrations(self.cluster.etcd.endpoint)
         await kubectl.apply(self.cluster.api, [self.job], self.namespace)
         deadline = self.started + self.args.timeout
         last_printed = -1
@@ -254,12 +287,44 @@ class Demo:
                 if operator is not None and operator.returncode is not None:
                     p.phase = f"{p.phase} (the operator exited with {operator.returncode})"
                     return False
-                await asyncio.sleep(0.5)
+                for _ in range(5):  # logs more often than the API: step times to 0.1 s
+                    await asyncio.sleep(0.1)
+                    self._read_logs()
+                    if self.registrations is not None:
+                        await asyncio.to_thread(self.registrations.poll)
             self.progress.phase = f"{self.progress.phase} (timed out)"
             return False
         finally:
             if live is not None:
                 live.stop()
+            if self.registrations is not None:
+                self.registrations.close()
+
+
+class Registrations:
+    """When each agent first registered in etcd (its rendezvous node key,
+    ``/elastic/<rdzv id>/nodes/<node id>``, appeared), on this process's monotonic clock, to
+    the resolution of ``poll``'s callers. Node ids start with the pod's name (the agent's
+    ``HOSTNAME``)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.first: dict[str, float] = {}
+        self._client = make_client(endpoint, timeout=2.0)
+
+    def poll(self) -> None:
+        """Take in the node keys there now (blocking: run it in a thread)."""
+        try:
+            listed = self._client.get_prefix("/elastic/", keys_only=True)
+            at = time.monotonic()
+            for _, meta in listed:
+                parts = meta.key.decode(errors="replace").split("/")
+                if len(parts) == 5 and parts[3] == "nodes":
+                    self.first.setdefault(parts[4], at)
+        except ETCD_ERRORS:
+            return  # etcd restarting: the next poll sees the keys, a little late
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def load_job(path: Path, state_dir: Path) -> Obj:

@@ -17,7 +17,11 @@ with them:
   on create ``status.qosClass`` (Guaranteed, Burstable, BestEffort) from the resources;
 - Service: ``type``, ``sessionAffinity``, on create a ``clusterIP`` from 10.96.0.0/16
   (unless ``None``: headless), ``ipFamilies``/``ipFamilyPolicy``, ``internalTrafficPolicy``,
-  port ``protocol`` and ``targetPort``.
+  port ``protocol`` and ``targetPort``;
+- Deployment: ``replicas`` 1, ``strategy`` RollingUpdate 25%/25%, ``revisionHistoryLimit``
+  10, ``progressDeadlineSeconds`` 600, and the pod defaults above on ``template.spec``;
+- PersistentVolumeClaim: ``volumeMode`` Filesystem; on create it is Bound at once (status
+  ``phase``, ``accessModes``, ``capacity`` = the request), as with a dynamic provisioner.
 
 Defaults apply on every write, as kube-apiserver defaults every decoded object: an update or
 a server-side apply that replaces a list (containers, ports) gets them again, so it does not
@@ -34,7 +38,14 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from kube_emulator.apiserver.resources import NAMESPACE_KEY, POD_KEY, SERVICE_KEY, ResourceInfo
+from kube_emulator.apiserver.resources import (
+    DEPLOYMENT_KEY,
+    NAMESPACE_KEY,
+    POD_KEY,
+    PVC_KEY,
+    SERVICE_KEY,
+    ResourceInfo,
+)
 
 Obj = dict[str, Any]
 SECRET_KEY = ("", "secrets")
@@ -53,6 +64,10 @@ def on_write(info: ResourceInfo, obj: Obj, grace_seconds: int) -> None:
         _default_pod_spec(obj.setdefault("spec", {}), grace_seconds)
     elif info.storage_key == SERVICE_KEY:
         _default_service_spec(obj.setdefault("spec", {}))
+    elif info.storage_key == DEPLOYMENT_KEY:
+        _default_deployment_spec(obj.setdefault("spec", {}), grace_seconds)
+    elif info.storage_key == PVC_KEY:
+        obj.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
     elif info.storage_key == NAMESPACE_KEY:
         labels = obj.setdefault("metadata", {}).get("labels") or {}
         obj["metadata"]["labels"] = {**labels, NAME_LABEL: obj["metadata"].get("name", "")}
@@ -143,6 +158,30 @@ def _default_pod_spec(spec: Obj, grace_seconds: int) -> None:
         for container in spec.get(key) or ():
             if isinstance(container, dict):
                 _default_container(container)
+
+
+def _default_deployment_spec(spec: Obj, grace_seconds: int) -> None:
+    spec.setdefault("replicas", 1)
+    strategy = spec.setdefault("strategy", {})
+    strategy.setdefault("type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        rolling = strategy.setdefault("rollingUpdate", {})
+        rolling.setdefault("maxSurge", "25%")
+        rolling.setdefault("maxUnavailable", "25%")
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    template = spec.get("template")
+    if isinstance(template, dict):
+        _default_pod_spec(template.setdefault("spec", {}), grace_seconds)
+
+
+def bound_claim_status(claim: Obj) -> Obj:
+    """A new claim's status: Bound to a volume of the requested size (the local cluster
+    provisions every claim as a directory, see :mod:`kube_emulator.node.runtime`)."""
+    spec = claim.get("spec") or {}
+    requested = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
+    return {"phase": "Bound", "accessModes": list(spec.get("accessModes") or ()),
+            **({"capacity": {"storage": requested}} if requested else {})}
 
 
 def new_service(service: Obj, service_ip: Callable[[], str]) -> None:

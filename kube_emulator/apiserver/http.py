@@ -26,14 +26,17 @@ from kube_emulator.apiserver import (
     managedfields,
     openapi,
     patching,
+    remotecommand,
     strategy,
     tables,
 )
 from kube_emulator.apiserver.listing import json_response as _json
+from kube_emulator.apiserver.remotecommand import ExecSource
 from kube_emulator.apiserver.resources import POD_KEY, ResourceInfo
 from kube_emulator.apiserver.scale import read_scale, write_scale
 from kube_emulator.apiserver.selectors import SelectorError
 from kube_emulator.apiserver.store import Obj, ObjectStore
+from kube_emulator.times import now_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ _SUBRESOURCE_VERBS: dict[str, tuple[str, ...]] = {
     "scale": ("get", "update", "patch"),
     "log": ("get",),
     "binding": ("create",),
+    "eviction": ("create",),
+    "exec": ("get", "create"),  # GET: a WebSocket upgrade; POST: SPDY (refused)
     "finalize": ("update",),
 }
 
@@ -75,6 +80,7 @@ class Served(Protocol):
     tokens: Mapping[str, str]
     bookmark_interval: float
     log_source: LogSource | None
+    exec_source: ExecSource | None
 
     def record(self, record: AuditRecord) -> None: ...
 
@@ -252,6 +258,13 @@ class _Handler:
             return self._log(req, query)
         if req.subresource == "binding":
             return self._bind(req, await self._body(request))
+        if req.subresource == "eviction":
+            return self._evict(req, await self._body(request))
+        if req.subresource == "exec":
+            self.store.get(info, ns, name or "")
+            return await remotecommand.serve(
+                request, remotecommand.parse_request(ns or "", name or "", query),
+                self.server.exec_source)
         sub = "status" if req.subresource in ("status", "finalize") else None
         if verb == "get":
             obj = self.store.get(info, ns, name or "")
@@ -376,6 +389,30 @@ class _Handler:
         if not target:
             raise errors.bad_request("Binding target.name is required (the node's name)")
         self.store.bind(req.info, req.namespace, req.name or "", target)
+        return _json({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                      "status": "Success", "code": 201}, 201)
+
+    def _evict(self, req: _Request, body: Any) -> web.Response:
+        """policy/v1 Eviction: no PodDisruptionBudgets exist here, so every eviction is
+        allowed: the pod gets the DisruptionTarget condition (reason EvictionByEvictionAPI)
+        and is deleted with the Eviction's deleteOptions, gracefully like any delete."""
+        if not isinstance(body, dict) or body.get("kind") not in (None, "Eviction"):
+            raise errors.bad_request("an eviction needs a policy/v1 Eviction body")
+        name = req.name or ""
+        if (body.get("metadata") or {}).get("name") not in (None, name):
+            raise errors.bad_request(f"name in URL does not match name in Eviction object "
+                                     f"({name} != {body['metadata']['name']})")
+        pod = self.store.get(req.info, req.namespace, name)
+        options = body.get("deleteOptions") or {}
+        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            status = pod.setdefault("status", {})
+            status["conditions"] = [c for c in status.get("conditions") or ()
+                                    if c.get("type") != "DisruptionTarget"] + [{
+                "type": "DisruptionTarget", "status": "True",
+                "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting",
+                "lastTransitionTime": now_rfc3339()}]
+            self.store.update(req.info, req.namespace, name, pod, "status")
+        self.store.delete(req.info, req.namespace, name, options)
         return _json({"kind": "Status", "apiVersion": "v1", "metadata": {},
                       "status": "Success", "code": 201}, 201)
 

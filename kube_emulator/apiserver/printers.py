@@ -3,7 +3,8 @@
 One column list per resource, as kube-apiserver's ``pkg/printers/internalversion`` defines
 them (pods: NAME READY STATUS RESTARTS AGE, with IP, NODE, NOMINATED NODE and READINESS GATES
 under ``-o wide``; nodes; core and events.k8s.io events: LAST SEEN TYPE REASON OBJECT
-MESSAGE; services; namespaces; secrets; config maps; service accounts; leases; CRDs), and
+MESSAGE; services; deployments: NAME READY UP-TO-DATE AVAILABLE AGE; persistent volume
+claims; namespaces; secrets; config maps; service accounts; leases; CRDs), and
 the age format every printer uses. :mod:`~kube_emulator.apiserver.tables` assembles them
 into a Table. The pod STATUS column covers container states, init containers in progress and
 Terminating, not every kubelet reason.
@@ -266,6 +267,46 @@ def _service_columns() -> list[Column]:
                                                or {}).items())) or NONE)]
 
 
+def _deployment_columns() -> list[Column]:
+    def status(field: str) -> Callable[[Obj], int]:
+        return lambda o: int((o.get("status") or {}).get(field) or 0)
+
+    def containers(field: str) -> Callable[[Obj], str]:
+        return lambda o: ",".join(str(c.get(field, "")) for c in (
+            ((o.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+            "containers") or ())
+    return [NAME, ("Ready", "string", "", 0, lambda o: f"{status('readyReplicas')(o)}/"
+                   f"{int((o.get('spec') or {}).get('replicas') or 0)}"),
+            ("Up-to-date", "integer", "", 0, status("updatedReplicas")),
+            ("Available", "integer", "", 0, status("availableReplicas")), AGE,
+            ("Containers", "string", "", 1, containers("name")),
+            ("Images", "string", "", 1, containers("image")),
+            ("Selector", "string", "", 1, lambda o: ",".join(
+                f"{k}={v}" for k, v in sorted((((o.get("spec") or {}).get("selector") or {})
+                                               .get("matchLabels") or {}).items())) or NONE)]
+
+
+_ACCESS_MODES = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX",
+                 "ReadWriteOncePod": "RWOP"}
+
+
+def _claim_columns() -> list[Column]:
+    def status(o: Obj) -> Obj:
+        return o.get("status") or {}
+    return [NAME, ("Status", "string", "", 0, lambda o: status(o).get("phase", "")),
+            ("Volume", "string", "", 0, lambda o: (o.get("spec") or {}).get("volumeName", "")),
+            ("Capacity", "string", "", 0,
+             lambda o: (status(o).get("capacity") or {}).get("storage", "")),
+            ("Access Modes", "string", "", 0, lambda o: ",".join(
+                _ACCESS_MODES.get(m, m) for m in status(o).get("accessModes") or ())),
+            ("StorageClass", "string", "", 0,
+             lambda o: (o.get("spec") or {}).get("storageClassName") or NONE),
+            ("VolumeAttributesClass", "string", "", 0,
+             lambda o: (o.get("spec") or {}).get("volumeAttributesClassName") or NONE), AGE,
+            ("VolumeMode", "string", "", 1,
+             lambda o: (o.get("spec") or {}).get("volumeMode", ""))]
+
+
 def _count(field: str) -> Callable[[Obj], int]:
     return lambda o: len(o.get(field) or {}) + (len(o.get("binaryData") or {})
                                                if field == "data" else 0)
@@ -277,6 +318,8 @@ BUILTIN_COLUMNS: dict[tuple[str, str], Callable[[], list[Column]]] = {
     ("", "events"): _event_columns,
     ("events.k8s.io", "events"): _event_columns,
     ("", "services"): _service_columns,
+    ("apps", "deployments"): _deployment_columns,
+    ("", "persistentvolumeclaims"): _claim_columns,
     ("", "namespaces"): lambda: [NAME, ("Status", "string", "", 0,
                                         lambda o: (o.get("status") or {}).get("phase", "")),
                                  AGE],

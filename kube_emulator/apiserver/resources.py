@@ -91,8 +91,10 @@ class ResourceInfo:
             scale.update(group="autoscaling", version="v1")
             entries.append(scale)
         for extra in self.extra_subresources:
-            verbs = ("create",) if extra in ("binding", "eviction") else ("get",)
-            kind = {"binding": "Binding", "eviction": "Eviction"}.get(extra, self.kind)
+            verbs = {"binding": ("create",), "eviction": ("create",),
+                     "exec": ("create", "get")}.get(extra, ("get",))
+            kind = {"binding": "Binding", "eviction": "Eviction",
+                    "exec": "PodExecOptions"}.get(extra, self.kind)
             entries.append(self._sub(extra, kind, verbs))
         return entries
 
@@ -111,7 +113,7 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
           field_selectors=("status.phase",)),
     _core("pods", "Pod", short_names=("po",), categories=("all",), status=True,
           field_selectors=("spec.nodeName", "status.phase", "spec.schedulerName"),
-          extra_subresources=("binding", "log")),
+          extra_subresources=("binding", "eviction", "exec", "log")),
     _core("services", "Service", short_names=("svc",), categories=("all",), status=True,
           verbs=("create", "delete", "deletecollection", "get", "list", "patch", "update",
                  "watch")),
@@ -120,12 +122,17 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
                            "involvedObject.namespace", "involvedObject.uid", "reason", "type")),
     _core("nodes", "Node", False, short_names=("no",), status=True,
           field_selectors=("spec.unschedulable",)),
+    _core("persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",),
+          status=True),
     _core("secrets", "Secret", field_selectors=("type",)),
     _core("configmaps", "ConfigMap", short_names=("cm",)),
     _core("serviceaccounts", "ServiceAccount", short_names=("sa",)),
     ResourceInfo("events.k8s.io", "v1", "events", "event", "Event", True, short_names=("ev",),
                  field_selectors=("regarding.kind", "regarding.name", "reason", "type")),
     ResourceInfo("coordination.k8s.io", "v1", "leases", "lease", "Lease", True),
+    ResourceInfo("apps", "v1", "deployments", "deployment", "Deployment", True,
+                 short_names=("deploy",), categories=("all",), status=True,
+                 scale=ScaleSpec(".spec.replicas", ".status.replicas")),
     ResourceInfo("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                  "customresourcedefinition", "CustomResourceDefinition", False,
                  short_names=("crd", "crds"), categories=("api-extensions",), status=True),
@@ -134,6 +141,8 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
 CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_KEY = ("", "namespaces")
 POD_KEY = ("", "pods")
+PVC_KEY = ("", "persistentvolumeclaims")
+DEPLOYMENT_KEY = ("apps", "deployments")
 SERVICE_KEY = ("", "services")
 
 

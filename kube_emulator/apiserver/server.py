@@ -41,6 +41,9 @@ Differences from a real cluster a client can notice (by design):
   the local runtime ignores images);
 - paging with ``limit``/``continue`` reads current data, not a snapshot;
 - ``pods/log`` returns the log so far and ends, also with ``follow=true``;
+- ``pods/exec`` speaks the WebSocket channel protocols v5/v4 only (no SPDY, no TTY), see
+  :mod:`~kube_emulator.apiserver.remotecommand`; ``pods/eviction`` always succeeds (there
+  are no PodDisruptionBudgets);
 - Orphan propagation strips ownerReferences at once instead of through the ``orphan``
   finalizer; the garbage collector runs right after each change, not milliseconds later;
 - a watch older than the kept history (``history_size`` events) gets an ERROR event with
@@ -65,6 +68,7 @@ from kube_emulator.apiserver import errors
 from kube_emulator.apiserver.errors import ApiError
 from kube_emulator.apiserver.garbage import GarbageCollector
 from kube_emulator.apiserver.http import AuditRecord, LogSource, build_app
+from kube_emulator.apiserver.remotecommand import ExecSource
 from kube_emulator.apiserver.resources import ResourceInfo
 from kube_emulator.apiserver.selectors import LabelSelector
 from kube_emulator.apiserver.store import ObjectStore
@@ -78,8 +82,10 @@ class ApiServer:
     ``pods_graceful``: deleting a pod bound to a node only marks it (deletionTimestamp) and a
     kubelet removes it with ``gracePeriodSeconds=0``, as on a real cluster; pass False when
     no kubelet runs (operator tests) so that pod deletes are immediate.
-    ``log_source(namespace, pod, query)`` serves ``pods/log`` when given. ``ssl_context``:
-    serve HTTPS with it (its certificate must name ``host``).
+    ``log_source(namespace, pod, query)`` serves ``pods/log`` when given, ``exec_source``
+    runs ``pods/exec`` commands (:mod:`~kube_emulator.apiserver.remotecommand`); a kubelet
+    sets it once it runs. ``ssl_context``: serve HTTPS with it (its certificate must name
+    ``host``).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, pods_graceful: bool = True,
@@ -94,6 +100,7 @@ class ApiServer:
         self.audit: list[AuditRecord] = []
         self.bookmark_interval = bookmark_interval
         self.log_source = log_source
+        self.exec_source: ExecSource | None = None
         self.tokens: dict[str, str] = {}
         self._gc = GarbageCollector(self.store)
         self._gc_wake: asyncio.Event | None = None

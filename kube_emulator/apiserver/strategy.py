@@ -26,8 +26,10 @@ from kube_emulator.apiserver import defaults, errors
 from kube_emulator.apiserver.openapi import prune_builtin
 from kube_emulator.apiserver.resources import (
     CRD_KEY,
+    DEPLOYMENT_KEY,
     NAMESPACE_KEY,
     POD_KEY,
+    PVC_KEY,
     SERVICE_KEY,
     ResourceInfo,
     validate_crd,
@@ -127,6 +129,10 @@ def prepare_create(info: ResourceInfo, obj: Obj, service_ip: Callable[[], str]) 
         obj["status"] = defaults.initial_pod_status(obj)
     elif info.storage_key == SERVICE_KEY:
         defaults.new_service(obj, service_ip)
+    elif info.storage_key == PVC_KEY:
+        obj["status"] = defaults.bound_claim_status(obj)
+    elif info.storage_key == DEPLOYMENT_KEY:
+        obj["status"] = {}  # the deployment controller's to fill
     elif info.schema is not None and info.status:
         obj.pop("status", None)  # custom resources ignore status on create
     elif info.storage_key == CRD_KEY:

@@ -20,12 +20,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kube_emulator.apiserver.remotecommand import ExecRefused, ExecRequest
 from kube_emulator.client import (
     ApiClient,
     ApiError,
@@ -44,6 +46,7 @@ from kube_emulator.node.runtime import (
     container_argv,
     container_env,
     container_processes,
+    container_volumes,
     map_termination_path,
 )
 from kube_emulator.times import now_rfc3339 as now
@@ -120,6 +123,11 @@ class Kubelet:
         self._finished: set[str] = set()
 
     # ----- files ------------------------------------------------------------------------
+    @property
+    def claims_dir(self) -> Path:
+        """Where PersistentVolumeClaims live: ``<claims_dir>/<namespace>/<claim>``."""
+        return self.state_dir / "volumes"
+
     def pod_dir(self, namespace: str, name: str) -> Path:
         """Where a pod's logs and termination messages live."""
         return self.state_dir / "pods" / namespace / name
@@ -152,9 +160,11 @@ class Kubelet:
         return next((r for r in self._runs.values() if r.key == (namespace, name)), None)
 
     def pids(self, name: str, namespace: str = "default") -> list[int]:
-        """Every live process of the pod (its containers' process groups and descendants)."""
+        """Every live process of the pod (its containers' process groups, the commands exec'd
+        in them, and their descendants)."""
         run = self._find(namespace, name)
-        leaders = {c.process.pid for c in run.containers if c.process and c.process.pid} \
+        leaders = {p.pid for c in run.containers if c.process
+                   for p in (c.process.process, *c.process.execs) if p is not None} \
             if run else set()
         return container_processes(leaders) if leaders else []
 
@@ -238,17 +248,21 @@ class Kubelet:
                     container.process.signal(signal.SIGKILL)
             self._runs.pop(run.uid, None)
             self._finished.add(run.uid)
+            shutil.rmtree(run.directory / "volumes", ignore_errors=True)  # emptyDirs go too
 
     async def _start(self, run: _PodRun, container: _ContainerRun) -> None:
         term_file = run.directory / f"{container.name}.termination-log"
         log_file = run.directory / f"{container.name}.log"
         run.directory.mkdir(parents=True, exist_ok=True)
         try:
+            await self._check_claims(run.pod)
+            volumes = container_volumes(run.pod, container.spec, self.claims_dir, run.directory)
             argv = map_termination_path(container.spec, term_file, container_argv(container.spec))
             env = container_env(run.pod, container.spec, term_file, settings=self.settings)
             process = ContainerProcess(
-                argv, env, self.cwd, log_file, term_file,
-                str(container.spec.get("terminationMessagePolicy") or "File"))
+                volumes.argv(argv), volumes.env(env, container.spec), self.cwd, log_file,
+                term_file, str(container.spec.get("terminationMessagePolicy") or "File"),
+                volumes)
             await process.start()
         except (ContainerConfigError, OSError) as exc:
             # What a runtime reports when it cannot start the process (e.g. no such program).
@@ -267,6 +281,41 @@ class Kubelet:
                  process.pid)
         await record_event(self.client, run.pod, "Started",
                            f"Started container {container.name}", component=COMPONENT)
+
+    async def _check_claims(self, pod: Obj) -> None:
+        """ContainerConfigError naming a claim the pod mounts that does not exist (a real
+        kubelet waits for it; failing the start says which claim is missing)."""
+        namespace = pod["metadata"].get("namespace", "")
+        for volume in (pod.get("spec") or {}).get("volumes") or ():
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim is None:
+                continue
+            try:
+                await self.client.get(resource_path("persistentvolumeclaims", namespace,
+                                                    str(claim)))
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+                raise ContainerConfigError(
+                    f'volume {volume.get("name")!r}: persistentvolumeclaim "{claim}" not found '
+                    f"in namespace {namespace!r} (create the claim first)") from None
+
+    def exec_target(self, request: ExecRequest) -> ContainerProcess:
+        """``pods/exec`` for the API server: the running container the request names (the
+        pod's first when none is named), see :meth:`ContainerProcess.exec`."""
+        run = self._find(request.namespace, request.pod)
+        if run is None:
+            raise ExecRefused(400, f"pod {request.pod} is not running on this cluster's "
+                                   "kubelet (not bound yet, or finished)")
+        names = [c.name for c in run.containers]
+        name = request.container or (names[0] if names else "")
+        container = next((c for c in run.containers if c.name == name), None)
+        if container is None:
+            raise ExecRefused(400, f"container {name} is not valid for pod {request.pod}")
+        if container.process is None or "running" not in container.state:
+            raise ExecRefused(400, f"container {name} of pod {request.pod} is not running "
+                                   f"(state {sorted(container.state)})")
+        return container.process
 
     async def _supervise(self, run: _PodRun) -> None:
         policy = str((run.pod.get("spec") or {}).get("restartPolicy") or "Always")

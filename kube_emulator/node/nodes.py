@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kube_emulator.client import ApiClient, ApiError, resource_path
+from kube_emulator.controllers.podgc import collect_orphans
 from kube_emulator.node.placement import (
     DEFAULT_GPU_RESOURCE,
     TERMINAL_PHASES,
@@ -148,30 +149,16 @@ class NodePool:
         node controller, or an admin), and the pod garbage collector marks every pod bound to
         the missing node Failed with a ``DisruptionTarget`` condition (reason
         ``DeletionByPodGC``) and force-deletes it. The local kubelet kills the processes of a
-        pod removed outright, which is what the machine's loss did to them. (The real pod GC
-        also catches a ``kubectl delete node``; here only this call does.)
+        pod removed outright, which is what the machine's loss did to them. (The local
+        cluster's pod GC, :mod:`~kube_emulator.controllers.podgc`, also catches a ``kubectl
+        delete node``; this call collects at once, so that it can return the pods.)
         """
+        # Listed first: the pod GC may collect them as soon as the node is gone.
+        bound = await self.client.get(resource_path("pods"), fieldSelector=f"spec.nodeName={name}")
         try:
             await self.client.delete(resource_path("nodes", name=name))
         except ApiError as exc:
             if exc.code != 404:
                 raise
-        pods = [p for p in (await self.client.get(resource_path("pods")))["items"]
-                if (p.get("spec") or {}).get("nodeName") == name]
-        stamp = now_rfc3339()
-        for pod in pods:
-            meta = pod["metadata"]
-            path = resource_path("pods", meta["namespace"], meta["name"])
-            condition = {"type": "DisruptionTarget", "status": "True",
-                         "reason": "DeletionByPodGC", "lastTransitionTime": stamp,
-                         "message": "PodGC: node no longer exists"}
-            conditions = [c for c in (pod.get("status") or {}).get("conditions") or []
-                          if c.get("type") != "DisruptionTarget"]
-            try:
-                await self.client.patch(f"{path}/status", {"status": {
-                    "phase": "Failed", "conditions": [*conditions, condition]}})
-                await self.client.delete(path, gracePeriodSeconds=0)
-            except ApiError as exc:
-                if exc.code != 404:
-                    raise
-        return [p["metadata"]["name"] for p in pods]
+        await collect_orphans(self.client, name)
+        return [p["metadata"]["name"] for p in bound["items"]]

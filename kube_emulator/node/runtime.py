@@ -14,12 +14,24 @@ Deliberate differences from a real container runtime, documented for users:
   ``env`` on top, so a shell's settings never leak into a job's configuration;
 - the termination-message file (the container's ``terminationMessagePath``, and the variable
   :class:`RuntimeSettings` names, if any) is a per-pod file, read after the process exits;
-- ``podIP`` is 127.0.0.1: pods reach each other on localhost, on distinct ports.
+- ``podIP`` is 127.0.0.1: pods reach each other on localhost, on distinct ports;
+- volumes are directories, not mounts (a process has no mount namespace of its own): a
+  ``persistentVolumeClaim`` is ``<claims dir>/<namespace>/<claim>`` (one directory per claim,
+  shared by every pod that mounts it), an ``emptyDir`` a directory of the pod's, a
+  ``hostPath`` the path itself; an argument or an environment value naming a path under a
+  ``mountPath`` (whole, or after ``--flag=``) is rewritten to the directory, for the
+  container's command and for ``kubectl exec``'d commands alike (:class:`VolumeMap`); other
+  volume types (secret, configMap, projected) are not mounted;
+- a ``kubectl exec``'d command is a new process with the container's environment, working
+  directory and volume map, in a session of its own that the container's signals and end
+  reach too; it alone gets ``KUBE_EMULATOR_CONTAINER_PID`` (:data:`CONTAINER_PID_ENV`), the
+  pid of the container's main process, which is PID 1 in a real container.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -35,6 +47,8 @@ DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # Kubernetes' default
 MAX_MESSAGE_BYTES = 4096  # kubelet's limit on a termination message
 FALLBACK_LOG_LINES = 80  # kubelet's FallbackToLogsOnError takes the last 80 lines
 _STRIPPED_ENV = ("KUBECONFIG",)
+# Set for exec'd processes only: the container's main process, PID 1 in a real container.
+CONTAINER_PID_ENV = "KUBE_EMULATOR_CONTAINER_PID"
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,70 @@ def map_termination_path(container: Obj, termination_file: Path, argv: list[str]
 
 
 @dataclass(frozen=True)
+class VolumeMap:
+    """Where a container's ``volumeMounts`` are on this machine: ``mounts`` pairs each
+    ``mountPath`` with its directory, longest path first (a nested mount wins)."""
+
+    mounts: tuple[tuple[str, Path], ...] = ()
+
+    def path(self, value: str) -> str:
+        """``value`` with a leading mount path replaced by its directory; other values (and
+        a path merely sharing a prefix, ``/sharedx`` for ``/shared``) unchanged."""
+        for mount, directory in self.mounts:
+            if value == mount or value.startswith(mount + "/"):
+                return str(directory) + value[len(mount):]
+        return value
+
+    def arg(self, value: str) -> str:
+        """An argument: a path, or ``--flag=path``."""
+        mapped = self.path(value)
+        if mapped == value and value.startswith("-") and "=" in value:
+            flag, _, rest = value.partition("=")
+            mapped = f"{flag}={self.path(rest)}"
+        return mapped
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return [self.arg(a) for a in argv]
+
+    def env(self, env: Mapping[str, str], container: Obj) -> dict[str, str]:
+        """``env`` with the values of the container's declared variables mapped (what the
+        cluster's own environment holds is the machine's, not the container's)."""
+        declared = {str(item.get("name")) for item in container.get("env") or ()}
+        return {k: self.path(v) if k in declared else v for k, v in env.items()}
+
+
+def container_volumes(pod: Obj, container: Obj, claims_dir: Path, pod_dir: Path) -> VolumeMap:
+    """The VolumeMap of ``container`` (directories created); ContainerConfigError for a mount
+    naming no volume of the pod."""
+    volumes = {str(v.get("name")): v for v in (pod.get("spec") or {}).get("volumes") or ()}
+    namespace = str((pod.get("metadata") or {}).get("namespace") or "default")
+    mounts: list[tuple[str, Path]] = []
+    for mount in container.get("volumeMounts") or ():
+        name = str(mount.get("name"))
+        volume = volumes.get(name)
+        if volume is None:
+            raise ContainerConfigError(
+                f"container {container.get('name')!r}: volumeMounts[].name {name!r} is not a "
+                "volume of the pod (add it to spec.volumes)")
+        if "persistentVolumeClaim" in volume:
+            directory = claims_dir / namespace / str(volume["persistentVolumeClaim"]
+                                                     .get("claimName"))
+        elif "emptyDir" in volume:
+            directory = pod_dir / "volumes" / name
+        elif "hostPath" in volume:
+            directory = Path(str(volume["hostPath"].get("path")))
+        else:
+            continue  # secret, configMap, ...: not mounted locally
+        directory = directory / str(mount.get("subPath") or "")
+        directory.mkdir(parents=True, exist_ok=True)
+        mount_path = str(mount.get("mountPath") or "").rstrip("/")
+        if mount_path and Path(mount_path) != directory:
+            mounts.append((mount_path, directory))
+    mounts.sort(key=lambda m: len(m[0]), reverse=True)
+    return VolumeMap(tuple(mounts))
+
+
+@dataclass(frozen=True)
 class Termination:
     """How a container ended, in the terms of a Kubernetes ``terminated`` state."""
 
@@ -268,19 +346,44 @@ class ContainerProcess:
     """
 
     def __init__(self, argv: list[str], env: Mapping[str, str], cwd: Path, log_file: Path,
-                 termination_file: Path, policy: str = "File") -> None:
+                 termination_file: Path, policy: str = "File",
+                 volumes: VolumeMap | None = None) -> None:
         self.argv = argv
         self.env = dict(env)
+        self.volumes = volumes or VolumeMap()  # for exec'd commands
         self.cwd = cwd
         self.log_file = log_file
         self.termination_file = termination_file
         self.policy = policy
         self.process: asyncio.subprocess.Process | None = None
+        self.execs: list[asyncio.subprocess.Process] = []
 
     @property
     def pid(self) -> int | None:
         """The process (group) id once started."""
         return self.process.pid if self.process is not None else None
+
+    async def exec(self, command: list[str], stdin: bool) -> asyncio.subprocess.Process:
+        """Start ``command`` as ``kubectl exec`` runs it in the container: same environment
+        (plus :data:`CONTAINER_PID_ENV`), working directory and volume map, stdout and stderr
+        piped (stdin too when ``stdin``). It leads a session of its own (one cannot join
+        another session's process group), and :meth:`signal` and the container's end reach
+        it as they reach the container's own processes. Raises OSError when the program
+        does not exist or the container is not running."""
+        if self.process is None or self.process.returncode is not None:
+            raise ProcessLookupError("the container is not running")
+        argv = self.volumes.argv(command)
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        check_program(argv, self.env, self.cwd)
+        env = {**self.env, CONTAINER_PID_ENV: str(self.process.pid)}
+        process = await asyncio.create_subprocess_exec(
+            *die_with_parent(argv), cwd=self.cwd, env=env,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        self.execs = [p for p in self.execs if p.returncode is None] + [process]
+        return process
 
     async def start(self) -> None:
         """Spawn the process. Raises OSError (e.g. the program does not exist)."""
@@ -295,7 +398,11 @@ class ContainerProcess:
                 start_new_session=True)
 
     def signal(self, sig: int) -> bool:
-        """Send ``sig`` to the whole group; False when nothing was left to signal."""
+        """Send ``sig`` to the whole group and to the exec'd processes' groups; False when the
+        container's group was gone."""
+        for process in self.execs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
         if self.process is None:
             return False
         try:

@@ -46,6 +46,9 @@ _pod_events = st.lists(
 # (job name, replicas, delete instead), interleaved with the pod events by position.
 _job_events = st.lists(st.tuples(st.sampled_from(["j1", "j2"]), st.integers(1, 6),
                                  st.booleans()), max_size=10)
+# (node name, GPUs, cordoned): a node changed, interleaved by position too.
+_node_events = st.lists(st.tuples(st.sampled_from(["n1", "n2"]), st.integers(0, 6),
+                                  st.booleans()), max_size=8)
 
 
 def groups(cache: CapacityCache) -> tuple[dict[str, set[str]], set[str]]:
@@ -62,19 +65,24 @@ def regrouped(pods: dict[str, PodInfo]) -> tuple[dict[str, set[str]], set[str]]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(_pod_events, _job_events, st.integers(0, 6), st.integers(0, 6))
+@given(_pod_events, _job_events, _node_events, st.integers(0, 6), st.integers(0, 6))
 def test_incremental_caches_and_decision_equal_a_rebuild_from_the_final_objects(
         pod_events: list[tuple[str, str | None, int, str | None, str, bool, bool]],
-        job_events: list[tuple[str, int, bool]], g1: int, g2: int) -> None:
+        job_events: list[tuple[str, int, bool]], node_events: list[tuple[str, int, bool]],
+        g1: int, g2: int) -> None:
     fed = Autoscaler(AutoscalerSettings(preempt_after_s=0), METRICS)
-    nodes = [node("n1", g1), node("n2", g2)]
-    for n in nodes:
+    live_nodes = {"n1": node("n1", g1), "n2": node("n2", g2)}
+    for n in live_nodes.values():
         fed.on_node("ADDED", n)
     live_pods: dict[str, dict[str, Any]] = {}
     live_jobs: dict[str, dict[str, Any]] = {}
     for step, (name, owner, gpus, where, phase, deleting, delete) in enumerate(pod_events):
         if step == len(pod_events) // 2:
             fed.decide(NOW)  # fills the per-job caches that the later events must keep true
+        if step < len(node_events):
+            nname, ngpus, cordoned = node_events[step]
+            live_nodes[nname] = node(nname, ngpus, unschedulable=cordoned)
+            fed.on_node("MODIFIED", live_nodes[nname])
         if step < len(job_events):
             jname, replicas, jdelete = job_events[step]
             if jdelete and jname in live_jobs:
@@ -92,6 +100,7 @@ def test_incremental_caches_and_decision_equal_a_rebuild_from_the_final_objects(
 
     assert groups(fed.capacity) == regrouped(fed.capacity.pods)
     rebuilt = Autoscaler(AutoscalerSettings(preempt_after_s=0), METRICS)
+    nodes = list(live_nodes.values())
     for n in nodes:
         rebuilt.on_node(None, n)
     for obj in live_pods.values():
@@ -107,7 +116,8 @@ def test_incremental_caches_and_decision_equal_a_rebuild_from_the_final_objects(
     fed.memory = {}
     got, want = fed.decide(NOW), rebuilt.decide(NOW)
     assert got.targets == want.targets
-    assert got.allocation.replicas == want.allocation.replicas
+    assert got.allocation == want.allocation
+    assert fed.states == rebuilt.states  # each job's cached policy input, eligible nodes too
 
 
 def test_one_pod_event_leaves_every_other_entry_untouched() -> None:

@@ -239,6 +239,9 @@ def test_flapping_capacity_does_not_resize_repeatedly(
     api.wait_for(lambda: api.get(pods_path(namespace, "flap"))["spec"].get("nodeName"), 30)
     api.create(jobs_path(namespace), gpu_job("train", namespace, min_r=1, max_r=8, window=6))
     api.wait_for(lambda: replicas(api, namespace, "train") == 6, 40, "spec.replicas 6")
+    # The event follows the resize it reports: count the ups once the one to 6 is recorded.
+    api.wait_for(lambda: any("->6:" in e.get("message", "") for e in autoscale_events(
+        api, namespace, "train", "AutoscaleUp")), 30, "the AutoscaleUp event to 6")
     ups = len(autoscale_events(api, namespace, "train", "AutoscaleUp"))
 
     # The 2 GPUs come and go about twice a second, far faster than the 6 s window.

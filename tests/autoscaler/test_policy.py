@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elastic_operator.autoscaler import policy
+from elastic_operator.autoscaler.allocation import Prepared
 from elastic_operator.autoscaler.policy import (
+    Allocation,
     Capacity,
     Demand,
     JobMemory,
@@ -21,6 +21,8 @@ from elastic_operator.autoscaler.policy import (
     best_fit,
     decide,
 )
+from elastic_operator.autoscaler.pool import Pool
+from tests.autoscaler import reference_policy
 
 NOW = 1000.0
 OLD = NOW - 3600.0  # long enough ago for every grace and timeout
@@ -236,15 +238,15 @@ Case = tuple[list[JobState], list[Demand], Capacity, dict[str, int]]
 
 
 @st.composite
-def clusters(draw: st.DrawFn) -> Case:
+def clusters(draw: st.DrawFn, max_nodes: int = 4, max_jobs: int = 4) -> Case:
     """Random nodes, jobs with workers bound where they fit, foreign usage and demands."""
-    names = [f"n{i}" for i in range(draw(st.integers(1, 4)))]
+    names = [f"n{i}" for i in range(draw(st.integers(1, max_nodes)))]
     size = {n: draw(st.integers(0, 8)) for n in names}
     free = dict(size)
     for n in names:  # foreign pods
         free[n] -= draw(st.integers(0, size[n]))
     jobs = []
-    for k in range(draw(st.integers(1, 4))):
+    for k in range(draw(st.integers(1, max_jobs))):
         g = draw(st.integers(1, 3))
         lo = draw(st.integers(1, 3))
         hi = draw(st.integers(lo, 8))
@@ -347,20 +349,49 @@ def test_fluctuating_capacity_only_grows_into_gpus_free_for_a_whole_window(
                     workers=tuple(Worker(i, "n1") for i in range(target.replicas)))
 
 
+def _outcome(alloc: Allocation) -> tuple[object, ...]:
+    return (alloc.replicas, alloc.kinds, alloc.reasons, alloc.placements, alloc.pool,
+            alloc.unmet)
+
+
 @settings(max_examples=300, deadline=None)
-@given(clusters(), st.booleans())
-def test_direct_victim_search_decides_as_the_take_one_at_a_time_loop(
-        case: Case, everyone_enabled: bool) -> None:
-    """Preemption finds its victim directly after a few takes (for speed at scale); from the
-    first take on, it must shrink exactly whom the plain loop would."""
+@given(st.one_of(clusters(), clusters(max_nodes=8, max_jobs=8)), st.booleans(),
+       st.integers(0, 3))
+def test_allocate_decides_as_the_plain_reference(case: Case, everyone_enabled: bool,
+                                                 lower: int) -> None:
+    """The fast allocation (fit index, ceiling, direct victim search, shared preparation)
+    makes the decisions of the rules written plainly (tests/autoscaler/reference_policy.py),
+    against the capacity and, from the same preparation, against a lower floor."""
     jobs, demands, capacity, _ = case
     if everyone_enabled:
         jobs = [replace(j, enabled=True) for j in jobs]
-    results = []
-    for direct_after in (0, 10**9):
-        with patch.object(policy, "_DIRECT_AFTER", direct_after):
-            alloc = allocate(jobs, demands, capacity, NOW + 400,
-                             PolicySettings(preempt_after_s=5))
-        results.append((alloc.replicas, alloc.kinds, alloc.reasons, alloc.placements,
-                        alloc.pool, alloc.unmet))
-    assert results[0] == results[1]
+    now, knobs = NOW + 400, PolicySettings(preempt_after_s=5)
+    floor = Capacity(free={n: max(0, f - lower) for n, f in capacity.free.items()},
+                     size=capacity.size)
+    prepared = Prepared(jobs, demands, now, knobs)
+    for offered in (capacity, floor):
+        assert _outcome(prepared.allocate(offered)) == \
+            _outcome(reference_policy.allocate(jobs, demands, offered, now, knobs))
+    assert _outcome(allocate(jobs, demands, capacity, NOW)) == \
+        _outcome(reference_policy.allocate(jobs, demands, capacity, NOW))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from([f"n{i}" for i in range(6)]), st.integers(0, 8),
+                       min_size=1),
+       st.lists(st.tuples(st.sampled_from(["fit", "take", "give"]),
+                          st.sets(st.sampled_from([f"n{i}" for i in range(6)]), min_size=1),
+                          st.integers(1, 4)), max_size=40))
+def test_pool_fits_as_best_fit_through_takes_and_gives(
+        left: dict[str, int], steps: list[tuple[str, set[str], int]]) -> None:
+    pool, plain = Pool(dict(left)), dict(left)
+    for op, nodes, gpus in steps:
+        eligible = frozenset(nodes)
+        node = pool.fit(eligible, gpus)
+        assert node == best_fit(plain, eligible, gpus)
+        if node is None or op == "fit":
+            continue
+        change = -gpus if op == "take" else gpus
+        (pool.take if op == "take" else pool.give)(node, gpus)
+        plain[node] += change
+        assert pool.left == plain

@@ -9,7 +9,13 @@ import pytest
 from elastic_operator import labels
 from elastic_operator.autoscaler.capacity import PodInfo, compute_snapshot
 from elastic_operator.autoscaler.handlers import AutoscalerSettings
-from elastic_operator.autoscaler.views import job_state, job_view, protected_demands, workers_of
+from elastic_operator.autoscaler.views import (
+    job_state,
+    job_view,
+    live_workers,
+    protected_demands,
+    worker_of,
+)
 from tests.autoscaler.objects import GPU, node, pod
 
 SNAPSHOT = compute_snapshot([node("n1", 8, node_labels={"pool": "a"}), node("n2", 8)], [])
@@ -42,7 +48,7 @@ def test_job_state_reads_spec_workers_and_eligible_nodes() -> None:
     )
     view = job_view(job())
     assert view is not None
-    state = job_state(view, workers_of(pods), SNAPSHOT)
+    state = job_state(view, live_workers(map(worker_of, pods)), SNAPSHOT)
     assert (state.key, state.min_replicas, state.max_replicas, state.replicas) == \
         ("ns/train", 1, 4, 3)
     assert (state.gpus_per_worker, state.priority, state.window_s,

@@ -1,0 +1,1 @@
+"""Controllers of the local cluster's built-in kinds (a minimal kube-controller-manager)."""
