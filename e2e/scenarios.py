@@ -38,7 +38,9 @@ def train_args(driver: Driver, job: str, *, step_time: float = 0.15,
 
 
 def make_job(driver: Driver, name: str, **kw: Any) -> Obj:
-    step_time = kw.pop("step_time", 0.2)
+    # 0.3 s a step leaves epoch 0 about 2.7 s after step 3: room for a driver whose every
+    # probe is a few kubectl calls (KubeDriver) to see a mid-epoch step on a loaded machine.
+    step_time = kw.pop("step_time", 0.3)
     epochs = kw.pop("epochs", EPOCHS)
     kw.setdefault("replicas", 2)
     kw.setdefault("min_replicas", 1)
