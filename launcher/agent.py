@@ -313,6 +313,14 @@ class Agent:
             self._lost_reported = lost
             self._retry(lambda: self.rdzv.report_lost(rnd.generation))  # type: ignore[union-attr]
             return f"peer lost mid-step in generation {lost} (reported by a training process)"
+        # A peer's processes lost someone in the round ours run in: ours are (or will be) stuck
+        # in the same collective; say so too, so the round closes without the dead member now.
+        reporters = [n for g, n in self.rdzv.snapshot().lost
+                     if g in (assigned, rnd.generation) and n != self.config.node_id]
+        if reporters and self._lost_reported < assigned:
+            self._lost_reported = assigned
+            self._retry(lambda: self.rdzv.report_lost(rnd.generation))  # type: ignore[union-attr]
+            return f"peer lost mid-step in generation {assigned} (reported by {reporters[0]})"
         if self._marked < rnd.generation and self.group.ready_for(rnd.generation):
             self._retry(lambda: self.rdzv.mark_ready(rnd.generation))  # type: ignore[union-attr]
             self._marked = rnd.generation
