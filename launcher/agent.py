@@ -116,7 +116,7 @@ class AgentConfig:
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # "succeeded" | "reform" | "failed"
+    kind: str  # "succeeded" | "reform" | "failed" | "closed" (finished without us)
     reason: str = ""
     status: GroupStatus | None = None
 
@@ -258,6 +258,14 @@ class Agent:
                 ).start()
             previous_world = rnd.world_size * cfg.nproc_per_node
             outcome = self._monitor(rnd)
+            if outcome.kind == "closed":
+                self._stop_group(grace=0.0)
+                record = self._retry(self.rdzv.completion)
+                if record is not None:
+                    self.reporter.write_termination_log(record)
+                log.info("node %s: the job finished before this node's processes joined it",
+                         cfg.node_id)
+                return 0
             if outcome.kind == "succeeded":
                 self.group = None
                 record = self._retry(functools.partial(self.rdzv.complete, rnd))
@@ -347,6 +355,8 @@ class Agent:
             reason = self.rdzv.reform_reason(rnd)
             if reason is not None:
                 return Outcome("reform", reason)
+            if self.group.waiting_to_join() and self.rdzv.snapshot().closed:
+                return Outcome("closed")
             if self.pool is not None:
                 self.pool.maintain()
             # In-place processes talk through files, not etcd: look at them often.

@@ -149,6 +149,11 @@ class WorkerGroup:
         """The newest generation in which a local process lost a peer mid-step (-1: none)."""
         return max((s.lost for s in self.statuses() if s is not None), default=-1)
 
+    def waiting_to_join(self) -> bool:
+        """No process has finished a step yet (a joiner still waiting for its first round)."""
+        return not any(self.heartbeat_file(i).exists() and self.heartbeat_file(i).stat().st_size
+                       for i in range(self.nproc))
+
     def reassign(self, rnd: Round) -> None:
         """Hand the running processes their place in ``rnd`` (in-place resize)."""
         previous = self.world_size

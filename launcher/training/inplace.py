@@ -122,6 +122,11 @@ class InPlaceSession:
         self.last_discarded = False
         self._pending: Step | None = None
         self._boundaries = 0  # commits + discards: tells the sampler a step is over
+        # Decided by the last step, done at the next boundary (see ``boundary``).
+        self._due_save = False
+        self._due_switch = False
+        self._due_lost = False
+        self._due_leaving = 0
         self._last_step: tuple[int, Step, BatchPlan] | None = None  # (generation, step, plan)
         self._assignment_mtime = self._mtime()
         self._status = WorkerStatus()
@@ -195,12 +200,15 @@ class InPlaceSession:
         assert self.data_sampler is not None
         if not self._formed:
             self._form(self.assignment)
+        self.boundary()
         while self.data_sampler.epoch < total:
             epoch = self.data_sampler.epoch
             yield epoch
+            self.boundary()
             while self.data_sampler.epoch == epoch and not self._share(self._next()):
                 self._pending = self._next()
                 self.sync_step()
+                self.boundary()
         self._finish()
 
     # -- the step boundary -------------------------------------------------------------------
@@ -249,16 +257,29 @@ class InPlaceSession:
             offset += n
         self.elastic_lr.step()
         self._commit(step)
-        pending, leaving = int(flat[-2].item()), int(flat[-1].item())
-        if leaving >= self.world_size:
+        self._due_leaving = int(flat[-1].item())
+        self._due_switch = bool(flat[-2].item()) or self._due_leaving > 0
+        return True
+
+    def boundary(self) -> None:
+        """What the last step decided, done once the script has finished that step (its
+        scheduler stepped): so a checkpoint, a served state and a regroup all see the whole
+        step. Called by the sampler before it picks the next step's samples, and by
+        ``epochs()``; a no-op when nothing is due."""
+        if self._due_save or self._due_leaving >= self.world_size:
+            self._due_save = False
             self.save()
+        if self._due_leaving >= self.world_size:
             self._exit(WorkerOutcome.STOPPED, "every rank is leaving: checkpoint written")
-        if leaving and self._stop.requested:
+        if self._due_leaving and self._stop.requested:
             self._exit(WorkerOutcome.STOPPED, "leaving the job; the others go on without it")
-        if pending or leaving:
+        if self._due_lost:
+            self._due_lost = False
+            self._form(self._wait_assignment())
+        elif self._due_switch:
+            self._due_switch, self._due_leaving = False, 0
             self.comm.destroy()
             self._form(self._wait_assignment())
-        return True
 
     def _commit(self, step: Step) -> None:
         assert self.data_sampler is not None and self.plan is not None
@@ -273,8 +294,7 @@ class InPlaceSession:
                                 epoch=step.epoch, rank=self.rank, indices=self._share(step))
         self._heartbeat.beat(self.global_step)
         interval = self.ctx.checkpoint_interval
-        if interval > 0 and self.global_step % interval == 0:
-            self.save()
+        self._due_save = interval > 0 and self.global_step % interval == 0
 
     def _discard(self, step: Step, exc: BaseException) -> None:
         log.warning("rank %d generation %d: step %d discarded, a peer is gone (%s); "
@@ -291,7 +311,7 @@ class InPlaceSession:
                                    step=self.global_step + 1, rank=self.rank)
         self._set_status(lost=self.assignment.generation)
         self.comm.abort()
-        self._form(self._wait_assignment())
+        self._due_lost = True
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -480,6 +500,7 @@ class InPlaceSession:
     # -- leaving -------------------------------------------------------------------------------
 
     def _finish(self) -> None:
+        self.boundary()
         self.save()
         if self.world_size > 1:
             self.comm.all_reduce(torch.zeros(1, device=self.comm.device), lambda: False)
@@ -542,6 +563,9 @@ class RankSampler(torch.utils.data.Sampler[int]):
         assert s.data_sampler is not None
         epoch = s.data_sampler.epoch
         while s.data_sampler.epoch == epoch:
+            s.boundary()
+            if s.data_sampler.epoch != epoch:
+                return  # healed from a peer that had finished the epoch
             step = s._next()
             share = s._share(step)
             if not share:

@@ -3,8 +3,9 @@
 The loop of ``examples/train_ddp_elastic.py``, plus what the tests observe: after every
 formation, each rank appends ``{"generation", "world_size", "rank", "step", "pid", "hash",
 "factor"}`` to ``--out/states.jsonl`` (``hash``: SHA-256 over every tensor and number of the
-session's state: model, optimizer, scheduler, ElasticLR, sampler), so a test can check that all
+session's state: model, optimizer, scheduler, ElasticLR, sampler; a test can check that all
 ranks of a generation hold bit-identical state and that survivors kept their processes.
+``parts``: the same per key, for the failure message).
 ``--state-mb N`` adds an N MB buffer to the model (the large-state join measurement).
 """
 
@@ -73,13 +74,20 @@ def main() -> None:
         for xb, yb in loader:
             if session.assignment.generation != seen:
                 seen = session.assignment.generation
+                state = session.state()
+                parts = {}
+                for key in sorted(state):
+                    part = hashlib.sha256()
+                    digest(state[key], part)
+                    parts[key] = part.hexdigest()[:12]
                 h = hashlib.sha256()
-                digest(session.state(), h)
+                digest(state, h)
                 with open(out / "states.jsonl", "a") as f:
                     f.write(json.dumps({
                         "generation": seen, "world_size": dist.get_world_size(),
                         "rank": dist.get_rank(), "step": session.step, "pid": os.getpid(),
-                        "hash": h.hexdigest(), "factor": session.elastic_lr.factor}) + "\n")
+                        "hash": h.hexdigest(), "parts": parts,
+                        "factor": session.elastic_lr.factor}) + "\n")
             started = time.monotonic()
             loss = torch.nn.functional.mse_loss(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
