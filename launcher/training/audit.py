@@ -105,7 +105,9 @@ def committed_steps(records: Iterable[Mapping[str, Any]]) -> list[CommittedStep]
         elif record["event"] == "step":
             per_step = steps.setdefault(generation, {})
             _, by_rank = per_step.setdefault(int(record["step"]), (int(record["epoch"]), {}))
-            by_rank[int(record["rank"])] = [int(i) for i in record["indices"]]
+            # One record per (generation, step, rank) counts; a record without a rank is its own.
+            rank = int(record["rank"]) if "rank" in record else -1 - len(by_rank)
+            by_rank[rank] = [int(i) for i in record["indices"]]
     lineage: dict[int, CommittedStep] = {}
     for generation in sorted(set(restores) | set(steps)):
         restored = restores.get(generation)

@@ -15,7 +15,9 @@ import argparse
 import ctypes
 import hashlib
 import json
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--step-time", type=float, default=0.05)
     p.add_argument("--state-mb", type=int, default=0)
+    p.add_argument("--no-states", action="store_true", help="skip the hashes (timing runs)")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     out = Path(args.out)
     session = elastic.init()
@@ -72,7 +77,7 @@ def main() -> None:
     for epoch in session.epochs(args.epochs):
         sampler.set_epoch(epoch)
         for xb, yb in loader:
-            if session.assignment.generation != seen:
+            if session.assignment.generation != seen and not args.no_states:
                 seen = session.assignment.generation
                 state = session.state()
                 parts = {}
