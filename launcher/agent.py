@@ -332,8 +332,11 @@ class Agent:
         if self._marked < rnd.generation and self.group.ready_for(rnd.generation):
             self._retry(lambda: self.rdzv.mark_ready(rnd.generation))  # type: ignore[union-attr]
             self._marked = rnd.generation
-        if assigned < rnd.generation and self.rdzv.snapshot().all_ready(rnd):
-            self.group.reassign(rnd)
+        snap = self.rdzv.snapshot()
+        if assigned < rnd.generation and snap.all_ready(rnd):
+            leaving = {n for n, p in snap.participants.items() if p.leaving}
+            gone = set(self.group.round.members) - set(rnd.members) - leaving
+            self.group.reassign(rnd, peers_lost=bool(gone))
             log.info("node %s: handed generation %d to the running training processes "
                      "(in place)", self.config.node_id, rnd.generation)
         return None

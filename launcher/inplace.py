@@ -57,6 +57,9 @@ class Assignment:
     master_addr: str
     master_port: int
     previous_world_size: int
+    # A member of the previous round is gone (dead, not leaving): a collective of the previous
+    # round that has not completed never will, so the process aborts it instead of waiting.
+    peers_lost: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -68,7 +71,7 @@ class Assignment:
             data = json.loads(text)
             return cls(int(data["generation"]), int(data["rank"]), int(data["world_size"]),
                        str(data["master_addr"]), int(data["master_port"]),
-                       int(data["previous_world_size"]))
+                       int(data["previous_world_size"]), bool(data.get("peers_lost", False)))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"not an assignment: {text[:200]!r}") from exc
 

@@ -154,14 +154,14 @@ class WorkerGroup:
         return not any(self.heartbeat_file(i).exists() and self.heartbeat_file(i).stat().st_size
                        for i in range(self.nproc))
 
-    def reassign(self, rnd: Round) -> None:
+    def reassign(self, rnd: Round, peers_lost: bool) -> None:
         """Hand the running processes their place in ``rnd`` (in-place resize)."""
         previous = self.world_size
         self.round = rnd
         for local_rank in range(self.nproc):
             inplace.write_assignment(self.assignment_file(local_rank), inplace.Assignment(
                 rnd.generation, self.global_rank(local_rank), self.world_size,
-                rnd.master_addr, rnd.master_port, previous))
+                rnd.master_addr, rnd.master_port, previous, peers_lost))
 
     def env_for(self, local_rank: int) -> dict[str, str]:
         env = dict(os.environ)

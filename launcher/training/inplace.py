@@ -84,9 +84,6 @@ from launcher.training.stop import StopRequest
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# How long a collective may wait after the agent handed out a newer round before it is
-# declared dead (a join never makes a healthy collective wait that long).
-DEAD_GRACE = 0.5
 
 
 class InPlaceSession:
@@ -241,11 +238,9 @@ class InPlaceSession:
         flat[-2] = 1.0 if self._newer_assignment() is not None else 0.0
         flat[-1] = 1.0 if self._stop.requested else 0.0
         if self.world_size > 1:
-            started = time.monotonic()
-
             def dead() -> bool:
-                return (time.monotonic() - started > DEAD_GRACE
-                        and self._newer_assignment() is not None)
+                newer = self._newer_assignment()
+                return newer is not None and newer.peers_lost
             try:
                 self.comm.all_reduce(flat, dead)
             except CollectiveAborted as exc:
@@ -392,14 +387,13 @@ class InPlaceSession:
         if self.rank == source:
             server = peer_state.StateServer(self.local_addr, self.secret,
                                             self.assignment.generation,
-                                            peer_state.serialize(self.state()))
+                                            peer_state.Payload(self.state()))
             self.comm.store.set(key, server.address)
             if any(steps[r] >= 0 for r in behind):
                 self._relog_healed_step()
         if self.rank in behind:
             address = self.comm.store.get(key).decode()
-            payload = peer_state.fetch(address, self.secret, self.assignment.generation)
-            self.load(peer_state.deserialize(payload))
+            self.load(peer_state.fetch(address, self.secret, self.assignment.generation))
         self.comm.all_reduce(torch.zeros(1, device=self.comm.device), lambda: False)
         if server is not None:
             server.close()

@@ -40,20 +40,25 @@ def test_secret_file_is_private_and_bound_to_the_job(tmp_path: Path) -> None:
 
 def test_peer_state_is_served_to_the_secret_holder_bit_identical() -> None:
     key = secrets.token_bytes(32)
-    state = {"w": torch.randn(300, 7), "step": 12, "nested": {"b": torch.arange(5)}}
-    server = peer_state.StateServer("127.0.0.1", key, 7, peer_state.serialize(state))
+    state = {"w": torch.randn(300, 7), "step": 12, "nested": {1: torch.arange(5)},
+             "mixed": [torch.ones(3, dtype=torch.bfloat16), (0.5, None), torch.empty(0)],
+             "strided": torch.randn(6, 4).t()}
+    server = peer_state.StateServer("127.0.0.1", key, 7, peer_state.Payload(state))
     try:
-        back = peer_state.deserialize(peer_state.fetch(server.address, key, 7))
+        back = peer_state.fetch(server.address, key, 7)
     finally:
         server.close()
     assert torch.equal(back["w"], state["w"]) and back["step"] == 12
-    assert torch.equal(back["nested"]["b"], state["nested"]["b"])
+    assert torch.equal(back["nested"][1], state["nested"][1])
+    assert torch.equal(back["mixed"][0], state["mixed"][0]) and back["mixed"][1] == (0.5, None)
+    assert back["mixed"][0].dtype == torch.bfloat16 and back["mixed"][2].numel() == 0
+    assert torch.equal(back["strided"], state["strided"])
 
 
 @pytest.mark.parametrize("who", ["wrong secret", "other generation", "no secret"])
 def test_peer_state_refuses_a_process_without_the_secret(who: str) -> None:
     key = secrets.token_bytes(32)
-    server = peer_state.StateServer("127.0.0.1", key, 7, b"the model")
+    server = peer_state.StateServer("127.0.0.1", key, 7, peer_state.Payload({"w": torch.ones(2)}))
     try:
         if who == "no secret":
             # Network access only: connect, read the nonce, answer anything.
