@@ -26,6 +26,9 @@ and "I am leaving (SIGTERM)". Consequences:
   shares for every old rank, idempotently). When nobody completed it, everyone is at the
   previous step and the step is redone at the new size. ``optimizer.step()`` returns False for
   a discarded step, and a scheduler given to ``wrap`` does not advance on it.
+- What a step decides (a checkpoint, a leave, a regroup, the state served to a joiner) is
+  carried out at the next boundary, when the script has finished the step (its scheduler
+  stepped), so every rank and every copy of the state is at the same point of the loop.
 - A joiner's state comes from the source's memory over ``peer_state`` (authenticated by the
   job's secret), never from disk; only a fresh start (nobody holds state) reads the newest
   checkpoint. Checkpoints are still written every ``ELASTIC_CHECKPOINT_INTERVAL`` steps by rank
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sized
@@ -347,7 +351,9 @@ class InPlaceSession:
         self.assignment = assignment
         self._assignment_mtime = self._mtime()
         world, rank = assignment.world_size, assignment.rank
-        if not self.ctx.standalone:
+        if self.ctx.standalone:  # a group of one, so the script's dist calls still work
+            self.comm.init(0, 1, "127.0.0.1", _free_port())
+        else:
             self._set_status(ready=assignment.generation)
             self.comm.init(rank, world, assignment.master_addr, assignment.master_port)
         self.plan = BatchPlan.create("fixedPerWorker", world_size=world,
@@ -586,6 +592,12 @@ class ElasticOptimizer:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._optimizer, name)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def init(backend: str | None = None, *, collective_timeout: float = 60.0,

@@ -195,3 +195,29 @@ def test_audit_keeps_a_healed_step_with_every_share() -> None:
     ]
     assert audit.check_exactly_once(records, dataset_size=6, epochs=1).ok
     assert audit.redone_steps(records) == []
+
+
+def test_the_elastic_example_is_a_small_diff_of_the_plain_one() -> None:
+    import difflib
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    plain = (examples / "train_ddp.py").read_text().splitlines()
+    elastic = (examples / "train_ddp_elastic.py").read_text().splitlines()
+    changed = [line for line in difflib.unified_diff(plain, elastic, lineterm="", n=0)
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert len(changed) < 15, changed
+
+
+@pytest.mark.slow
+def test_the_elastic_example_runs_alone_without_the_launcher(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "train_ddp_elastic.py"), "--epochs", "1",
+         "--dataset-size", "64"], env={**env, "PYTHONPATH": str(root)}, capture_output=True,
+        text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"event":"done","step":4' in done.stdout
