@@ -364,8 +364,12 @@ class InPlaceSession:
         source, behind = steps.index(top), [r for r, s in enumerate(steps) if s != top]
         if top < 0:
             self._fresh_start()
-        elif behind:
-            self._transfer(source, behind, steps)
+        else:
+            healed = any(0 <= steps[r] < top for r in behind)
+            if rank == source and (healed or assignment.peers_lost):
+                self._relog_last_step()
+            if behind:
+                self._transfer(source, behind, steps)
         self._retarget()
         rng.reseed(self.seed, self.global_step, rank)
         if self.index_log is not None:
@@ -395,8 +399,6 @@ class InPlaceSession:
                                             self.assignment.generation,
                                             peer_state.Payload(self.state()))
             self.comm.store.set(key, server.address)
-            if any(steps[r] >= 0 for r in behind):
-                self._relog_healed_step()
         if self.rank in behind:
             address = self.comm.store.get(key).decode()
             self.load(peer_state.fetch(address, self.secret, self.assignment.generation))
@@ -404,9 +406,10 @@ class InPlaceSession:
         if server is not None:
             server.close()
 
-    def _relog_healed_step(self) -> None:
-        """Some survivor missed the last step another committed: it is in the lineage, with
-        every old rank's share (the dead one may not have logged its own)."""
+    def _relog_last_step(self) -> None:
+        """After a lost peer, the last committed step is in the lineage with every old rank's
+        share, but the dead rank (or a survivor that missed the step) may not have logged its
+        own: log them all again (the audit counts a (generation, step, rank) once)."""
         if self.index_log is None or self._last_step is None:
             return
         generation, step, plan = self._last_step
