@@ -363,7 +363,8 @@ class Agent:
             if self.pool is not None:
                 self.pool.maintain()
             # In-place processes talk through files, not etcd: look at them often.
-            interval = min(self.config.monitor_interval, 0.02) if self.config.inplace \
+            interval = min(self.config.monitor_interval, 0.02) \
+                if self.config.inplace and self.group.inplace_capable() \
                 else self.config.monitor_interval
             version = self.session.wait_change(version, interval)
 
