@@ -22,6 +22,7 @@ between seconds and a fraction of one (measured: see docs/decisions.md).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hmac
 import io
@@ -161,7 +162,6 @@ class StateServer:
         self.payload = payload
         self.refused = 0
         self._sock = socket.create_server((host, 0))
-        self._sock.settimeout(0.2)
         self.address = f"{host}:{self._sock.getsockname()[1]}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="peer-state", daemon=True)
@@ -171,10 +171,8 @@ class StateServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
             except OSError:
-                return
+                return  # closed
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
@@ -196,7 +194,10 @@ class StateServer:
                 log.info("peer-state server: client went away: %r", exc)
 
     def close(self) -> None:
+        """Stop at once: ``shutdown`` wakes the blocked ``accept`` (a plain close does not)."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         self._thread.join(timeout=2)
 
