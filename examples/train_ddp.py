@@ -1,14 +1,14 @@
-"""Plain DDP training, written for ``torchrun``: the script a researcher has before going elastic.
-
-The same task and model as ``examples/train_elastic.py`` (a small MLP on a synthetic, seeded
-regression data set), with nothing elastic in it::
+"""DDP training of a small MLP on a synthetic, seeded regression data set (the task of
+``examples/train_elastic.py``), in two files that differ by the diff in
+``launcher/training/README.md``: ``train_ddp.py`` is plain DDP for ``torchrun``, the baseline of
+``bench/rescale.py``; ``train_ddp_elastic.py`` is the same script on ``launcher.training.init``,
+which resizes in place under the launcher (and still runs as a single process)::
 
     torchrun --standalone --nproc-per-node=2 examples/train_ddp.py --epochs 2
+    python -m launcher --nnodes=1:4 ... examples/train_ddp_elastic.py --epochs 2
 
 Rank 0 prints one JSON line per step, ``{"event": "step", "step": 12, "epoch": 0,
-"world_size": 2, "loss": 0.41, "lr": 0.05}``, and ``done`` at the end. It is the baseline of
-``bench/rescale.py`` (the time of a step without any elastic machinery), and
-``launcher/training/README.md`` shows the diff that makes it elastic.
+"world_size": 2, "loss": 0.41, "lr": 0.05}``, and ``done`` at the end.
 """
 
 from __future__ import annotations

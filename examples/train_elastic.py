@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-indices", default=None, help="append per-rank index records here")
     p.add_argument("--step-time", type=float, default=0.0,
                    help="minimum seconds per step, to emulate a bigger model")
+    p.add_argument("--state-mb", type=int, default=0,
+                   help="carry an extra N MB buffer in the model state (large-state resizes)")
     p.add_argument("--standalone", action="store_true",
                    help="allow running without the launcher as a single process")
     return p.parse_args(argv)
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                                 timeout=timedelta(seconds=120))
     x, y = make_dataset(args.dataset_size, args.seed)
     net = make_model(args.seed)
+    if args.state_mb:
+        net.register_buffer("ballast", torch.zeros(args.state_mb << 18))  # 4 bytes each
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
     plan = BatchPlan.create(ctx.batching, world_size=ctx.world_size, micro_batch=args.batch_size,
@@ -121,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_interval=interval, seed=args.seed,
         index_log=IndexLog(args.log_indices) if args.log_indices else None)
     resumed = session.resume()
-    model = DistributedDataParallel(net) if ctx.world_size > 1 else net
+    # A ballast buffer is state, not something the forward pass needs in sync.
+    model = DistributedDataParallel(net, broadcast_buffers=not args.state_mb) \
+        if ctx.world_size > 1 else net
     if ctx.is_main:
         emit("start", generation=ctx.generation, world_size=ctx.world_size, resumed_step=resumed,
              epoch=session.epoch, consumed=session.sampler.consumed,

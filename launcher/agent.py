@@ -26,6 +26,16 @@ rendezvous (a peer lost, a member re-forming, a newcomer while below max). Then:
   origin counts a restart against ``max_restarts`` and writes a ProcessCrashed/ProcessHung
   report; past the budget it writes MaxRestartsExceeded and exits 1.
 
+In-place resize (issue 15, ``launcher.inplace``): when every local training process announced
+that it can resize in place, a re-formation does not stop them. The agent joins the next round
+while they keep training, marks itself ready in it, and once every member of the round is ready
+(a joiner is ready when its process has set up its model) writes each process its assignment;
+the processes switch after an agreed step. A process that lost a peer mid-step says so in its
+status file; the agent reports the loss in etcd and re-forms at once (the round closes without
+the members that do not follow, before the dead one's lease expires). Otherwise -- a script
+without the helpers, a backend that cannot abort, ``ELASTIC_INPLACE=0``, a crash or a hang --
+the restart path below is taken, and the log line says which path and why.
+
 Training processes come from a ``WarmPool`` (torch already imported) when one is ready, which
 takes the interpreter start off every restart; SIGTERM to the agent (pod deletion) stops the
 workers, revokes the lease (peers re-form at once) and exits 0 with a Shutdown note in the
@@ -37,6 +47,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -47,7 +58,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from launcher import contract
+from etcd3 import transactions as tx
+
+from launcher import contract, inplace
 from launcher.etcd_client import PLAIN, EtcdAuthError, EtcdSecurity
 from launcher.etcd_rendezvous import (
     DEFAULT_JOIN_TIMEOUT,
@@ -98,11 +111,12 @@ class AgentConfig:
     run_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     security: EtcdSecurity = PLAIN  # TLS and the job's etcd user (launcher.cli)
+    inplace: bool = True  # ELASTIC_INPLACE=0: always the restart path
 
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # "succeeded" | "reform" | "failed"
+    kind: str  # "succeeded" | "reform" | "failed" | "closed" (finished without us)
     reason: str = ""
     status: GroupStatus | None = None
 
@@ -121,6 +135,8 @@ class Agent:
         self._owns_run_dir = config.run_dir is None
         self.run_dir = config.run_dir or Path(tempfile.mkdtemp(prefix="elastic-agent-"))
         self._shutting_down = False
+        self._lost_reported = -1
+        self._marked = -1  # newest generation this node marked ready in etcd
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -144,9 +160,13 @@ class Agent:
                 self.session, cfg.rdzv_id, cfg.node_id, cfg.min_nodes, cfg.max_nodes,
                 cfg.local_addr, settle=cfg.settle, reform_timeout=cfg.reform_timeout,
             )
+            self._write_peer_secret()
             return self._loop()
         except ShutdownRequested:
-            log.info("node %s: shutdown requested; stopping workers", cfg.node_id)
+            log.info("node %s: shutdown requested; leaving and stopping workers", cfg.node_id)
+            if self.rdzv is not None:
+                # Peers re-form without this node now, while its processes finish their step.
+                self._retry(self.rdzv.announce_leaving, timeout=2.0)
             self._stop_group()
             self.reporter.report("Shutdown", "agent received SIGTERM (pod deleted or scaled down)",
                                  generation=self.rdzv.last_generation if self.rdzv else None)
@@ -177,6 +197,26 @@ class Agent:
         self._shutting_down = True
         raise ShutdownRequested(signal.Signals(signum).name)
 
+    def _write_peer_secret(self) -> None:
+        """The key joiners prove to a peer serving its state (see ``launcher.inplace``)."""
+        assert self.session is not None
+        password = self.config.security.password
+        if password is not None:
+            material = password.encode()
+        else:
+            key = f"{contract.etcd_prefix(self.config.rdzv_id)}peer-secret"
+            self._retry(lambda: self.session.transaction(  # type: ignore[union-attr]
+                [tx.Version(key) == 0], [tx.Put(key, secrets.token_hex(32).encode())]))
+            raw = self._retry(lambda: self.session.get(key))  # type: ignore[union-attr]
+            if raw is None:
+                raise EtcdUnavailableError("could not read the job's peer-state secret")
+            material = raw
+        path = self.run_dir / "peer-secret"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        inplace.write_secret(path, inplace.derive_secret(material, self.config.rdzv_id))
+        self.config.extra_env.setdefault(inplace.PEER_SECRET_FILE, str(path))
+        self.config.extra_env.setdefault(inplace.LOCAL_ADDR, self.config.local_addr)
+
     def _stop_group(self, grace: float | None = None) -> None:
         if self.group is not None:
             self.group.stop(self.config.stop_timeout if grace is None else grace)
@@ -202,18 +242,30 @@ class Agent:
                 return 1
             log.info("node %s: joined generation %d as group rank %d of %d", cfg.node_id,
                      rnd.generation, rnd.rank, rnd.world_size)
-            extra = dict(cfg.extra_env)
-            extra.update({
-                "TORCHELASTIC_RUN_ID": cfg.rdzv_id,
-                "TORCHELASTIC_RESTART_COUNT": str(self.restarts),
-                "TORCHELASTIC_MAX_RESTARTS": str(cfg.max_restarts),
-            })
-            self.group = WorkerGroup(
-                cfg.cmd, cfg.nproc_per_node, rnd, self.run_dir, cfg.hang_timeout,
-                previous_world_size=previous_world, extra_env=extra, pool=self.pool,
-            ).start()
-            previous_world = self.group.world_size
+            if self.group is not None:  # in place: the processes go on; hand over when ready
+                self._retry(functools.partial(self.rdzv.mark_ready, rnd.generation))
+                self._marked = rnd.generation
+            else:
+                extra = dict(cfg.extra_env)
+                extra.update({
+                    "TORCHELASTIC_RUN_ID": cfg.rdzv_id,
+                    "TORCHELASTIC_RESTART_COUNT": str(self.restarts),
+                    "TORCHELASTIC_MAX_RESTARTS": str(cfg.max_restarts),
+                })
+                self.group = WorkerGroup(
+                    cfg.cmd, cfg.nproc_per_node, rnd, self.run_dir, cfg.hang_timeout,
+                    previous_world_size=previous_world, extra_env=extra, pool=self.pool,
+                ).start()
+            previous_world = rnd.world_size * cfg.nproc_per_node
             outcome = self._monitor(rnd)
+            if outcome.kind == "closed":
+                self._stop_group(grace=0.0)
+                record = self._retry(self.rdzv.completion)
+                if record is not None:
+                    self.reporter.write_termination_log(record)
+                log.info("node %s: the job finished before this node's processes joined it",
+                         cfg.node_id)
+                return 0
             if outcome.kind == "succeeded":
                 self.group = None
                 record = self._retry(functools.partial(self.rdzv.complete, rnd))
@@ -229,6 +281,14 @@ class Agent:
             # A hung process cannot take the SIGTERM path (it would have to reach a step
             # boundary): the grace would only add to the stall of every survivor.
             hung = outcome.status is not None and outcome.status.reason == "ProcessHung"
+            if outcome.kind == "reform":
+                why_not = self._why_not_inplace()
+                if why_not is None:
+                    log.info("node %s: resize path in-place for generation %d: %s",
+                             cfg.node_id, rnd.generation, outcome.reason)
+                    continue
+                log.info("node %s: resize path restart for generation %d (%s)", cfg.node_id,
+                         rnd.generation, why_not)
             self._stop_group(grace=0.0 if hung else None)
             if outcome.kind == "reform":
                 log.info("node %s: re-forming generation %d: %s", cfg.node_id,
@@ -240,10 +300,54 @@ class Agent:
             if self._handle_failure(rnd, outcome.status):
                 return 1
 
+    def _why_not_inplace(self) -> str | None:
+        """None when the running processes can take ``rnd``'s successor in place."""
+        if not self.config.inplace:
+            return f"{inplace.INPLACE}=0"
+        if self.group is None or not self.group.inplace_capable():
+            return ("the training processes did not announce in-place resize (a script "
+                    "without launcher.training.init, or a backend that cannot abort)")
+        return None
+
+    def _inplace_tick(self, rnd: Round) -> str | None:
+        """Hand ``rnd`` to in-place processes once every member is ready; a reason to
+        re-form when a local process lost a peer."""
+        assert self.group is not None and self.rdzv is not None
+        if not self.config.inplace:
+            return None
+        assigned = self.group.round.generation
+        lost = self.group.lost_peer()
+        if lost >= assigned and lost > self._lost_reported:
+            self._lost_reported = lost
+            self._retry(lambda: self.rdzv.report_lost(rnd.generation))  # type: ignore[union-attr]
+            return f"peer lost mid-step in generation {lost} (reported by a training process)"
+        # A peer's processes lost someone in the round ours run in: ours are (or will be) stuck
+        # in the same collective; say so too, so the round closes without the dead member now.
+        reporters = [n for g, n in self.rdzv.snapshot().lost
+                     if g in (assigned, rnd.generation) and n != self.config.node_id]
+        if reporters and self._lost_reported < assigned:
+            self._lost_reported = assigned
+            self._retry(lambda: self.rdzv.report_lost(rnd.generation))  # type: ignore[union-attr]
+            return f"peer lost mid-step in generation {assigned} (reported by {reporters[0]})"
+        if self._marked < rnd.generation and self.group.ready_for(rnd.generation):
+            self._retry(lambda: self.rdzv.mark_ready(rnd.generation))  # type: ignore[union-attr]
+            self._marked = rnd.generation
+        snap = self.rdzv.snapshot()
+        if assigned < rnd.generation and snap.all_ready(rnd):
+            leaving = {n for n, p in snap.participants.items() if p.leaving}
+            gone = set(self.group.round.members) - set(rnd.members) - leaving
+            self.group.reassign(rnd, peers_lost=bool(gone))
+            log.info("node %s: handed generation %d to the running training processes "
+                     "(in place)", self.config.node_id, rnd.generation)
+        return None
+
     def _monitor(self, rnd: Round) -> Outcome:
         assert self.group is not None and self.rdzv is not None and self.session is not None
         version = -1
         while True:
+            lost = self._inplace_tick(rnd)
+            if lost is not None:
+                return Outcome("reform", lost)
             status = self.group.poll()
             if status.state is GroupState.FAILED:
                 return Outcome("failed", status.message, status)
@@ -254,9 +358,15 @@ class Agent:
             reason = self.rdzv.reform_reason(rnd)
             if reason is not None:
                 return Outcome("reform", reason)
+            if self.group.waiting_to_join() and self.rdzv.snapshot().closed:
+                return Outcome("closed")
             if self.pool is not None:
                 self.pool.maintain()
-            version = self.session.wait_change(version, self.config.monitor_interval)
+            # In-place processes talk through files, not etcd: look at them often.
+            interval = min(self.config.monitor_interval, 0.02) \
+                if self.config.inplace and self.group.inplace_capable() \
+                else self.config.monitor_interval
+            version = self.session.wait_change(version, interval)
 
     def _handle_failure(self, rnd: Round, status: GroupStatus) -> bool:
         """Attribute and report a local failure; True when the agent must exit (budget spent)."""

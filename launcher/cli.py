@@ -119,6 +119,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="address peers reach this node at (default: hostname)")
     p.add_argument("--no-prewarm", dest="prewarm", action="store_false",
                    help="do not keep training processes with torch imported ready for restarts")
+    p.add_argument("--no-inplace", dest="inplace", action="store_false",
+                   default=os.environ.get("ELASTIC_INPLACE", "1") != "0",
+                   help="always restart training processes on a resize, even those that can "
+                        "resize in place (env ELASTIC_INPLACE=0)")
     p.add_argument("-m", "--module", action="store_true",
                    help="run the entrypoint as a module (python -m)")
     p.add_argument("--no-python", "--no_python", dest="no_python", action="store_true",
@@ -194,6 +198,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> A
             join_timeout=float(conf.get("join_timeout", DEFAULT_JOIN_TIMEOUT)),
             prewarm=ns.prewarm and not ns.no_python,
             security=security,
+            inplace=ns.inplace,
         )
     except ValueError as exc:
         raise ConfigError(f"--rdzv-conf={ns.rdzv_conf!r}: {exc}") from exc

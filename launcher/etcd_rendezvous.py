@@ -12,6 +12,15 @@ Protocol. All keys live under ``contract.etcd_prefix(run_id)`` = ``P``:
   is a free port on the node, used as MASTER_ADDR:MASTER_PORT when the node gets rank 0.
   ``after = g`` means "I want to be in a round whose generation is greater than g". The key
   vanishes when the agent dies (lease expiry), which is how peers learn of a lost node.
+  ``"leaving": true`` (a pod being deleted): the node is never a candidate again, and its
+  round re-forms without it at once, while its training processes finish their step.
+- ``P/ready/<g>/<node_id>`` (lease-bound): the node's training processes can join round ``g``
+  now. A member that resizes in place hands a round to its processes only once every member
+  is ready, so survivors never wait for a joiner's interpreter start.
+- ``P/lost/<g>/<node_id>`` (lease-bound): the node's training processes lost a peer mid-step
+  in round ``g`` (a collective failed). When every waiting member of ``g`` says so, the round
+  closes without the members that did not follow after ``LOST_QUIET`` seconds: a SIGKILLed
+  node is left out before its lease expires.
 - ``P/round`` -- the current round: ``{"generation", "members", "master_addr", "master_port"}``;
   a member's rank is its index in ``members``. Only ever replaced by a transaction that compares
   the key's mod revision with the one the writer read (compare-and-swap), and that checks every
@@ -70,6 +79,7 @@ DEFAULT_LEASE_TTL = 2
 DEFAULT_SETTLE = 1.0
 DEFAULT_REFORM_TIMEOUT = 30.0
 DEFAULT_JOIN_TIMEOUT = 600.0
+LOST_QUIET = 0.25
 
 
 def free_port(addr: str = "") -> int:
@@ -86,6 +96,7 @@ class Participant:
     port: int
     after: int
     create_revision: int
+    leaving: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,13 +127,20 @@ class Snapshot:
     round_revision: int
     completion: contract.Completion | None
     faults: dict[str, float] = field(default_factory=dict)
+    ready: frozenset[tuple[int, str]] = frozenset()
+    lost: frozenset[tuple[int, str]] = frozenset()
+    # Members the current round left out after a reported loss; not candidates again until
+    # they re-announce (their key may outlive them by a lease TTL).
+    excluded: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, prefix: str, cache: dict[str, Entry]) -> Snapshot:
         participants: dict[str, Participant] = {}
         faults: dict[str, float] = {}
+        marks: dict[str, set[tuple[int, str]]] = {"ready": set(), "lost": set()}
         current: Round | None = None
         revision = 0
+        excluded: frozenset[str] = frozenset()
         completion: contract.Completion | None = None
         for key, entry in cache.items():
             rel = key[len(prefix):]
@@ -132,20 +150,25 @@ class Snapshot:
                     node = rel[len("nodes/"):]
                     participants[node] = Participant(
                         node, data["addr"], int(data["port"]), int(data["after"]),
-                        entry.create_revision,
+                        entry.create_revision, bool(data.get("leaving", False)),
                     )
                 elif rel == "round":
                     data = json.loads(entry.value)
                     current = Round(int(data["generation"]), tuple(data["members"]),
                                     data["master_addr"], int(data["master_port"]), "")
                     revision = entry.mod_revision
+                    excluded = frozenset(data.get("excluded", ()))
                 elif rel == "closed":
                     completion = contract.Completion.from_json(entry.value)
                 elif rel.startswith("faults/"):
                     faults[rel[len("faults/"):]] = float(json.loads(entry.value)["t"])
+                elif rel.startswith(("ready/", "lost/")):
+                    kind, gen, node = rel.split("/", 2)
+                    marks[kind].add((int(gen), node))
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring malformed rendezvous key %s: %r", key, exc)
-        return cls(participants, current, revision, completion, faults)
+        return cls(participants, current, revision, completion, faults,
+                   frozenset(marks["ready"]), frozenset(marks["lost"]), excluded)
 
     @property
     def generation(self) -> int:
@@ -165,7 +188,9 @@ class Snapshot:
         """Waiting participants in candidate order: old members by old rank, then arrivals."""
         members = self.round.members if self.round else ()
         order = {node: i for i, node in enumerate(members)}
-        waiting = [p for p in self.participants.values() if not self.is_active(p.node_id)]
+        waiting = [p for p in self.participants.values()
+                   if not self.is_active(p.node_id) and not p.leaving
+                   and not (p.node_id in self.excluded and p.after < self.generation)]
         return sorted(waiting, key=lambda p: (order.get(p.node_id, len(order)),
                                               p.create_revision, p.node_id))
 
@@ -175,7 +200,23 @@ class Snapshot:
         return [m for m in self.round.members if m not in self.participants]
 
     def active_members(self) -> list[str]:
-        return [m for m in (self.round.members if self.round else ()) if self.is_active(m)]
+        return [m for m in (self.round.members if self.round else ()) if self.is_active(m)
+                and not self.participants[m].leaving]
+
+    def leaving_members(self) -> list[str]:
+        return [m for m in (self.round.members if self.round else ())
+                if m in self.participants and self.participants[m].leaving]
+
+    def all_ready(self, rnd: Round) -> bool:
+        """Every member of ``rnd`` said its training processes can join it."""
+        return all((rnd.generation, m) in self.ready for m in rnd.members)
+
+    def lost_reported_by_all(self, candidates: list[Participant]) -> bool:
+        """Every waiting member of the current round reported a lost peer in it."""
+        if self.round is None:
+            return False
+        old = [p.node_id for p in candidates if p.node_id in self.round.members]
+        return bool(old) and all((self.round.generation, n) in self.lost for n in old)
 
 
 class EtcdRendezvous:
@@ -225,6 +266,22 @@ class EtcdRendezvous:
         return Snapshot.parse(self.prefix, cache)
 
     # -- joining -----------------------------------------------------------------------------
+
+    def announce_leaving(self) -> None:
+        """This node is going away (pod deletion): peers re-form without it at once."""
+        value = {"addr": self.local_addr, "port": 0, "after": self.last_generation,
+                 "leaving": True}
+        self.session.put_owned(self.node_key, json.dumps(value).encode())
+
+    def mark_ready(self, generation: int) -> None:
+        """This node's training processes can join round ``generation`` now."""
+        self.session.put(f"{self.prefix}ready/{generation}/{self.node_id}", b"1",
+                         with_lease=True)
+
+    def report_lost(self, generation: int) -> None:
+        """This node's training processes lost a peer mid-step in round ``generation``."""
+        self.session.put(f"{self.prefix}lost/{generation}/{self.node_id}", b"1",
+                         with_lease=True)
 
     def announce_waiting(self, after: int | None = None) -> None:
         """Publish "I want a round newer than ``after``" (default: the last one I ran in)."""
@@ -292,8 +349,12 @@ class EtcdRendezvous:
         if len(candidates) < self.min_nodes:
             return 1.0
         stragglers = snap.active_members()
-        if stragglers and quiet_for < self.reform_timeout:
-            return self.reform_timeout - quiet_for
+        # A member that did not follow a reported loss is the lost one (or as good as lost):
+        # its lease would tell the same, seconds later.
+        lost = snap.lost_reported_by_all(candidates)
+        patience = LOST_QUIET if lost else self.reform_timeout
+        if stragglers and quiet_for < patience:
+            return patience - quiet_for
         if len(candidates) < self.max_nodes and snap.round is None and quiet_for < self.settle:
             return self.settle - quiet_for
         master = candidates[0]
@@ -302,6 +363,7 @@ class EtcdRendezvous:
             "members": [p.node_id for p in candidates],
             "master_addr": master.addr,
             "master_port": master.port,
+            "excluded": stragglers if lost else [],
         }
         compare = [tx.Mod(self.round_key) == snap.round_revision]
         compare += [tx.Version(f"{self.prefix}nodes/{p.node_id}") > 0 for p in candidates]
@@ -334,6 +396,9 @@ class EtcdRendezvous:
         dead = snap.dead_members()
         if dead:
             return f"peer lost: {', '.join(dead)} (lease expired)"
+        departing = snap.leaving_members()
+        if departing:
+            return f"member {', '.join(departing)} is leaving"
         leaving = [m for m in current.members if not snap.is_active(m)]
         if leaving:
             return f"member {', '.join(leaving)} is re-forming"

@@ -16,7 +16,10 @@
 - hang detection: a process is hung when its heartbeat file (``ELASTIC_HEARTBEAT_FILE``, touched
   by the training helpers once per step) is older than ``hang_timeout``. The timer is armed by
   the first heartbeat: a script that never touches the file is never declared hung, and the
-  first step (compilation, data loading) is not timed at all.
+  first step (compilation, data loading) is not timed at all;
+- in-place resize (``launcher.inplace``): a process that announces the capability in its
+  status file keeps running across rounds; ``reassign`` hands it the next round through its
+  assignment file. Its files keep the names of the round it was started in.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from launcher import inplace
 from launcher.contract import WorkerEnv, WorkerOutcome, read_outcome
 from launcher.etcd_rendezvous import Round
 from launcher.parent_death import die_with_parent
@@ -93,6 +97,7 @@ class WorkerGroup:
         self.previous_world_size = previous_world_size
         self.extra_env = dict(extra_env or {})
         self.pool = pool
+        self.start_generation = rnd.generation
         self.procs: list[subprocess.Popen[bytes]] = []
         self.exit_times: dict[int, float] = {}
         self._exit_lock = threading.Lock()
@@ -104,11 +109,50 @@ class WorkerGroup:
     def global_rank(self, local_rank: int) -> int:
         return self.round.rank * self.nproc + local_rank
 
+    def _file(self, kind: str, local_rank: int) -> Path:
+        return self.run_dir / f"{kind}-{self.start_generation}-{local_rank}"
+
     def heartbeat_file(self, local_rank: int) -> Path:
-        return self.run_dir / f"heartbeat-{self.round.generation}-{local_rank}"
+        return self._file("heartbeat", local_rank)
 
     def outcome_file(self, local_rank: int) -> Path:
-        return self.run_dir / f"outcome-{self.round.generation}-{local_rank}"
+        return self._file("outcome", local_rank)
+
+    def status_file(self, local_rank: int) -> Path:
+        return self._file("status", local_rank)
+
+    def assignment_file(self, local_rank: int) -> Path:
+        return self._file("assignment", local_rank)
+
+    def statuses(self) -> list[inplace.WorkerStatus | None]:
+        return [inplace.read_status(self.status_file(i)) for i in range(self.nproc)]
+
+    def inplace_capable(self) -> bool:
+        """Every process is alive and announced that it can resize in place."""
+        return bool(self.procs) and all(p.poll() is None for p in self.procs) and all(
+            s is not None and s.inplace for s in self.statuses())
+
+    def ready_for(self, generation: int) -> bool:
+        """Every process is set up and can join the group of ``generation``."""
+        return all(s is not None and s.ready >= generation for s in self.statuses())
+
+    def lost_peer(self) -> int:
+        """The newest generation in which a local process lost a peer mid-step (-1: none)."""
+        return max((s.lost for s in self.statuses() if s is not None), default=-1)
+
+    def waiting_to_join(self) -> bool:
+        """No process has finished a step yet (a joiner still waiting for its first round)."""
+        return not any(self.heartbeat_file(i).exists() and self.heartbeat_file(i).stat().st_size
+                       for i in range(self.nproc))
+
+    def reassign(self, rnd: Round, peers_lost: bool) -> None:
+        """Hand the running processes their place in ``rnd`` (in-place resize)."""
+        previous = self.world_size
+        self.round = rnd
+        for local_rank in range(self.nproc):
+            inplace.write_assignment(self.assignment_file(local_rank), inplace.Assignment(
+                rnd.generation, self.global_rank(local_rank), self.world_size,
+                rnd.master_addr, rnd.master_port, previous, peers_lost))
 
     def env_for(self, local_rank: int) -> dict[str, str]:
         env = dict(os.environ)
@@ -128,6 +172,8 @@ class WorkerGroup:
             WorkerEnv.PREVIOUS_WORLD_SIZE: str(self.previous_world_size),
             WorkerEnv.HEARTBEAT_FILE: str(self.heartbeat_file(local_rank)),
             WorkerEnv.OUTCOME_FILE: str(self.outcome_file(local_rank)),
+            inplace.STATUS_FILE: str(self.status_file(local_rank)),
+            inplace.ASSIGNMENT_FILE: str(self.assignment_file(local_rank)),
         })
         if self.nproc > 1:
             env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: avoid oversubscription
@@ -139,6 +185,8 @@ class WorkerGroup:
         for local_rank in range(self.nproc):
             self.heartbeat_file(local_rank).unlink(missing_ok=True)
             self.outcome_file(local_rank).unlink(missing_ok=True)
+            self.status_file(local_rank).unlink(missing_ok=True)
+            self.assignment_file(local_rank).unlink(missing_ok=True)
             env = self.env_for(local_rank)
             proc = self.pool.take() if self.pool is not None else None
             if proc is not None and self.pool is not None and self.pool.launch(proc, env, self.cmd):

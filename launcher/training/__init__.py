@@ -16,6 +16,9 @@ A script imports what it needs from here; each module has one purpose:
 - ``heartbeat``: ``Heartbeat`` - one cheap write per step for the agent's hang detection.
 - ``stop``: ``StopRequest`` - SIGTERM sets a flag; all ranks agree on the step to stop after.
 - ``session``: ``ElasticSession`` - the above wired into a step loop (resume, commit, save).
+- ``inplace``: ``init()`` - the short API: an ``InPlaceSession`` that owns the step boundary
+  of a plain DDP loop and resizes in place (survivors keep their processes, joiners get the
+  state from a peer's memory); see the README for the diff from a torchrun script.
 - ``audit``: ``IndexLog`` and ``check_exactly_once`` - verify exactly-once consumption on the
   committed lineage of the final model.
 
@@ -30,6 +33,7 @@ from launcher.training.audit import (
     committed_steps,
     committed_world_sizes,
     read_records,
+    redone_steps,
 )
 from launcher.training.batching import BatchPlan, MicroBatch
 from launcher.training.checkpoint import (
@@ -41,6 +45,7 @@ from launcher.training.checkpoint import (
 )
 from launcher.training.context import ElasticContext, LauncherEnvError
 from launcher.training.heartbeat import Heartbeat
+from launcher.training.inplace import InPlaceSession, init
 from launcher.training.lr import ElasticLR, lr_factor
 from launcher.training.sampler import ElasticSampler, Step
 from launcher.training.session import ElasticSession
@@ -56,6 +61,7 @@ __all__ = [
     "ElasticSession",
     "ExactlyOnceReport",
     "Heartbeat",
+    "InPlaceSession",
     "IndexLog",
     "LauncherEnvError",
     "MicroBatch",
@@ -65,9 +71,11 @@ __all__ = [
     "committed_indices",
     "committed_steps",
     "committed_world_sizes",
+    "init",
     "lr_factor",
     "read_records",
     "read_verified",
+    "redone_steps",
     "verify",
     "write_atomic",
 ]

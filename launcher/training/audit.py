@@ -12,7 +12,11 @@ several processes never interleave):
   ``g`` starts from the checkpoint after step ``s`` (0 for a fresh start);
 - ``{"event": "step", "generation": g, "step": s, "epoch": e, "rank": r, "indices": [...],
   "time": t}`` after the optimizer step ``s`` (numbered from 1), with the indices *this rank*
-  trained on and the wall-clock time it was committed (for goodput and stall measurements).
+  trained on and the wall-clock time it was committed (for goodput and stall measurements);
+- ``{"event": "discard", "generation": g, "step": s, "rank": r}`` when the in-place path
+  discarded step ``s`` on ``rank`` (a peer was lost mid-step): the step is redone in a later
+  generation, or it was committed by another rank and healed (then the serving rank logs every
+  old rank's share of it again: records of one (generation, step, rank) count once).
 
 Reconstruction requires what the launcher guarantees: every (re)start of the training processes
 is a new, larger rendezvous generation, and each generation resumes from the newest valid
@@ -51,6 +55,11 @@ class IndexLog:
         self._write({"event": "step", "generation": generation, "step": step, "epoch": epoch,
                      "rank": rank, "indices": indices, "time": round(time.time(), 4)})
 
+    def discard(self, *, generation: int, step: int, rank: int) -> None:
+        """Record that ``rank`` discarded optimizer step ``step`` (in-place resize)."""
+        self._write({"event": "discard", "generation": generation, "step": step, "rank": rank,
+                     "time": round(time.time(), 4)})
+
     def close(self) -> None:
         """Close the file."""
         os.close(self._fd)
@@ -64,7 +73,7 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("event") in ("restore", "step"):
+        if isinstance(record, dict) and record.get("event") in ("restore", "step", "discard"):
             records.append(record)
     return records
 
@@ -85,7 +94,7 @@ def committed_steps(records: Iterable[Mapping[str, Any]]) -> list[CommittedStep]
     Raises ``ValueError`` when the ranks of one generation disagree on their restore point.
     """
     restores: dict[int, int] = {}
-    steps: dict[int, dict[int, tuple[int, list[int]]]] = {}
+    steps: dict[int, dict[int, tuple[int, dict[int, list[int]]]]] = {}
     for record in records:
         generation = int(record["generation"])
         if record["event"] == "restore":
@@ -95,14 +104,17 @@ def committed_steps(records: Iterable[Mapping[str, Any]]) -> list[CommittedStep]
                                  f"{restores[generation]} and step {step}")
         elif record["event"] == "step":
             per_step = steps.setdefault(generation, {})
-            epoch, indices = per_step.setdefault(int(record["step"]), (int(record["epoch"]), []))
-            indices.extend(int(i) for i in record["indices"])
+            _, by_rank = per_step.setdefault(int(record["step"]), (int(record["epoch"]), {}))
+            # One record per (generation, step, rank) counts; a record without a rank is its own.
+            rank = int(record["rank"]) if "rank" in record else -1 - len(by_rank)
+            by_rank[rank] = [int(i) for i in record["indices"]]
     lineage: dict[int, CommittedStep] = {}
     for generation in sorted(set(restores) | set(steps)):
         restored = restores.get(generation)
         if restored is not None:
             lineage = {s: c for s, c in lineage.items() if s <= restored}
-        for step, (epoch, indices) in steps.get(generation, {}).items():
+        for step, (epoch, by_rank) in steps.get(generation, {}).items():
+            indices = [i for rank in sorted(by_rank) for i in by_rank[rank]]
             lineage[step] = CommittedStep(step, epoch, generation, indices)
     return [lineage[s] for s in sorted(lineage)]
 
@@ -123,6 +135,16 @@ def committed_world_sizes(records: Iterable[Mapping[str, Any]]) -> list[int]:
         if not sizes or sizes[-1] != size:
             sizes.append(size)
     return sizes
+
+
+def redone_steps(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(generation, step) of every step discarded mid-way and not committed in that generation
+    by any rank: steps the in-place path took again at the next world size."""
+    records = list(records)
+    committed = {(int(r["generation"]), int(r["step"])) for r in records if r["event"] == "step"}
+    discarded = {(int(r["generation"]), int(r["step"])) for r in records
+                 if r["event"] == "discard"}
+    return sorted(discarded - committed)
 
 
 def committed_indices(records: Iterable[Mapping[str, Any]]) -> dict[int, list[int]]:

@@ -184,3 +184,67 @@ def test_session_recovers_a_lost_lease_and_its_keys(etcd_server: EtcdServer) -> 
 def _lease_of(session: EtcdSession, key: str, old: int) -> str | None:
     entry = session.view()[1].get(key)
     return "renewed" if entry is not None and entry.lease not in (0, old) else None
+
+
+class TestInPlaceRules:
+    """Issue 15: leaving members, readiness, and the fast close after a reported loss."""
+
+    def test_a_leaving_member_is_no_candidate_and_no_straggler(self) -> None:
+        leaving = (f"{P}nodes/b", Entry(json.dumps({"addr": "h", "port": 1, "after": 0,
+                                                    "leaving": True}).encode(), 3, 3, 1))
+        s = snap(node("a", 1, 2), leaving, round_entry(1, ["a", "b"]))
+        assert s.leaving_members() == ["b"]
+        assert [p.node_id for p in s.waiting()] == ["a"]
+        assert s.active_members() == []
+        assert s.dead_members() == []
+
+    def test_readiness_is_per_generation_and_member(self) -> None:
+        s = snap(node("a", 1, 2), node("b", 1, 3), round_entry(2, ["a", "b"]),
+                 (f"{P}ready/2/a", Entry(b"1", 4, 4, 1)), (f"{P}ready/1/b", Entry(b"1", 5, 5, 1)))
+        rnd = Round(2, ("a", "b"), "h", 1, "a")
+        assert not s.all_ready(rnd)
+        s2 = snap(node("a", 1, 2), node("b", 1, 3), round_entry(2, ["a", "b"]),
+                  (f"{P}ready/2/a", Entry(b"1", 4, 4, 1)), (f"{P}ready/2/b", Entry(b"1", 5, 5, 1)))
+        assert s2.all_ready(rnd)
+
+    def test_loss_reported_by_every_waiting_member(self) -> None:
+        s = snap(node("a", 1, 2), node("b", 1, 3), node("c", 0, 4), round_entry(1, ["a", "b", "c"]),
+                 (f"{P}lost/1/a", Entry(b"1", 5, 5, 1)))
+        assert s.active_members() == ["c"]
+        assert not s.lost_reported_by_all(s.waiting())
+        s = snap(node("a", 1, 2), node("b", 1, 3), node("c", 0, 4), round_entry(1, ["a", "b", "c"]),
+                 (f"{P}lost/1/a", Entry(b"1", 5, 5, 1)), (f"{P}lost/1/b", Entry(b"1", 6, 6, 1)))
+        assert s.lost_reported_by_all(s.waiting())
+
+    def test_a_member_left_out_after_a_loss_waits_until_it_re_announces(self) -> None:
+        value = json.dumps({"generation": 2, "members": ["a", "b"], "master_addr": "h",
+                            "master_port": 1, "excluded": ["c"]}).encode()
+        stale = snap(node("a", 1, 2), node("b", 1, 3), node("c", 0, 4),
+                     (f"{P}round", Entry(value, 1, 50, 0)))
+        assert [p.node_id for p in stale.waiting()] == []
+        back = snap(node("a", 1, 2), node("b", 1, 3), node("c", 2, 60),
+                    (f"{P}round", Entry(value, 1, 50, 0)))
+        assert [p.node_id for p in back.waiting()] == ["c"]
+
+
+@pytest.mark.slow
+def test_a_reported_loss_closes_the_round_before_the_lease_expires(
+        etcd_server: EtcdServer) -> None:
+    rdzvs = [_rdzv(etcd_server, "lost", n, 1, 3) for n in ("a", "b", "c")]
+    a, b, c = rdzvs
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            first = list(pool.map(lambda r: r.next_round(60), rdzvs))
+        assert {r.world_size for r in first} == {3}
+        c.session._stop.set()  # c "hangs": its lease lives on for a while, it never follows
+        a.report_lost(first[0].generation)
+        b.report_lost(first[0].generation)
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            second = list(pool.map(lambda r: r.next_round(30), (a, b)))
+        assert {frozenset(r.members) for r in second} == {frozenset(("a", "b"))}
+        assert time.monotonic() - started < 1.9  # shorter than the 2 s lease TTL
+        assert "c" in a.snapshot().excluded
+    finally:
+        for r in rdzvs:
+            r.session.close(revoke=False)

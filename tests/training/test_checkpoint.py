@@ -64,13 +64,14 @@ def test_damaged_newer_file_is_skipped_never_loaded(tmp_path: Path, damage: str)
     assert found is not None and found[0].step == 1 and found[1]["step"] == 1
 
 
-def test_payload_crc_mode_when_torch_skips_record_crcs(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_payload_crc_mode_when_torch_skips_record_crcs(tmp_path: Path) -> None:
     from torch.utils.serialization import config
 
-    monkeypatch.setattr(config.save, "compute_crc32", False)
+    # torch's own patch, not monkeypatch: undoing a monkeypatch on a config module deletes
+    # the option, and every later torch.save in the process fails.
     path = tmp_path / "ckpt-000000000001.pt"
-    write_atomic(path, _state(1))
+    with config.patch({"save.compute_crc32": False}):
+        write_atomic(path, _state(1))
     assert read_verified(path)["step"] == 1
     data = path.read_bytes()
     path.write_bytes(data[:100] + bytes([data[100] ^ 0x10]) + data[101:])

@@ -1,0 +1,616 @@
+"""In-place resize: the training process survives joins, leaves and lost peers.
+
+``init()`` returns an ``InPlaceSession`` that owns the step boundary of a plain DDP-style loop
+(see ``launcher/training/README.md`` for the diff from a ``torchrun`` script). The agent does not
+restart a process that announced this capability; it hands it each newer round through the
+local channel of ``launcher.inplace``.
+
+One all-reduce per step carries the gradients *and* the agreement. Its buffer is this rank's
+gradients, weighted by its share of the step's samples (so the sum is the exact mean over the
+step, whatever the shares), followed by two counters: "I have an assignment for a newer round"
+and "I am leaving (SIGTERM)". Consequences:
+
+- Agreement costs nothing extra, and every rank that completes the all-reduce sees the same
+  counters, so all ranks switch to the new round after the same step.
+- The commit point is the all-reduce: a rank whose all-reduce completed holds every rank's
+  gradients and applies the optimizer step (``commit``). A peer lost mid-step makes the
+  collective fail (gloo: its sockets are reset; nccl: aborted, see ``communicator``); the rank
+  discards the step (no optimizer step, no sampler progress, an ``IndexLog`` ``discard``
+  record), tells its agent, and waits for the next round.
+- After a failure, survivors can disagree by one step (the all-reduce completed on some ranks
+  only). At every (re)formation the ranks exchange their committed step; the lowest rank with
+  the highest step is the source, every rank behind it (and every joiner: step -1) loads the
+  source's state. A rank that completed the all-reduce applied the same full gradient to the
+  same state, so any rank at the highest step holds *the* state of that step: the new world is
+  consistent, and the step is in the lineage exactly once (the source re-logs that step's index
+  shares for every old rank, idempotently). When nobody completed it, everyone is at the
+  previous step and the step is redone at the new size. ``optimizer.step()`` returns False for
+  a discarded step, and a scheduler given to ``wrap`` does not advance on it.
+- What a step decides (a checkpoint, a leave, a regroup, the state served to a joiner) is
+  carried out at the next boundary, when the script has finished the step (its scheduler
+  stepped), so every rank and every copy of the state is at the same point of the loop.
+- A joiner's state comes from the source's memory over ``peer_state`` (authenticated by the
+  job's secret), never from disk; only a fresh start (nobody holds state) reads the newest
+  checkpoint. Checkpoints are still written every ``ELASTIC_CHECKPOINT_INTERVAL`` steps by rank
+  0, and on an agreed stop of the whole world, for whole-job restarts.
+- LR and batching follow the same rules as the restart path: at every formation the
+  ``ElasticLR`` state of the boundary is loaded into an ``ElasticLR`` for the new world (a ramp
+  from the old factor), the ``BatchPlan`` is rebuilt and the sampler continues from
+  ``consumed``, so the remaining samples of the epoch are re-split over the new world.
+- A stop is not a completion: a rank that leaves (its pod is deleted) records ``STOPPED`` and
+  exits 0 after the agreed step; when every rank leaves, rank 0 writes a checkpoint first. Only
+  the end of ``epochs()`` records ``COMPLETED``.
+
+Limits: ``fixedPerWorker`` batching only (one loader batch per optimizer step; ``fixedGlobal``
+needs gradient accumulation: use ``ElasticSession``), a ``DataLoader`` with ``num_workers=0``
+(the sampler decides each step's samples when the previous step has committed), and the loss of
+a batch must be the *mean* over its samples (as in any DDP script).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sized
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from launcher import contract
+from launcher.contract import WorkerOutcome, write_outcome
+from launcher.inplace import (
+    ASSIGNMENT_FILE,
+    INDEX_LOG,
+    LOCAL_ADDR,
+    PEER_SECRET_FILE,
+    STATUS_FILE,
+    Assignment,
+    WorkerStatus,
+    read_assignment,
+    read_secret,
+    write_status,
+)
+from launcher.training import peer_state, rng
+from launcher.training.audit import IndexLog
+from launcher.training.batching import BatchPlan
+from launcher.training.checkpoint import CheckpointDir, read_verified
+from launcher.training.communicator import CollectiveAborted, Communicator
+from launcher.training.context import ElasticContext
+from launcher.training.heartbeat import Heartbeat
+from launcher.training.lr import ElasticLR
+from launcher.training.sampler import ElasticSampler, Step
+from launcher.training.stop import StopRequest
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class InPlaceSession:
+    """See the module docstring; made by ``init()``."""
+
+    def __init__(self, ctx: ElasticContext, *, backend: str = "gloo",
+                 env: dict[str, str] | None = None, collective_timeout: float = 60.0,
+                 warmup_steps: int = 5) -> None:
+        env = dict(os.environ if env is None else env)
+        self.ctx = ctx
+        self.comm = Communicator(backend, ctx.local_rank, collective_timeout)
+        self.warmup_steps = warmup_steps
+        self.status_file = env.get(STATUS_FILE) or None
+        self.assignment_file = env.get(ASSIGNMENT_FILE) or None
+        self.local_addr = env.get(LOCAL_ADDR) or "127.0.0.1"
+        secret_file = env.get(PEER_SECRET_FILE)
+        self.secret = read_secret(secret_file) if secret_file else b""
+        self.assignment = Assignment(ctx.generation, ctx.rank, ctx.world_size, ctx.master_addr,
+                                     ctx.master_port, ctx.previous_world_size)
+        self.checkpoints = CheckpointDir(ctx.checkpoint_dir) if ctx.checkpoint_dir else None
+        self.index_log = IndexLog(env[INDEX_LOG]) if env.get(INDEX_LOG) else None
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any | None = None
+        self.elastic_lr: ElasticLR | None = None
+        self.data_sampler: ElasticSampler | None = None
+        self.batch_size = 0
+        self.seed = 0
+        self.plan: BatchPlan | None = None
+        self.global_step = -1  # -1: this process holds no training state yet
+        self.saved_step = 0
+        self.discarded = 0
+        self.last_discarded = False
+        self._pending: Step | None = None
+        self._boundaries = 0  # commits + discards: tells the sampler a step is over
+        # Decided by the last step, done at the next boundary (see ``boundary``).
+        self._due_save = False
+        self._due_switch = False
+        self._due_lost = False
+        self._due_leaving = 0
+        self._last_step: tuple[int, Step, BatchPlan] | None = None  # (generation, step, plan)
+        self._assignment_mtime = self._mtime()
+        self._status = WorkerStatus()
+        self._heartbeat = Heartbeat(ctx.heartbeat_file)
+        self._stop = StopRequest()
+        self._formed = False
+        if ctx.batching != "fixedPerWorker":
+            raise ValueError(f"{contract.PodEnv.BATCHING}={ctx.batching}: the short API runs "
+                             "one loader batch per optimizer step (fixedPerWorker); for "
+                             "fixedGlobal use ElasticSession with BatchPlan micro-batches")
+        if not ctx.standalone and self.status_file and self.comm.can_abort and self.secret:
+            self._set_status(inplace=True)
+        elif not ctx.standalone:
+            log.info("rank %d: in-place resize unavailable (%s); the agent restarts this process "
+                     "on every resize", ctx.rank,
+                     "backend cannot abort" if not self.comm.can_abort else
+                     "no agent channel or peer secret")
+
+    # -- what the script registers ----------------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        return self.assignment.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.assignment.world_size
+
+    @property
+    def step(self) -> int:
+        """Committed optimizer steps so far (the same on every rank)."""
+        return max(self.global_step, 0)
+
+    def sampler(self, data: Sized, *, batch_size: int, seed: int = 0,
+                shuffle: bool = True) -> RankSampler:
+        """Replaces ``DistributedSampler``: this rank's share of each step, exactly once."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.data_sampler = ElasticSampler(len(data), seed=seed, shuffle=shuffle)
+        self.batch_size, self.seed = batch_size, seed
+        return RankSampler(self)
+
+    def ddp(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Replaces ``DistributedDataParallel(module)``: returns ``module`` itself (the session
+        all-reduces the gradients in ``optimizer.step()``), so it stays valid across resizes."""
+        self.model = module.to(self.comm.device)
+        return self.model
+
+    def wrap(self, optimizer: torch.optim.Optimizer, scheduler: Any | None = None
+             ) -> ElasticOptimizer:
+        """The optimizer whose ``step()`` is the step boundary (agreement, gradient all-reduce,
+        commit); ``scheduler`` is saved, transferred and not advanced after a discarded step."""
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        if scheduler is not None:
+            original: Callable[..., Any] = scheduler.step
+
+            def step(*args: Any, **kwargs: Any) -> Any:
+                return None if self.last_discarded else original(*args, **kwargs)
+            scheduler.step = step
+        return ElasticOptimizer(self, optimizer)
+
+    def epochs(self, total: int) -> Iterator[int]:
+        """Replaces ``range(total)``: the epochs still to run (a joiner starts mid-way).
+
+        An epoch is yielded again when its last step was discarded (the loader then yields the
+        redone step); a rank whose share of an epoch's last step is empty takes part in that
+        step here. Ends with the final checkpoint and the ``COMPLETED`` outcome.
+        """
+        self._require_registered()
+        assert self.data_sampler is not None
+        if not self._formed:
+            self._form(self.assignment)
+        self.boundary()
+        while self.data_sampler.epoch < total:
+            epoch = self.data_sampler.epoch
+            yield epoch
+            self.boundary()
+            while self.data_sampler.epoch == epoch and not self._share(self._next()):
+                self._pending = self._next()
+                self.sync_step()
+                self.boundary()
+        self._finish()
+
+    # -- the step boundary -------------------------------------------------------------------
+
+    def _next(self) -> Step:
+        assert self.data_sampler is not None and self.plan is not None
+        return self.data_sampler.next_step(self.plan)
+
+    def _share(self, step: Step) -> list[int]:
+        assert self.plan is not None
+        return self.plan.split(step.indices, self.rank)[0].indices
+
+    def sync_step(self) -> bool:
+        """All-reduce gradients + agreement, commit; False when the step was discarded."""
+        assert self.model is not None and self.optimizer is not None
+        assert self.elastic_lr is not None and self.data_sampler is not None
+        step = self._pending
+        if step is None:
+            raise RuntimeError("optimizer.step() called without a batch from session.sampler "
+                               "(iterate a DataLoader over it, num_workers=0)")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        weight = len(self._share(step)) / len(step.indices)
+        sizes = [p.numel() for p in params]
+        flat = torch.zeros(sum(sizes) + 2, dtype=torch.float32, device=self.comm.device)
+        offset = 0
+        for p, n in zip(params, sizes, strict=True):
+            if p.grad is not None and weight > 0:
+                flat[offset:offset + n].copy_(p.grad.reshape(-1)).mul_(weight)
+            offset += n
+        flat[-2] = 1.0 if self._newer_assignment() is not None else 0.0
+        flat[-1] = 1.0 if self._stop.requested else 0.0
+        if self.world_size > 1:
+            def dead() -> bool:
+                newer = self._newer_assignment()
+                return newer is not None and newer.peers_lost
+            try:
+                self.comm.all_reduce(flat, dead)
+            except CollectiveAborted as exc:
+                self._discard(step, exc)
+                return False
+        offset = 0
+        for p, n in zip(params, sizes, strict=True):
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+        self.elastic_lr.step()
+        self._commit(step)
+        self._due_leaving = int(flat[-1].item())
+        self._due_switch = bool(flat[-2].item()) or self._due_leaving > 0
+        return True
+
+    def boundary(self) -> None:
+        """What the last step decided, done once the script has finished that step (its
+        scheduler stepped): so a checkpoint, a served state and a regroup all see the whole
+        step. Called by the sampler before it picks the next step's samples, and by
+        ``epochs()``; a no-op when nothing is due."""
+        if self._due_save or self._due_leaving >= self.world_size:
+            self._due_save = False
+            self.save()
+        if self._due_leaving >= self.world_size:
+            self._exit(WorkerOutcome.STOPPED, "every rank is leaving: checkpoint written")
+        if self._due_leaving and self._stop.requested:
+            self._exit(WorkerOutcome.STOPPED, "leaving the job; the others go on without it")
+        if self._due_lost:
+            self._due_lost = False
+            self._form(self._wait_assignment())
+        elif self._due_switch:
+            self._due_switch, self._due_leaving = False, 0
+            self.comm.destroy()
+            self._form(self._wait_assignment())
+
+    def _commit(self, step: Step) -> None:
+        assert self.data_sampler is not None and self.plan is not None
+        self.data_sampler.commit(step)
+        self.global_step += 1
+        self.last_discarded = False
+        self._pending = None
+        self._boundaries += 1
+        self._last_step = (self.assignment.generation, step, self.plan)
+        if self.index_log is not None:
+            self.index_log.step(generation=self.assignment.generation, step=self.global_step,
+                                epoch=step.epoch, rank=self.rank, indices=self._share(step))
+        self._heartbeat.beat(self.global_step)
+        interval = self.ctx.checkpoint_interval
+        self._due_save = interval > 0 and self.global_step % interval == 0
+
+    def _discard(self, step: Step, exc: BaseException) -> None:
+        log.warning("rank %d generation %d: step %d discarded, a peer is gone (%s); "
+                    "regrouping in place", self.rank, self.assignment.generation,
+                    self.global_step + 1, exc)
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.discarded += 1
+        self.last_discarded = True
+        self._pending = None
+        self._boundaries += 1
+        if self.index_log is not None:
+            self.index_log.discard(generation=self.assignment.generation,
+                                   step=self.global_step + 1, rank=self.rank)
+        self._set_status(lost=self.assignment.generation)
+        self.comm.abort()
+        self._due_lost = True
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    def _mtime(self) -> float:
+        try:
+            return os.stat(self.assignment_file).st_mtime if self.assignment_file else 0.0
+        except FileNotFoundError:
+            return 0.0
+
+    def _newer_assignment(self) -> Assignment | None:
+        """An assignment for a round newer than ours, if the agent wrote one (one ``stat``)."""
+        mtime = self._mtime()
+        if mtime == self._assignment_mtime or self.assignment_file is None:
+            return None
+        found = read_assignment(self.assignment_file)
+        if found is None or found.generation <= self.assignment.generation:
+            return None
+        return found
+
+    def _wait_assignment(self, timeout: float = 600.0) -> Assignment:
+        deadline = time.monotonic() + timeout
+        while (found := self._newer_assignment()) is None:
+            if self._stop.requested:
+                # The whole job is going away (this pod too): the group is gone, but this
+                # rank holds the full state of the last committed step, so it saves it.
+                self.save(any_rank=True)
+                self._exit(WorkerOutcome.STOPPED, "stopped while between rounds")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank {self.rank}: no newer round from the agent within "
+                                   f"{timeout}s")
+            time.sleep(0.002)
+        return found
+
+    def _form(self, assignment: Assignment) -> None:
+        """Join ``assignment``'s group; bring every rank to the newest committed state."""
+        assert self.model is not None and self.optimizer is not None
+        started = time.monotonic()
+        self.assignment = assignment
+        self._assignment_mtime = self._mtime()
+        world, rank = assignment.world_size, assignment.rank
+        if self.ctx.standalone:  # a group of one, so the script's dist calls still work
+            self.comm.init(0, 1, "127.0.0.1", _free_port())
+        else:
+            self._set_status(ready=assignment.generation)
+            self.comm.init(rank, world, assignment.master_addr, assignment.master_port)
+        self.plan = BatchPlan.create("fixedPerWorker", world_size=world,
+                                     micro_batch=self.batch_size,
+                                     base_world_size=self.ctx.base_world_size)
+        steps = self._exchange_steps()
+        top = max(steps)
+        source, behind = steps.index(top), [r for r, s in enumerate(steps) if s != top]
+        if top < 0:
+            self._fresh_start()
+        else:
+            healed = any(0 <= steps[r] < top for r in behind)
+            if rank == source and (healed or assignment.peers_lost):
+                self._relog_last_step()
+            if behind:
+                self._transfer(source, behind, steps)
+        self._retarget()
+        rng.reseed(self.seed, self.global_step, rank)
+        if self.index_log is not None:
+            self.index_log.restore(generation=assignment.generation, step=self.global_step,
+                                   rank=rank)
+        self._formed = True
+        if rank == 0:
+            log.info("generation %d: world %d formed in place after step %d in %.3fs (state "
+                     "from rank %d to %s)", assignment.generation, world, self.global_step,
+                     time.monotonic() - started, source, behind if top >= 0 else "nobody")
+
+    def _exchange_steps(self) -> list[int]:
+        if self.world_size == 1:
+            return [self.global_step]
+        box = torch.zeros(self.world_size, dtype=torch.int64, device=self.comm.device)
+        box[self.rank] = self.global_step
+        self.comm.all_reduce(box, lambda: False)
+        return [int(v) for v in box.tolist()]
+
+    def _transfer(self, source: int, behind: list[int], steps: list[int]) -> None:
+        """Ranks in ``behind`` load the state of ``source`` from its memory."""
+        assert self.comm.store is not None
+        key = f"peer-state/{self.assignment.generation}"
+        server = None
+        if self.rank == source:
+            server = peer_state.StateServer(self.local_addr, self.secret,
+                                            self.assignment.generation,
+                                            peer_state.Payload(self.state()))
+            self.comm.store.set(key, server.address)
+        if self.rank in behind:
+            address = self.comm.store.get(key).decode()
+            self.load(peer_state.fetch(address, self.secret, self.assignment.generation))
+        self.comm.all_reduce(torch.zeros(1, device=self.comm.device), lambda: False)
+        if server is not None:
+            server.close()
+
+    def _relog_last_step(self) -> None:
+        """After a lost peer, the last committed step is in the lineage with every old rank's
+        share, but the dead rank (or a survivor that missed the step) may not have logged its
+        own: log them all again (the audit counts a (generation, step, rank) once)."""
+        if self.index_log is None or self._last_step is None:
+            return
+        generation, step, plan = self._last_step
+        for old_rank in range(plan.world_size):
+            indices = [i for mb in step.micro_batches(plan, old_rank) for i in mb.indices]
+            self.index_log.step(generation=generation, step=self.global_step,
+                                epoch=step.epoch, rank=old_rank, indices=indices)
+
+    def _fresh_start(self) -> None:
+        """Nobody holds state: the newest checkpoint, or rank 0's initial weights (like DDP)."""
+        assert self.model is not None
+        step, state = 0, None
+        if self.checkpoints is not None:
+            if self.rank == 0:
+                self.checkpoints.remove_stale_temporaries()
+                found = self.checkpoints.load_latest()
+                if found is not None:
+                    step, state = found[0].step, found[1]
+            if self.world_size > 1:
+                box = torch.tensor([step if self.rank == 0 else 0], device=self.comm.device)
+                self.comm.all_reduce(box, lambda: False)
+                step = int(box.item())
+            if step and state is None:
+                state = read_verified(self.checkpoints.path_for(step))
+        if state is not None:
+            self.load(state)
+        else:
+            self.global_step = 0
+            if self.world_size > 1:
+                for tensor in self.model.state_dict().values():
+                    dist.broadcast(tensor, src=0)
+        self.saved_step = self.global_step
+
+    def _retarget(self) -> None:
+        """The ElasticLR of the boundary, continued in this world (ramp after a resize)."""
+        assert self.optimizer is not None
+        state = self.elastic_lr.state_dict() if self.elastic_lr is not None else None
+        self.elastic_lr = ElasticLR(self.optimizer, policy=self.ctx.lr_scaling,
+                                    world_size=self.world_size,
+                                    base_world_size=self.ctx.base_world_size,
+                                    batching="fixedPerWorker", warmup_steps=self.warmup_steps)
+        if state is not None:
+            self.elastic_lr.load_state_dict(state)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything a process needs to continue this run (checkpoint and peer transfer)."""
+        assert self.model is not None and self.optimizer is not None
+        assert self.data_sampler is not None
+        return {
+            "format": FORMAT_VERSION,
+            "step": self.global_step,
+            "world_size": self.world_size,
+            "generation": self.assignment.generation,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else {
+                k: v for k, v in self.scheduler.state_dict().items() if k != "step"},
+            "elastic_lr": None if self.elastic_lr is None else self.elastic_lr.state_dict(),
+            "sampler": self.data_sampler.state_dict(),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        assert self.model is not None and self.optimizer is not None
+        assert self.data_sampler is not None
+        if state.get("format") != FORMAT_VERSION:
+            raise ValueError(f"state format {state.get('format')!r} is not {FORMAT_VERSION}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("elastic_lr") is not None:
+            if self.elastic_lr is None:
+                self._retarget()
+            assert self.elastic_lr is not None
+            self.elastic_lr.load_state_dict(state["elastic_lr"])
+        self.data_sampler.load_state_dict(state["sampler"])
+        self.global_step = int(state["step"])
+
+    def save(self, any_rank: bool = False) -> None:
+        """Rank 0 (or this rank: ``any_rank``) writes the boundary's checkpoint; no collective,
+        so a lost peer cannot stop it."""
+        if self.checkpoints is None or self.global_step <= self.saved_step:
+            return
+        if self.rank == 0 or any_rank:
+            path = self.checkpoints.save(self.global_step, self.state())
+            log.info("saved %s", path)
+        self.saved_step = self.global_step
+
+    # -- leaving -------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        self.boundary()
+        self.save()
+        if self.world_size > 1:
+            self.comm.all_reduce(torch.zeros(1, device=self.comm.device), lambda: False)
+        self._record(WorkerOutcome.COMPLETED)
+        self._close()
+
+    def _exit(self, outcome: WorkerOutcome, why: str) -> None:
+        log.info("rank %d: %s after step %d", self.rank, why, self.global_step)
+        self._record(outcome)
+        self._close()
+        self.comm.abort()
+        sys.exit(contract.EXIT_RESIZE)
+
+    def _record(self, outcome: WorkerOutcome) -> None:
+        if self.ctx.outcome_file:
+            write_outcome(self.ctx.outcome_file, outcome, self.global_step)
+
+    def _close(self) -> None:
+        self._heartbeat.close()
+        self._stop.uninstall()
+        if self.index_log is not None:
+            self.index_log.close()
+            self.index_log = None
+
+    def _set_status(self, **changes: Any) -> None:
+        fields = {**self._status.__dict__, **changes}
+        self._status = WorkerStatus(**fields)
+        if self.status_file:
+            write_status(self.status_file, self._status)
+
+    def _require_registered(self) -> None:
+        missing = [what for what, value in (("session.sampler(data, ...)", self.data_sampler),
+                                            ("session.ddp(model)", self.model),
+                                            ("session.wrap(optimizer)", self.optimizer))
+                   if value is None]
+        if missing:
+            raise RuntimeError(f"call {', '.join(missing)} before session.epochs()")
+
+
+class RankSampler(torch.utils.data.Sampler[int]):
+    """This rank's indices of each step, decided when the previous step is over."""
+
+    def __init__(self, session: InPlaceSession) -> None:
+        self.session = session
+
+    def set_epoch(self, epoch: int) -> None:
+        """Accepted for ``DistributedSampler`` compatibility; the session knows the epoch."""
+        assert self.session.data_sampler is not None
+        if epoch != self.session.data_sampler.epoch:
+            raise ValueError(f"set_epoch({epoch}): the session is in epoch "
+                             f"{self.session.data_sampler.epoch}; iterate session.epochs()")
+
+    def __len__(self) -> int:
+        s = self.session
+        assert s.data_sampler is not None
+        return -(-s.data_sampler.remaining // s.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        s = self.session
+        assert s.data_sampler is not None
+        epoch = s.data_sampler.epoch
+        while s.data_sampler.epoch == epoch:
+            s.boundary()
+            if s.data_sampler.epoch != epoch:
+                return  # healed from a peer that had finished the epoch
+            step = s._next()
+            share = s._share(step)
+            if not share:
+                return  # epochs() takes part in this step
+            s._pending = step
+            boundary = s._boundaries
+            yield from share
+            if len(share) < s.batch_size:
+                return  # the epoch's last step: let the loader hand out the short batch
+            if s._boundaries == boundary:
+                raise RuntimeError("the loader read the next step before optimizer.step(): "
+                                   "use DataLoader(num_workers=0) with session.sampler")
+
+
+class ElasticOptimizer:
+    """The user's optimizer; ``step()`` is the session's step boundary (True: committed)."""
+
+    def __init__(self, session: InPlaceSession, optimizer: torch.optim.Optimizer) -> None:
+        self._session = session
+        self._optimizer = optimizer
+
+    def step(self) -> bool:
+        return self._session.sync_step()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init(backend: str | None = None, *, collective_timeout: float = 60.0,
+         warmup_steps: int = 5) -> InPlaceSession:
+    """Replaces ``dist.init_process_group``: an elastic session for this process.
+
+    Started by the launcher it resizes in place; started alone (plain ``python``) it is a
+    one-process run. ``backend`` defaults to nccl when CUDA is available, else gloo.
+    """
+    ctx = ElasticContext.from_env(allow_standalone=True)
+    chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    return InPlaceSession(ctx, backend=chosen, collective_timeout=collective_timeout,
+                          warmup_steps=warmup_steps)

@@ -1,0 +1,180 @@
+"""In-place resize under real agents, etcd and gloo (issue 15).
+
+Scripts on the short API (``launcher.training.init``) keep their training processes across a
+join, a graceful leave and a SIGKILLed peer; a joiner gets the state from a peer's memory,
+bit-identical; a step cut short by a lost peer is redone; the exactly-once audit holds; a script
+without the helpers takes the restart path and the log says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher import contract
+from launcher.training.audit import (
+    check_exactly_once,
+    committed_steps,
+    committed_world_sizes,
+    read_records,
+    redone_steps,
+)
+from launcher.training.checkpoint import CheckpointDir
+from tests.launcher.conftest import REPO, LauncherCluster, wait_for
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE = REPO / "examples" / "train_ddp_elastic.py"
+TEST_SCRIPT = Path(__file__).with_name("train_inplace.py")
+JOIN = 150.0
+
+
+@pytest.fixture
+def job_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Index log, checkpoints and LR policy as the operator would set them (env)."""
+    monkeypatch.setenv("ELASTIC_INDEX_LOG", str(tmp_path / "indices.jsonl"))
+    monkeypatch.setenv("ELASTIC_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    monkeypatch.setenv("ELASTIC_CHECKPOINT_INTERVAL", "10")
+    monkeypatch.setenv("ELASTIC_LR_SCALING", "linear")
+    monkeypatch.setenv("ELASTIC_BASE_WORLD_SIZE", "2")
+    return tmp_path / "indices.jsonl"
+
+
+def world_of_last_step(log: Path) -> int:
+    if not log.exists():
+        return 0
+    ranks: dict[tuple[int, int], set[int]] = {}
+    for r in read_records(log):
+        if r["event"] == "step":
+            ranks.setdefault((r["step"], r["generation"]), set()).add(r["rank"])
+    return len(ranks[max(ranks)]) if ranks else 0
+
+
+def steps_logged(log: Path) -> int:
+    return len({r["step"] for r in read_records(log) if r["event"] == "step"}) \
+        if log.exists() else 0
+
+
+def workers_started(cluster: LauncherCluster, node: str) -> int:
+    return cluster.agents[node].log().count("started 1 worker(s)")
+
+
+def states(out: Path) -> list[dict[str, Any]]:
+    path = out / "states.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def assert_identical_per_generation(rows: list[dict[str, Any]]) -> None:
+    by_gen: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_gen.setdefault(row["generation"], []).append(row)
+    for gen, members in by_gen.items():
+        assert len({(m["step"], m["hash"]) for m in members}) == 1, \
+            (gen, [(m["rank"], m["step"], m["parts"]) for m in members])
+
+
+def test_example_grows_in_place_exactly_once_with_the_lr_rules(
+        cluster: LauncherCluster, job_env: Path, tmp_path: Path) -> None:
+    """examples/train_ddp_elastic.py: a third node joins; the survivors keep their processes,
+    every epoch consumes each sample once, and the LR ramps to the linear rule's 3/2."""
+    log = job_env
+    args = ("--epochs=40", "--dataset-size=128", "--batch-size=8", "--step-time=0.05")
+    for node in ("a", "b"):
+        cluster.start(node, "2:3", *args, script=EXAMPLE)
+    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
+             f"training at world 2\n{cluster.logs_tail()}")
+    cluster.start("c", "2:3", *args, script=EXAMPLE)
+    for agent in cluster.agents.values():
+        assert agent.proc.wait(JOIN * 2) == 0, cluster.logs_tail()
+    records = read_records(log)
+    report = check_exactly_once(records, dataset_size=128, epochs=40)
+    assert report.ok, report.problems
+    assert committed_world_sizes(records) == [2, 3]
+    assert workers_started(cluster, "a") == workers_started(cluster, "b") == 1
+    assert "resize path in-place" in cluster.agents["a"].log()
+    found = CheckpointDir(tmp_path / "ckpt").load_latest()
+    assert found is not None
+    lr_state = found[1]["elastic_lr"]
+    assert (lr_state["start"], lr_state["target"], lr_state["length"]) == (1.0, 1.5, 5)
+    assert found[1]["step"] == committed_steps(records)[-1].step
+
+
+def test_join_then_sigkill_of_the_store_host(cluster: LauncherCluster, job_env: Path,
+                                             tmp_path: Path) -> None:
+    """A joiner's state equals the survivors' bit for bit; SIGKILL of rank 0 (the process
+    hosting the generation's store) mid-step: the step is discarded and redone at world 2."""
+    log, out = job_env, tmp_path / "states"
+    out.mkdir()
+    args = (f"--out={out}", "--epochs=80", "--dataset-size=96", "--batch-size=8",
+            "--step-time=0.05")
+    for node in ("a", "b"):
+        cluster.start(node, "1:3", *args, script=TEST_SCRIPT)
+    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
+             f"training at world 2\n{cluster.logs_tail()}")
+    cluster.start("c", "1:3", *args, script=TEST_SCRIPT)
+    wait_for(lambda: world_of_last_step(log) == 3, JOIN, f"world 3\n{cluster.logs_tail()}")
+    joined = [row for row in states(out) if row["world_size"] == 3]
+    assert len(joined) == 3, joined
+    assert_identical_per_generation(joined)
+    assert {row["step"] for row in joined} != {0}
+    host = cluster.round_members()[0]
+    steps_before = steps_logged(log)
+    wait_for(lambda: steps_logged(log) >= steps_before + 3, JOIN, "steps at world 3")
+    os.killpg(cluster.agents[host].proc.pid, signal.SIGKILL)
+    survivors = [n for n in cluster.agents if n != host]
+    for node in survivors:
+        assert cluster.agents[node].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
+        assert workers_started(cluster, node) == 1
+    records = read_records(log)
+    report = check_exactly_once(records, dataset_size=96, epochs=80)
+    assert report.ok, report.problems
+    assert committed_world_sizes(records) == [2, 3, 2]
+    assert any(r["event"] == "discard" for r in records)
+    assert_identical_per_generation(states(out))
+    completion = contract.Completion.from_json(
+        cluster.agents[survivors[0]].termination_log.read_text())
+    assert set(completion.members) == set(survivors)
+
+
+def test_graceful_leave_in_place(cluster: LauncherCluster, job_env: Path,
+                                 tmp_path: Path) -> None:
+    """SIGTERM to one of three agents: it leaves after an agreed step (outcome stopped, a
+    Shutdown note), the others go on at world 2 in the same processes."""
+    log, out = job_env, tmp_path / "states"
+    out.mkdir()
+    args = (f"--out={out}", "--epochs=25", "--dataset-size=96", "--batch-size=8",
+            "--step-time=0.05")
+    for node in ("a", "b", "c"):
+        cluster.start(node, "2:3", *args, script=TEST_SCRIPT)
+    wait_for(lambda: world_of_last_step(log) == 3 and steps_logged(log) >= 5, JOIN,
+             f"training at world 3\n{cluster.logs_tail()}")
+    leaving = cluster.agents[cluster.round_members()[1]]
+    leaving.proc.send_signal(signal.SIGTERM)
+    assert leaving.proc.wait(60) == 0
+    note = leaving.report()
+    assert note is not None and note.reason == "Shutdown"
+    survivors = [a for a in cluster.agents.values() if a is not leaving]
+    for agent in survivors:
+        assert agent.proc.wait(JOIN * 2) == 0, cluster.logs_tail()
+        assert workers_started(cluster, agent.node_id) == 1
+    records = read_records(log)
+    report = check_exactly_once(records, dataset_size=96, epochs=25)
+    assert report.ok, report.problems
+    assert committed_world_sizes(records) == [3, 2]
+    assert not redone_steps(records)
+    assert cluster.etcd_report(leaving.node_id) is None
+
+
+def test_script_without_helpers_takes_the_restart_path(cluster: LauncherCluster) -> None:
+    for node in ("a", "b"):
+        cluster.start(node, "2:3")
+    cluster.wait_training(2, JOIN)
+    cluster.start("c", "2:3")
+    cluster.wait_training(3, JOIN, min_generation=2)
+    text = cluster.agents["a"].log()
+    assert "resize path restart" in text and "did not announce in-place resize" in text
