@@ -283,6 +283,7 @@ class Agent:
             hung = outcome.status is not None and outcome.status.reason == "ProcessHung"
             if outcome.kind == "reform":
                 why_not = self._why_not_inplace()
+                self._record_resize(rnd, why_not)
                 if why_not is None:
                     log.info("node %s: resize path in-place for generation %d: %s",
                              cfg.node_id, rnd.generation, outcome.reason)
@@ -299,6 +300,14 @@ class Agent:
             assert outcome.status is not None
             if self._handle_failure(rnd, outcome.status):
                 return 1
+
+    def _record_resize(self, rnd: Round, why_not: str | None) -> None:
+        """Tell the operator (through etcd) which path this node takes out of ``rnd``; best
+        effort: an etcd outage must not hold up the resize itself."""
+        assert self.rdzv is not None
+        record = contract.ResizePath(rnd.generation, self.config.node_id,
+                                     "restart" if why_not else "in-place", why_not or "")
+        self._retry(functools.partial(self.rdzv.record_resize, record), timeout=1.0)
 
     def _why_not_inplace(self) -> str | None:
         """None when the running processes can take ``rnd``'s successor in place."""

@@ -145,6 +145,57 @@ def failure_key(rdzv_id: str, node_id: str) -> str:
     return f"{etcd_prefix(rdzv_id)}failures/{node_id}"
 
 
+def resize_key(rdzv_id: str, node_id: str) -> str:
+    """etcd key where the agent of ``node_id`` writes how it took its last re-formation."""
+    return f"{etcd_prefix(rdzv_id)}resize/{node_id}"
+
+
+@dataclass(frozen=True)
+class ResizePath:
+    """How the agent of ``node_id`` took the re-formation that ended round ``generation``.
+
+    ``path`` is ``in-place`` (its training processes stayed alive and regrouped) or
+    ``restart`` (they were stopped and started again; ``reason`` says why in-place was not
+    possible). Written by the agent to ``resize_key`` (bound to its lease) and to its log; the
+    operator turns the records of a generation change into one event, so the path taken is
+    visible with ``kubectl describe`` and ``kubectl get events``.
+    """
+
+    generation: int
+    node_id: str
+    path: str
+    reason: str = ""
+
+    PATHS = ("in-place", "restart")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ResizePath:
+        """Parse and check a record; raises ValueError on anything that is not a sane one
+        (pods can write these keys, so nothing unchecked reaches an event)."""
+        if len(text) > 4096:
+            raise ValueError(f"resize record of {len(text)} bytes is too large")
+        try:
+            data: Any = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a resize record: {str(text)[:200]!r}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"not a resize record: {str(text)[:200]!r}")
+        generation, node, path, reason = (data.get("generation"), data.get("node_id"),
+                                          data.get("path"), data.get("reason", ""))
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+            raise ValueError(f"resize record: generation {generation!r} is not >= 1")
+        if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_ID:
+            raise ValueError("resize record: node_id is not a node id")
+        if path not in cls.PATHS:
+            raise ValueError(f"resize record: path {str(path)[:40]!r} is not one of {cls.PATHS}")
+        if not isinstance(reason, str):
+            raise ValueError("resize record: reason is not text")
+        return cls(generation, node, path, reason[:512])
+
+
 @dataclass(frozen=True)
 class FailureReport:
     """Why a worker stopped: written to the termination log and to ``failure_key``.

@@ -21,6 +21,8 @@ Protocol. All keys live under ``contract.etcd_prefix(run_id)`` = ``P``:
   in round ``g`` (a collective failed). When every waiting member of ``g`` says so, the round
   closes without the members that did not follow after ``LOST_QUIET`` seconds: a SIGKILLed
   node is left out before its lease expires.
+- ``P/resize/<node_id>`` (lease-bound): how the node took its last re-formation, a
+  ``contract.ResizePath`` (in place, or by restart and why); the operator makes it an event.
 - ``P/round`` -- the current round: ``{"generation", "members", "master_addr", "master_port"}``;
   a member's rank is its index in ``members``. Only ever replaced by a transaction that compares
   the key's mod revision with the one the writer read (compare-and-swap), and that checks every
@@ -276,6 +278,12 @@ class EtcdRendezvous:
     def mark_ready(self, generation: int) -> None:
         """This node's training processes can join round ``generation`` now."""
         self.session.put(f"{self.prefix}ready/{generation}/{self.node_id}", b"1",
+                         with_lease=True)
+
+    def record_resize(self, record: contract.ResizePath) -> None:
+        """Say how this node took the re-formation (read by the operator for its events)."""
+        self.session.put(contract.resize_key(self.run_id, self.node_id),
+                         record.to_json().encode(),
                          with_lease=True)
 
     def report_lost(self, generation: int) -> None:

@@ -79,7 +79,7 @@ from elastic_operator.job.observed import (
     reported_failure,
     worker_failure,
 )
-from launcher.contract import Completion, FailureReport
+from launcher.contract import Completion, FailureReport, ResizePath
 
 __all__ = [
     "Action", "CreatePod", "CreateService", "DeletePod", "Event", "JobView",
@@ -141,6 +141,7 @@ def plan(
     observed_round: tuple[int, int] | None = None,
     reported_failures: Sequence[FailureReport] = (),
     completion: Completion | None = None,
+    resizes: Sequence[ResizePath] = (),
 ) -> Plan:
     """Decide what to do for ``job`` given its worker ``pods`` at ``now`` (see module doc).
 
@@ -150,7 +151,9 @@ def plan(
     ``reported_failures`` are the agents' FailureReports from etcd: one newer than
     status.lastFailure becomes lastFailure and a Warning event (failures an agent handled
     inside its pod; not counted in status.restarts, which counts replaced pods);
-    ``completion`` is etcd's completion record, already checked against the current round.
+    ``completion`` is etcd's completion record, already checked against the current round;
+    ``resizes`` are the agents' records of how they left a round (in place or by restart):
+    a new generation with records for the ones it replaced becomes one Resized* event.
     """
     settings = settings or PlannerSettings()
     out = Plan(status=job.status.model_copy(deep=True))
@@ -201,7 +204,31 @@ def plan(
     _reconcile_pods(out, pods, live, desired, now, settings, service_present,
                     finishing=done is not None)
     _update_phase(out, spec, desired, pods, now, observed_round)
+    event = resize_event((job.status.generation, job.status.worldSize), observed_round, resizes)
+    if event is not None:
+        out.actions.append(event)
     return out
+
+
+def resize_event(before: tuple[int, int], after: tuple[int, int] | None,
+                 resizes: Sequence[ResizePath]) -> Event | None:
+    """The event for a change of rendezvous generation ``before`` -> ``after`` (each
+    ``(generation, worldSize)``): which path the members of the rounds it replaced took, from
+    their records. None when nothing changed, on the first round, or when no record explains
+    the change (e.g. every old member died: the failure events say what happened)."""
+    if after is None or not before[0] or after[0] <= before[0]:
+        return None
+    taken = [r for r in resizes if before[0] <= r.generation < after[0]]
+    if not taken:
+        return None
+    in_place = sum(1 for r in taken if r.path == "in-place")
+    restarted = [r for r in taken if r.path == "restart"]
+    parts = [f"in place on {in_place} node(s)"] if in_place else []
+    if restarted:
+        parts.append(f"by restart on {len(restarted)} node(s): {restarted[0].reason}")
+    return Event("Normal", "ResizedByRestart" if restarted else "ResizedInPlace",
+                 f"rendezvous generation {before[0]} -> {after[0]}, world size {before[1]} -> "
+                 f"{after[1]}: " + "; ".join(parts))
 
 
 def _departing(pod: PodView) -> bool:

@@ -305,6 +305,7 @@ class Reconciler:
             observed_round=seen.round,
             reported_failures=seen.failures,
             completion=seen.completion,
+            resizes=seen.resizes,
         )
         await self._apply(job, body, old_status, result, cached)
         if result.status.phase in TERMINAL:

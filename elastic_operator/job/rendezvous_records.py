@@ -41,6 +41,7 @@ from launcher.contract import (
     MAX_NODE_ID,
     Completion,
     FailureReport,
+    ResizePath,
     completion_key,
     etcd_prefix,
     round_key,
@@ -115,6 +116,18 @@ class RendezvousView:
     round: tuple[int, int] | None = None
     failures: tuple[FailureReport, ...] = field(default=())
     completion: Completion | None = None
+    resizes: tuple[ResizePath, ...] = field(default=())
+
+
+def parse_resizes(values: list[bytes]) -> tuple[ResizePath, ...]:
+    """The readable resize-path records among raw values (unreadable ones are skipped)."""
+    out = []
+    for raw in values:
+        try:
+            out.append(ResizePath.from_json(raw))
+        except ValueError:
+            continue
+    return tuple(sorted(out, key=lambda r: (r.generation, r.node_id)))
 
 
 def parse_failures(values: list[bytes]) -> tuple[FailureReport, ...]:
@@ -187,12 +200,17 @@ def check_view(view: RendezvousView, job: str, max_nodes: int, max_world: int,
         reports.append(dataclasses.replace(
             report, message=escape_text(report.message),
             node_id=escape_text(report.node_id, MAX_NODE_ID)))
+    resizes = tuple(
+        dataclasses.replace(r, node_id=escape_text(r.node_id, MAX_NODE_ID),
+                            reason=escape_text(r.reason, 200))
+        for r in view.resizes
+        if (index := node_replica_index(job, r.node_id)) is not None and index < max_nodes)
     round_ = view.round
     if round_ is not None and round_[1] > max_world:
         log.warning("%s: ignoring round %d of world size %d from etcd: the job has at most %d",
                     job, round_[0], round_[1], max_world)
         round_ = None
-    return RendezvousView(round_, tuple(reports), view.completion)
+    return RendezvousView(round_, tuple(reports), view.completion, resizes)
 
 
 class RoundReader:
@@ -290,5 +308,7 @@ class RoundReader:
             f"{etcd_prefix(rdzv_id)}failures/", sort_order="descend", sort_target="mod",
             limit=MAX_REPORTS)]
         closed, _meta = client.get(completion_key(rdzv_id))
+        resizes = [raw for raw, _ in client.get_prefix(f"{etcd_prefix(rdzv_id)}resize/",
+                                                       limit=MAX_MEMBERS)]
         return RendezvousView(parse_round(value), parse_failures(reports),
-                              parse_completion(closed, value))
+                              parse_completion(closed, value), parse_resizes(resizes))

@@ -26,8 +26,9 @@ from elastic_operator.job.planner import (
     PodView,
     observe_pod,
     plan,
+    resize_event,
 )
-from launcher.contract import Completion, FailureReport
+from launcher.contract import Completion, FailureReport, ResizePath
 
 STARTING = "Starting"
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -184,6 +185,49 @@ def test_world_size_from_round_or_ready_pods() -> None:
     assert plan(job(nprocPerNode=8), [pod(0), pod(1)], NOW).status.worldSize == 16
     p = plan(job(nprocPerNode=8), [pod(0), pod(1)], NOW, observed_round=(5, 12))
     assert (p.status.generation, p.status.worldSize) == (5, 12)
+
+
+def resized(path: str, node: str = "j-worker-0", generation: int = 3,
+            reason: str = "") -> ResizePath:
+    return ResizePath(generation, node, path, reason)
+
+
+@pytest.mark.parametrize(("before", "after", "records", "expected"), [
+    ((3, 2), (4, 3), [resized("in-place"), resized("in-place", "j-worker-1")],
+     ("ResizedInPlace", "generation 3 -> 4, world size 2 -> 3: in place on 2 node(s)")),
+    ((3, 3), (4, 2), [resized("in-place"), resized("restart", "j-worker-1", reason="no helpers")],
+     ("ResizedByRestart", "in place on 1 node(s); by restart on 1 node(s): no helpers")),
+    # The operator missed generation 4: records of 3 and 4 both explain 3 -> 5.
+    ((3, 2), (5, 2), [resized("in-place"), resized("in-place", "j-worker-1", 4)],
+     ("ResizedInPlace", "in place on 2 node(s)")),
+    ((3, 2), (4, 2), [resized("in-place", generation=2)], None),  # an older round's record
+    ((3, 2), (4, 2), [], None),  # nobody of the old round is left to say
+    ((3, 2), (3, 2), [resized("in-place")], None),  # no change
+    ((0, 0), (1, 2), [resized("in-place", generation=1)], None),  # the first round
+    ((3, 2), None, [resized("in-place")], None),  # etcd unreadable
+])
+def test_resize_event_says_which_path_the_members_took(
+        before: tuple[int, int], after: tuple[int, int] | None, records: list[ResizePath],
+        expected: tuple[str, str] | None) -> None:
+    event = resize_event(before, after, records)
+    if expected is None:
+        assert event is None
+    else:
+        assert event is not None and event.reason == expected[0] and event.type == "Normal"
+        assert expected[1] in event.message, event.message
+
+
+def test_plan_posts_the_resize_event_once_per_generation_change() -> None:
+    running = ElasticJobStatus(phase=Phase.RUNNING, generation=3, worldSize=2, replicas=2,
+                               readyReplicas=2)
+    records = [resized("in-place"), resized("in-place", "j-worker-1")]
+    p = plan(job(running), [pod(0), pod(1), pod(2)], NOW, observed_round=(4, 3),
+             resizes=records)
+    assert [e.reason for e in p.of(Event) if e.reason.startswith("Resized")] == [
+        "ResizedInPlace"]
+    again = plan(job(p.status), [pod(0), pod(1), pod(2)], NOW, observed_round=(4, 3),
+                 resizes=records)
+    assert not [e for e in again.of(Event) if e.reason.startswith("Resized")]
 
 
 # ----------------------------------------------------------------------------- failures

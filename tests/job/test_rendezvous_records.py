@@ -19,10 +19,11 @@ from elastic_operator.job.rendezvous_records import (
     escape_text,
     parse_completion,
     parse_failures,
+    parse_resizes,
     parse_round,
     view_limits,
 )
-from launcher.contract import Completion, FailureReport
+from launcher.contract import Completion, FailureReport, ResizePath
 
 
 @pytest.mark.parametrize(
@@ -198,3 +199,16 @@ def test_check_view_drops_a_round_larger_than_the_job() -> None:
     assert check_view(RendezvousView((3, 8)), JOB, 4, 8, NOW).round == (3, 8)
     assert view_limits({"maxReplicas": 4, "nprocPerNode": 2}) == (4, 8)
     assert view_limits({"maxReplicas": "4"}) == (0, 0)  # nothing believed of a bad spec
+
+
+def test_resize_records_are_parsed_checked_and_escaped() -> None:
+    good = ResizePath(3, "job-worker-1-7-ab12cd", "restart", "no helpers\x1b[31m")
+    raws = [good.to_json().encode(), b"garbage", b'{"generation": 3, "node_id": "x", "path": "rm"}',
+            b'{"generation": true, "node_id": "x", "path": "in-place"}',
+            ResizePath(2, "other-job-worker-0-1-aa", "in-place").to_json().encode()]
+    parsed = parse_resizes(raws)
+    assert [r.node_id for r in parsed] == ["other-job-worker-0-1-aa", good.node_id]
+    kept = check_view(RendezvousView((4, 2), resizes=parsed), JOB, 4, 4, NOW).resizes
+    assert [(r.node_id, r.path) for r in kept] == [(good.node_id, "restart")]
+    assert kept[0].reason.isprintable() and "\\x1b" in kept[0].reason
+

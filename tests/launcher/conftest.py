@@ -134,6 +134,11 @@ class LauncherCluster:
         value, _ = self.client().get(contract.failure_key(self.rdzv_id, node_id))
         return contract.FailureReport.from_json(value.decode()) if value else None
 
+    def resize_record(self, node_id: str) -> contract.ResizePath | None:
+        """The node's record of how it left its last round (lease-bound: only while it runs)."""
+        value, _ = self.client().get(contract.resize_key(self.rdzv_id, node_id))
+        return contract.ResizePath.from_json(value) if value else None
+
     def round_members(self) -> list[str]:
         import json
 

@@ -89,6 +89,10 @@ def test_example_grows_in_place_exactly_once_with_the_lr_rules(
     wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
              f"training at world 2\n{cluster.logs_tail()}")
     cluster.start("c", "2:3", *args, script=EXAMPLE)
+    wait_for(lambda: world_of_last_step(log) == 3, JOIN, f"world 3\n{cluster.logs_tail()}")
+    record = cluster.resize_record("a")  # what the operator turns into a ResizedInPlace event
+    assert record is not None and (record.node_id, record.path, record.reason) == (
+        "a", "in-place", ""), record
     for agent in cluster.agents.values():
         assert agent.proc.wait(JOIN * 2) == 0, cluster.logs_tail()
     records = read_records(log)
@@ -178,3 +182,6 @@ def test_script_without_helpers_takes_the_restart_path(cluster: LauncherCluster)
     cluster.wait_training(3, JOIN, min_generation=2)
     text = cluster.agents["a"].log()
     assert "resize path restart" in text and "did not announce in-place resize" in text
+    record = cluster.resize_record("a")
+    assert record is not None and record.path == "restart", record
+    assert "did not announce in-place resize" in record.reason
