@@ -49,6 +49,9 @@ class Driver(Protocol):
     async def pod_log(self, pod: str) -> str:
         """The pod's log (stdout and stderr)."""
 
+    async def job_events(self, job: str) -> list[Obj]:
+        """The Events about the ElasticJob ``job`` (involvedObject.name and kind)."""
+
     async def read_file(self, path: str) -> str:
         """A file under :meth:`shared_dir`."""
 

@@ -151,6 +151,11 @@ class KubeDriver:
         return list((await self._get("pods", "-l", f"{JOB_NAME}={job}") or {}).get("items")
                     or [])
 
+    async def job_events(self, job: str) -> list[Obj]:
+        selector = f"involvedObject.name={job},involvedObject.kind=ElasticJob"
+        return list((await self._get("events", "--field-selector", selector) or {})
+                    .get("items") or [])
+
     async def pod_log(self, pod: str) -> str:
         return await self.kubectl("logs", pod, check=False)
 

@@ -62,6 +62,13 @@ class LocalDriver:
                                   label_selector=f"{JOB_NAME}={job}")
         return list(listing["items"])
 
+    async def job_events(self, job: str) -> list[Obj]:
+        kube = self.cluster.api
+        listing = await kube.call(
+            kube.core.list_namespaced_event, self.namespace,
+            field_selector=f"involvedObject.name={job},involvedObject.kind=ElasticJob")
+        return list(listing["items"])
+
     async def pod_log(self, pod: str) -> str:
         assert self.cluster.kubelet is not None
         try:

@@ -183,6 +183,14 @@ async def job_succeeds_and_cleans_up(driver: Driver) -> None:
         await finished_well(driver, name, {(2,)})
 
 
+async def resize_events(driver: Driver, name: str) -> list[str]:
+    """The reasons of the operator's Resized* events for job ``name``, oldest first: which
+    path (in place, or by restart) its members took at each re-formation."""
+    events = sorted(await driver.job_events(name),
+                    key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return [e["reason"] for e in events if str(e.get("reason", "")).startswith("Resized")]
+
+
 async def scale_down(driver: Driver) -> None:
     """``kubectl scale`` down mid-epoch: the survivor trains on at world size 1 to the end."""
     name = "e2e-scale-down"
@@ -191,6 +199,8 @@ async def scale_down(driver: Driver) -> None:
         await training_at(driver, name, 2)
         await driver.scale(name, 1)
         await finished_well(driver, name, {(2, 1)})
+    paths = await resize_events(driver, name)  # the survivor kept its process
+    assert "ResizedInPlace" in paths and "ResizedByRestart" not in paths, paths
 
 
 async def scale_up(driver: Driver) -> None:
@@ -201,6 +211,8 @@ async def scale_up(driver: Driver) -> None:
         await training_at(driver, name, 1)
         await driver.scale(name, 2)
         await finished_well(driver, name, {(1, 2)}, epochs=3)
+    paths = await resize_events(driver, name)
+    assert "ResizedInPlace" in paths and "ResizedByRestart" not in paths, paths
 
 
 async def scale_down_and_up(driver: Driver) -> None:
