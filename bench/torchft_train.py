@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from examples import train_ddp
 from examples.train_ddp import make_dataset, make_model
 
 try:
@@ -45,25 +46,17 @@ except ImportError:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """torchft's own two options; the rest are ``examples/train_ddp.py``'s, parsed by it."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replica-id", type=int, required=True,
                    help="this replica group's index (its data shard)")
     p.add_argument("--replica-groups", type=int, default=3,
                    help="the most replica groups the job will have (torchft shards over it)")
-    # examples/train_ddp.py's options and defaults.
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--dataset-size", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=16, help="batch per worker")
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--lr-decay", type=float, default=1.0, help="ExponentialLR gamma per step")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--step-time", type=float, default=0.0,
-                   help="minimum seconds per step, to emulate a bigger model")
-    args = p.parse_args(argv)
-    if not 0 <= args.replica_id < args.replica_groups:
-        p.error(f"--replica-id {args.replica_id} must be in [0, --replica-groups "
-                f"{args.replica_groups}); raise --replica-groups")
-    return args
+    own, rest = p.parse_known_args(argv)
+    if not 0 <= own.replica_id < own.replica_groups:
+        p.error(f"--replica-id {own.replica_id} must be in [0, --replica-groups "
+                f"{own.replica_groups}); raise --replica-groups")
+    return argparse.Namespace(**vars(train_ddp.parse_args(rest)), **vars(own))
 
 
 def emit(event: str, **fields: object) -> None:
