@@ -27,9 +27,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     config = ClusterConfig(state_dir=tmp_path / "c", nodes=1, workdir=ROOT, operator=False,
                            etcd=False)
     async with LocalCluster(config) as local:
-        await local.api.create("/api/v1/namespaces/default/pods", POD)
+        await local.api.request("POST", "/api/v1/namespaces/default/pods", body=POD)
         for _ in range(400):
-            pod = await local.api.get("/api/v1/namespaces/default/pods/box")
+            pod = await local.api.request("GET", "/api/v1/namespaces/default/pods/box")
             if (pod.get("status") or {}).get("phase") == "Running":
                 break
             await asyncio.sleep(0.05)
