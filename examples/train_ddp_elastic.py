@@ -1,0 +1,95 @@
+"""DDP training of a small MLP on a synthetic, seeded regression data set (the task of
+``examples/train_elastic.py``), in two files that differ by the diff in
+``launcher/training/README.md``: ``train_ddp.py`` is plain DDP for ``torchrun``, the baseline of
+``bench/rescale.py``; ``train_ddp_elastic.py`` is the same script on ``launcher.training.init``,
+which resizes in place under the launcher (and still runs as a single process)::
+
+    torchrun --standalone --nproc-per-node=2 examples/train_ddp.py --epochs 2
+    python -m launcher --nnodes=1:4 ... examples/train_ddp_elastic.py --epochs 2
+
+Rank 0 prints one JSON line per step, ``{"event": "step", "step": 12, "epoch": 0,
+"world_size": 2, "loss": 0.41, "lr": 0.05}``, and ``done`` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, TensorDataset
+
+from launcher import training as elastic
+
+FEATURES = 16
+
+
+def make_dataset(size: int, seed: int) -> TensorDataset:
+    """A fixed regression task: y = sin(x . w) + 0.1 * x_0, with a little noise."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(size, FEATURES, generator=gen)
+    w = torch.randn(FEATURES, generator=gen) / FEATURES**0.5
+    y = torch.sin(x @ w) + 0.1 * x[:, 0] + 0.01 * torch.randn(size, generator=gen)
+    return TensorDataset(x, y.unsqueeze(1))
+
+
+def make_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(FEATURES, 32), torch.nn.Tanh(),
+                               torch.nn.Linear(32, 1))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--dataset-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=16, help="batch per worker")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr-decay", type=float, default=1.0, help="ExponentialLR gamma per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--step-time", type=float, default=0.0,
+                   help="minimum seconds per step, to emulate a bigger model")
+    return p.parse_args(argv)
+
+
+def emit(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}, separators=(",", ":")), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    session = elastic.init()
+    data = make_dataset(args.dataset_size, args.seed)
+    sampler = session.sampler(data, batch_size=args.batch_size, seed=args.seed)
+    loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler)
+    model = session.ddp(make_model(args.seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+    optimizer = session.wrap(optimizer, scheduler)
+    step = 0
+    for epoch in session.epochs(args.epochs):
+        sampler.set_epoch(epoch)
+        for x, y in loader:
+            started = time.monotonic()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if dist.get_rank() == 0:
+                emit("step", step=step, epoch=epoch, world_size=dist.get_world_size(),
+                     loss=loss.item(), lr=lr)
+            time.sleep(max(0.0, args.step_time - (time.monotonic() - started)))
+    if dist.get_rank() == 0:
+        emit("done", step=step)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
