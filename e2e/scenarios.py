@@ -200,8 +200,9 @@ async def scale_down(driver: Driver) -> None:
         await training_at(driver, name, 2)
         await driver.scale(name, 1)
         await finished_well(driver, name, {(2, 1)})
-    paths = await resize_events(driver, name)  # the survivor kept its process
-    assert "ResizedInPlace" in paths and "ResizedByRestart" not in paths, paths
+    # The main job's script resizes by the restart path (decisions.md, issue 15); the event
+    # says so, with the reason in-place was not taken.
+    assert "ResizedByRestart" in await resize_events(driver, name)
 
 
 async def scale_up(driver: Driver) -> None:
@@ -212,8 +213,9 @@ async def scale_up(driver: Driver) -> None:
         await training_at(driver, name, 1)
         await driver.scale(name, 2)
         await finished_well(driver, name, {(1, 2)}, epochs=3)
-    paths = await resize_events(driver, name)
-    assert "ResizedInPlace" in paths and "ResizedByRestart" not in paths, paths
+    # The main job's script resizes by the restart path (decisions.md, issue 15); the event
+    # says so, with the reason in-place was not taken.
+    assert "ResizedByRestart" in await resize_events(driver, name)
 
 
 async def scale_down_and_up(driver: Driver) -> None:
