@@ -214,9 +214,11 @@ def resize_event(before: tuple[int, int], after: tuple[int, int] | None,
                  resizes: Sequence[ResizePath]) -> Event | None:
     """The event for a change of rendezvous generation ``before`` -> ``after`` (each
     ``(generation, worldSize)``): which path the members of the rounds it replaced took, from
-    their records. None when nothing changed, on the first round, or when no record explains
-    the change (e.g. every old member died: the failure events say what happened)."""
-    if after is None or not before[0] or after[0] <= before[0]:
+    their records. None when nothing changed or when no record explains the change (the
+    first formation has none; nor has a change whose old members all died: the failure events
+    say what happened). A status that never showed the old round (``before`` generation 0: the
+    job resized before the operator read a round) still gets the event its records explain."""
+    if after is None or after[0] <= before[0]:
         return None
     taken = [r for r in resizes if before[0] <= r.generation < after[0]]
     if not taken:

@@ -204,6 +204,9 @@ def resized(path: str, node: str = "j-worker-0", generation: int = 3,
     ((3, 2), (4, 2), [], None),  # nobody of the old round is left to say
     ((3, 2), (3, 2), [resized("in-place")], None),  # no change
     ((0, 0), (1, 2), [resized("in-place", generation=1)], None),  # the first round
+    # The job grew before the operator saw round 1: round 1's records still explain it.
+    ((0, 0), (2, 3), [resized("restart", generation=1, reason="no helpers")],
+     ("ResizedByRestart", "by restart on 1 node(s): no helpers")),
     ((3, 2), None, [resized("in-place")], None),  # etcd unreadable
 ])
 def test_resize_event_says_which_path_the_members_took(
