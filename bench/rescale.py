@@ -254,8 +254,8 @@ def run_stalls_part(etcd: str, workdir: Path, limit: float,
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     ddp = System("ddp", lambda job, index, out: [
         torchrun, "--standalone", "--nproc-per-node=2", str(DDP)])
-    systems = [(System("ours", _elastic_argv(etcd, [*forever, "--checkpoint-dir",
-                                                   str(workdir / "ours-checkpoints")])),
+    systems = [(System("ours", _elastic_argv(etcd, forever),
+                       env={"ELASTIC_CHECKPOINT_DIR": str(workdir / "ours-checkpoints")}),
                 System("ours-defaults", _elastic_argv(etcd, [])))]
     if importlib.util.find_spec("torchft") is None:
         print("# torchft: skipped (not installed; pip install -e '.[bench]')", flush=True)
@@ -297,9 +297,9 @@ def run_stalls_part(etcd: str, workdir: Path, limit: float,
         big = "join with 400 MB of state: skipped (examples/train_elastic.py has no --state-mb)"
     else:
         gap = step_stalls.run_join_only(
-            System("ours-400mb", _elastic_argv(etcd, [
-                *forever, "--state-mb", "400", "--checkpoint-dir",
-                str(workdir / "ours-400mb-checkpoints")])), workdir, limit, "ours-400mb")
+            System("ours-400mb", _elastic_argv(etcd, [*forever, "--state-mb", "400"]),
+                   env={"ELASTIC_CHECKPOINT_DIR": str(workdir / "ours-400mb-checkpoints")}),
+            workdir, limit, "ours-400mb")
         big = f"join with 400 MB of state (ours): largest gap {_s(gap, limit)}"
     return results, baseline, big
 

@@ -94,10 +94,11 @@ class Driver(Protocol):
 
 
 def job_manifest(name: str, *, replicas: int, min_replicas: int, max_replicas: int,
-                 train_args: list[str], autoscale: bool = False,
+                 train_args: list[str], index_log: str, autoscale: bool = False,
                  checkpoint_dir: str, checkpoint_interval: int = 4, priority: int = 0,
                  hang_timeout: float = 300.0) -> Obj:
-    """An ElasticJob running ``examples/train_elastic.py`` under the launcher, 1 GPU/worker."""
+    """An ElasticJob running ``examples/train_elastic.py`` under the launcher, 1 GPU/worker,
+    every rank appending its exactly-once audit records to ``index_log``."""
     return {
         "apiVersion": API_VERSION, "kind": "ElasticJob", "metadata": {"name": name},
         "spec": {
@@ -113,7 +114,9 @@ def job_manifest(name: str, *, replicas: int, min_replicas: int, max_replicas: i
                                       "name": "trainer", "image": "elastic-operator:latest",
                                       "command": ["python", "-m", "launcher"],
                                       "args": ["examples/train_elastic.py", *train_args],
-                                      "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+                                      "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
+                                              {"name": "ELASTIC_INDEX_LOG",
+                                               "value": index_log}],
                                       "resources": {"limits": {"nvidia.com/gpu": 1}}}]}},
         },
     }

@@ -30,11 +30,10 @@ BATCH = 16
 EPOCHS = 2
 
 
-def train_args(driver: Driver, job: str, *, step_time: float = 0.15,
+def train_args(*, step_time: float = 0.15,
                epochs: int = EPOCHS) -> list[str]:
     return [f"--epochs={epochs}", f"--dataset-size={DATASET}", f"--batch-size={BATCH}",
-            f"--step-time={step_time}",
-            f"--log-indices={driver.shared_dir(job)}/indices.jsonl"]
+            f"--step-time={step_time}"]
 
 
 def make_job(driver: Driver, name: str, **kw: Any) -> Obj:
@@ -45,8 +44,8 @@ def make_job(driver: Driver, name: str, **kw: Any) -> Obj:
     kw.setdefault("replicas", 2)
     kw.setdefault("min_replicas", 1)
     kw.setdefault("max_replicas", 2)
-    job = job_manifest(name, train_args=train_args(driver, name, step_time=step_time,
-                                                   epochs=epochs),
+    job = job_manifest(name, train_args=train_args(step_time=step_time, epochs=epochs),
+                       index_log=f"{driver.shared_dir(name)}/indices.jsonl",
                        checkpoint_dir=f"{driver.shared_dir(name)}/checkpoints", **kw)
     return driver.decorate(job)
 

@@ -1,14 +1,16 @@
-"""DDP training of a small MLP on a synthetic, seeded regression data set (the task of
-``examples/train_elastic.py``), in two files that differ by the diff in
-``launcher/training/README.md``: ``train_ddp.py`` is plain DDP for ``torchrun``, the baseline of
-``bench/rescale.py``; ``train_ddp_elastic.py`` is the same script on ``launcher.training.init``,
-which resizes in place under the launcher (and still runs as a single process)::
+"""DDP training of a small MLP on a synthetic, seeded regression data set, in two files that
+differ by the diff in ``launcher/training/README.md``: ``train_ddp.py`` is plain DDP for
+``torchrun``, the baseline of ``bench/rescale.py``; ``train_elastic.py``, the README's main job,
+is the same script on ``launcher.training.init``, which resizes in place under the launcher
+(and still runs as a single process)::
 
     torchrun --standalone --nproc-per-node=2 examples/train_ddp.py --epochs 2
-    python -m launcher --nnodes=1:4 ... examples/train_ddp_elastic.py --epochs 2
+    python -m launcher --nnodes=1:4 ... examples/train_elastic.py --epochs 2
 
 Rank 0 prints one JSON line per step, ``{"event": "step", "step": 12, "epoch": 0,
-"world_size": 2, "loss": 0.41, "lr": 0.05}``, and ``done`` at the end.
+"world_size": 2, "loss": 0.41, "lr": 0.05}``, and ``done`` at the end. ``--state-mb`` adds a
+buffer of that size to the model, to measure resizes of a large state.
+(``train_elastic_classes.py`` is the same task on the explicit classes, for ``fixedGlobal``.)
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ def make_dataset(size: int, seed: int) -> TensorDataset:
     return TensorDataset(x, y.unsqueeze(1))
 
 
-def make_model(seed: int) -> torch.nn.Module:
+def make_model(seed: int, state_mb: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(FEATURES, 32), torch.nn.Tanh(),
-                               torch.nn.Linear(32, 1))
+    net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 32), torch.nn.Tanh(),
+                              torch.nn.Linear(32, 1))
+    if state_mb:  # a buffer, never trained: only the state to save or transfer grows
+        net.register_buffer("ballast", torch.zeros(state_mb << 18))  # float32: 4 B each
+    return net
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step-time", type=float, default=0.0,
                    help="minimum seconds per step, to emulate a bigger model")
+    p.add_argument("--state-mb", type=int, default=0, help="extra MB of model state")
     return p.parse_args(argv)
 
 
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     data = make_dataset(args.dataset_size, args.seed)
     sampler = DistributedSampler(data, seed=args.seed)
     loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler)
-    model = DistributedDataParallel(make_model(args.seed))
+    model = DistributedDataParallel(make_model(args.seed, args.state_mb))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
     step = 0

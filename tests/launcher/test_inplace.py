@@ -29,7 +29,7 @@ from tests.launcher.conftest import REPO, LauncherCluster, wait_for
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = REPO / "examples" / "train_ddp_elastic.py"
+EXAMPLE = REPO / "examples" / "train_elastic.py"
 TEST_SCRIPT = Path(__file__).with_name("train_inplace.py")
 JOIN = 150.0
 
@@ -80,7 +80,7 @@ def assert_identical_per_generation(rows: list[dict[str, Any]]) -> None:
 
 def test_example_grows_in_place_exactly_once_with_the_lr_rules(
         cluster: LauncherCluster, job_env: Path, tmp_path: Path) -> None:
-    """examples/train_ddp_elastic.py: a third node joins; the survivors keep their processes,
+    """examples/train_elastic.py: a third node joins; the survivors keep their processes,
     every epoch consumes each sample once, and the LR ramps to the linear rule's 3/2."""
     log = job_env
     args = ("--epochs=40", "--dataset-size=128", "--batch-size=8", "--step-time=0.05")

@@ -1,6 +1,6 @@
 """The launcher and the training helpers together on every kind of shrink.
 
-``examples/train_elastic.py`` (the real helpers: agreed SIGTERM stop, checkpoints, sampler)
+``examples/train_elastic_classes.py`` (the real helpers: agreed SIGTERM stop, checkpoints, sampler)
 under three real agents. A stop for a resize exits 0 just like the end of training; these
 tests pin down that the agents tell the two apart: survivors re-form and train every epoch, and
 only a member of the final round records the job's Completion.
@@ -25,7 +25,7 @@ from tests.launcher.conftest import REPO, LauncherCluster, wait_for
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = REPO / "examples" / "train_elastic.py"
+EXAMPLE = REPO / "examples" / "train_elastic_classes.py"
 DATASET, BATCH, EPOCHS = 192, 8, 3
 JOIN = 120.0
 

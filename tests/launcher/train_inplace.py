@@ -1,6 +1,6 @@
 """A short-API (``launcher.training.init``) training script for the in-place resize tests.
 
-The loop of ``examples/train_ddp_elastic.py``, plus what the tests observe: after every
+The loop of ``examples/train_elastic.py``, plus what the tests observe: after every
 formation, each rank appends ``{"generation", "world_size", "rank", "step", "pid", "hash",
 "factor"}`` to ``--out/states.jsonl`` (``hash``: SHA-256 over every tensor and number of the
 session's state: model, optimizer, scheduler, ElasticLR, sampler; a test can check that all

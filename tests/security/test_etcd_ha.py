@@ -1,6 +1,6 @@
 """The rendezvous outlives the loss of etcd members (issue 14): three local members started
 from the flags of the StatefulSet that ``kubectl kustomize deploy/`` renders, TLS and auth on,
-a job of two real agents running ``examples/train_elastic.py``.
+a job of two real agents running ``examples/train_elastic_classes.py``.
 
 SIGKILL the raft leader while the job trains: the job goes on (at most one re-formation) and
 every sample is consumed exactly once. Then SIGKILL a second member (no quorum): the agents
@@ -25,7 +25,7 @@ from tests.security.etcd_cluster import EtcdCluster, Pki
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = REPO / "examples" / "train_elastic.py"
+EXAMPLE = REPO / "examples" / "train_elastic_classes.py"
 DATASET, BATCH, EPOCHS = 256, 8, 5  # 16 steps per epoch at world 2
 RDZV = "ha-0001"
 

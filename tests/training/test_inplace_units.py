@@ -202,7 +202,7 @@ def test_the_elastic_example_is_a_small_diff_of_the_plain_one() -> None:
 
     examples = Path(__file__).resolve().parents[2] / "examples"
     plain = (examples / "train_ddp.py").read_text().splitlines()
-    elastic = (examples / "train_ddp_elastic.py").read_text().splitlines()
+    elastic = (examples / "train_elastic.py").read_text().splitlines()
     changed = [line for line in difflib.unified_diff(plain, elastic, lineterm="", n=0)
                if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     assert len(changed) < 15, changed
@@ -216,7 +216,7 @@ def test_the_elastic_example_runs_alone_without_the_launcher(tmp_path: Path) -> 
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
     done = subprocess.run(
-        [sys.executable, str(root / "examples" / "train_ddp_elastic.py"), "--epochs", "1",
+        [sys.executable, str(root / "examples" / "train_elastic.py"), "--epochs", "1",
          "--dataset-size", "64"], env={**env, "PYTHONPATH": str(root)}, capture_output=True,
         text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

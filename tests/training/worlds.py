@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "train_elastic.py"
+EXAMPLE = REPO / "examples" / "train_elastic_classes.py"
 DEADLINE = 90.0  # seconds; generous for a loaded 2-core CI machine
 
 
