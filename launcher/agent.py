@@ -242,10 +242,7 @@ class Agent:
                 return 1
             log.info("node %s: joined generation %d as group rank %d of %d", cfg.node_id,
                      rnd.generation, rnd.rank, rnd.world_size)
-            if self.group is not None:  # in place: the processes go on; hand over when ready
-                self._retry(functools.partial(self.rdzv.mark_ready, rnd.generation))
-                self._marked = rnd.generation
-            else:
+            if self.group is None:  # else in place: the processes go on (see _inplace_tick)
                 extra = dict(cfg.extra_env)
                 extra.update({
                     "TORCHELASTIC_RUN_ID": cfg.rdzv_id,
@@ -338,7 +335,9 @@ class Agent:
             self._lost_reported = assigned
             self._retry(lambda: self.rdzv.report_lost(rnd.generation))  # type: ignore[union-attr]
             return f"peer lost mid-step in generation {assigned} (reported by {reporters[0]})"
-        if self._marked < rnd.generation and self.group.ready_for(rnd.generation):
+        # Ready once our processes are set up: a joiner still importing torch is not, so the
+        # survivors train on at the old size instead of waiting for its interpreter.
+        if self._marked < rnd.generation and self.group.set_up():
             self._retry(lambda: self.rdzv.mark_ready(rnd.generation))  # type: ignore[union-attr]
             self._marked = rnd.generation
         snap = self.rdzv.snapshot()

@@ -132,9 +132,11 @@ class WorkerGroup:
         return bool(self.procs) and all(p.poll() is None for p in self.procs) and all(
             s is not None and s.inplace for s in self.statuses())
 
-    def ready_for(self, generation: int) -> bool:
-        """Every process is set up and can join the group of ``generation``."""
-        return all(s is not None and s.ready >= generation for s in self.statuses())
+    def set_up(self) -> bool:
+        """Every process has built its model and optimizer (it reached its first round), so
+        it can join any newer round at once: a round it was still forming is abandoned when a
+        newer one is handed over (``launcher.training.inplace``)."""
+        return all(s is not None and s.ready >= 0 for s in self.statuses())
 
     def lost_peer(self) -> int:
         """The newest generation in which a local process lost a peer mid-step (-1: none)."""

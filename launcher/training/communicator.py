@@ -31,6 +31,9 @@ from torch.distributed import distributed_c10d as c10d
 
 log = logging.getLogger(__name__)
 
+# The store counter every rank of a generation adds 1 to when it arrives (see ``init``).
+ARRIVED = "elastic/arrived"
+
 
 class CollectiveAborted(RuntimeError):
     """A collective failed or was aborted: a peer is gone; the step must be discarded."""
@@ -62,13 +65,32 @@ class Communicator:
             return True
         return dist.is_nccl_available() and hasattr(c10d, "_abort_process_group")
 
-    def init(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-        """Form the group; rank 0 hosts the generation's store."""
-        if rank != 0:
-            _wait_listening(master_addr, master_port, self.timeout)
-        self.store = dist.TCPStore(master_addr, master_port, world_size, is_master=rank == 0,
-                                   timeout=timedelta(seconds=self.timeout),
-                                   wait_for_workers=False)
+    def init(self, rank: int, world_size: int, master_addr: str, master_port: int,
+             abandoned: Callable[[], bool] = lambda: False) -> None:
+        """Form the group; rank 0 hosts the generation's store.
+
+        Every wait is polled, and ``abandoned()`` (the rendezvous moved on: a member of this
+        round will never come) raises ``CollectiveAborted``, like a failed store connection:
+        a round that cannot form costs its members a poll, not the store timeout. Only
+        ``init_process_group`` itself blocks, and only once every rank has arrived at the
+        store (so it has nobody left to wait for)."""
+        try:
+            if rank != 0:
+                _wait_listening(master_addr, master_port, self.timeout, abandoned)
+            self.store = dist.TCPStore(master_addr, master_port, world_size,
+                                       is_master=rank == 0,
+                                       timeout=timedelta(seconds=self.timeout),
+                                       wait_for_workers=False)
+            self.store.add(ARRIVED, 1)
+            deadline = time.monotonic() + self.timeout
+            while self.store.add(ARRIVED, 0) < world_size:
+                if abandoned() or time.monotonic() > deadline:
+                    raise CollectiveAborted(f"generation group of {world_size} abandoned "
+                                            "before every rank arrived")
+                time.sleep(0.002)
+        except dist.DistError as exc:  # the store's host is gone (its round was abandoned)
+            self.store = None
+            raise CollectiveAborted(str(exc).splitlines()[0]) from exc
         kwargs = {}
         if self.backend == "nccl":
             torch.cuda.set_device(self.device)
@@ -100,8 +122,10 @@ class Communicator:
             raise CollectiveAborted(str(exc).splitlines()[0]) from exc
 
     def abort(self) -> None:
-        """Tear the group down after a failure without waiting for peers."""
+        """Tear the group down after a failure without waiting for peers (also the store of
+        a formation that was abandoned before its group existed)."""
         if not dist.is_initialized():
+            self.store = None
             return
         if self.backend == "nccl":
             c10d._abort_process_group()
@@ -119,7 +143,8 @@ class Communicator:
         self.store = None
 
 
-def _wait_listening(host: str, port: int, timeout: float) -> None:
+def _wait_listening(host: str, port: int, timeout: float, abandoned: Callable[[], bool]
+                    ) -> None:
     """Return once ``host:port`` accepts connections. TCPStore's client retries a refused
     connection only after a back-off of up to a second; the new rank 0 opens its store a few
     milliseconds after the others look for it, so polling here keeps a regroup short."""
@@ -129,6 +154,9 @@ def _wait_listening(host: str, port: int, timeout: float) -> None:
             socket.create_connection((host, port), timeout=1.0).close()
             return
         except OSError:
+            if abandoned():
+                raise CollectiveAborted(f"the store at {host}:{port} never opened: its "
+                                        "round was abandoned") from None
             if time.monotonic() > deadline:
                 return  # let TCPStore report the failure with its own message
             time.sleep(0.002)

@@ -344,8 +344,31 @@ class InPlaceSession:
             time.sleep(0.002)
         return found
 
+    def _superseded(self) -> bool:
+        """The agent handed over a newer round: the one this process forms is abandoned."""
+        return self._newer_assignment() is not None
+
     def _form(self, assignment: Assignment) -> None:
-        """Join ``assignment``'s group; bring every rank to the newest committed state."""
+        """Join ``assignment``'s group and bring every rank to the newest committed state.
+
+        A round can be abandoned while it forms: a member dies, or the membership changes
+        again (a scale flap) before every member arrived. Every wait of the formation is
+        polled against a newer assignment (``_superseded``), and a failed formation tells the
+        agent (``lost``, so it re-forms now) and forms the next round instead: no member waits
+        for a store or collective timeout. What a failed formation leaves is a committed state
+        (a load from a peer is whole or not at all), so the next formation starts from it."""
+        while True:
+            try:
+                self._form_once(assignment)
+                return
+            except (CollectiveAborted, peer_state.PeerStateRefused, OSError) as exc:
+                log.warning("rank %d: generation %d did not form (%s); waiting for the next "
+                            "round", assignment.rank, assignment.generation, exc)
+                self.comm.abort()
+                self._set_status(lost=assignment.generation)
+                assignment = self._wait_assignment()
+
+    def _form_once(self, assignment: Assignment) -> None:
         assert self.model is not None and self.optimizer is not None
         started = time.monotonic()
         self.assignment = assignment
@@ -355,7 +378,8 @@ class InPlaceSession:
             self.comm.init(0, 1, "127.0.0.1", _free_port())
         else:
             self._set_status(ready=assignment.generation)
-            self.comm.init(rank, world, assignment.master_addr, assignment.master_port)
+            self.comm.init(rank, world, assignment.master_addr, assignment.master_port,
+                           self._superseded)
         self.plan = BatchPlan.create("fixedPerWorker", world_size=world,
                                      micro_batch=self.batch_size,
                                      base_world_size=self.ctx.base_world_size)
@@ -386,7 +410,7 @@ class InPlaceSession:
             return [self.global_step]
         box = torch.zeros(self.world_size, dtype=torch.int64, device=self.comm.device)
         box[self.rank] = self.global_step
-        self.comm.all_reduce(box, lambda: False)
+        self.comm.all_reduce(box, self._superseded)
         return [int(v) for v in box.tolist()]
 
     def _transfer(self, source: int, behind: list[int], steps: list[int]) -> None:
@@ -399,12 +423,25 @@ class InPlaceSession:
                                             self.assignment.generation,
                                             peer_state.Payload(self.state()))
             self.comm.store.set(key, server.address)
-        if self.rank in behind:
-            address = self.comm.store.get(key).decode()
-            self.load(peer_state.fetch(address, self.secret, self.assignment.generation))
-        self.comm.all_reduce(torch.zeros(1, device=self.comm.device), lambda: False)
-        if server is not None:
-            server.close()
+        try:
+            if self.rank in behind:
+                address = self._store_get(key)
+                self.load(peer_state.fetch(address, self.secret, self.assignment.generation))
+            self.comm.all_reduce(torch.zeros(1, device=self.comm.device), self._superseded)
+        finally:
+            if server is not None:
+                server.close()
+
+    def _store_get(self, key: str) -> str:
+        """``store.get`` that gives up when the round is abandoned (a plain get blocks for the
+        store timeout when the setter is gone)."""
+        assert self.comm.store is not None
+        deadline = time.monotonic() + self.comm.timeout
+        while not self.comm.store.check([key]):
+            if self._superseded() or time.monotonic() > deadline:
+                raise CollectiveAborted(f"{key} never came: the round was abandoned")
+            time.sleep(0.002)
+        return self.comm.store.get(key).decode()
 
     def _relog_last_step(self) -> None:
         """After a lost peer, the last committed step is in the lineage with every old rank's
@@ -430,17 +467,18 @@ class InPlaceSession:
                     step, state = found[0].step, found[1]
             if self.world_size > 1:
                 box = torch.tensor([step if self.rank == 0 else 0], device=self.comm.device)
-                self.comm.all_reduce(box, lambda: False)
+                self.comm.all_reduce(box, self._superseded)
                 step = int(box.item())
             if step and state is None:
                 state = read_verified(self.checkpoints.path_for(step))
         if state is not None:
             self.load(state)
         else:
-            self.global_step = 0
             if self.world_size > 1:
                 for tensor in self.model.state_dict().values():
-                    dist.broadcast(tensor, src=0)
+                    self.comm.wait(dist.broadcast(tensor, src=0, async_op=True),
+                                   self._superseded)
+            self.global_step = 0  # only now: an abandoned broadcast leaves no state (-1)
         self.saved_step = self.global_step
 
     def _retarget(self) -> None:

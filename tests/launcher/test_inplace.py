@@ -174,6 +174,40 @@ def test_graceful_leave_in_place(cluster: LauncherCluster, job_env: Path,
     assert cluster.etcd_report(leaving.node_id) is None
 
 
+def test_a_joiner_lost_while_its_round_forms_costs_no_timeout(
+        cluster: LauncherCluster, job_env: Path, tmp_path: Path) -> None:
+    """A joiner is SIGKILLed (agent and process) once it said it is ready, so the survivors
+    were handed a round with a member that never arrives: they give that round up when the
+    next one (without it) is handed over, well inside the 60 s collective timeout, keep their
+    processes and finish exactly once."""
+    log, out = job_env, tmp_path / "states"
+    out.mkdir()
+    args = (f"--out={out}", "--epochs=60", "--dataset-size=96", "--batch-size=8",
+            "--step-time=0.05", "--no-states")
+    for node in ("a", "b"):
+        cluster.start(node, "1:3", *args, script=TEST_SCRIPT)
+    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
+             f"training at world 2\n{cluster.logs_tail()}")
+    joiner = cluster.start("c", "1:3", *args, script=TEST_SCRIPT)
+    ready = f"{contract.etcd_prefix(cluster.rdzv_id)}ready/"
+    wait_for(lambda: any(meta.key.decode().endswith("/c")
+                         for _, meta in cluster.client().get_prefix(ready)), JOIN,
+             f"the joiner to be ready\n{cluster.logs_tail()}", interval=0.01)
+    os.killpg(joiner.proc.pid, signal.SIGKILL)
+    before = steps_logged(log)
+    # Progress again at world 2 after the lease (2 s) and a regroup; a round that waited for
+    # the dead joiner would stall for the collective timeout (60 s).
+    wait_for(lambda: steps_logged(log) >= before + 20, 30,
+             f"steps again after the joiner was lost\n{cluster.logs_tail()}")
+    for node in ("a", "b"):
+        assert cluster.agents[node].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
+        assert workers_started(cluster, node) == 1
+    records = read_records(log)
+    report = check_exactly_once(records, dataset_size=96, epochs=60)
+    assert report.ok, report.problems
+    assert committed_world_sizes(records) in ([2], [2, 3, 2])
+
+
 def test_script_without_helpers_takes_the_restart_path(cluster: LauncherCluster) -> None:
     for node in ("a", "b"):
         cluster.start(node, "2:3")

@@ -144,6 +144,26 @@ def test_a_collective_the_caller_declares_dead_is_abandoned() -> None:
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_formation_the_rendezvous_abandoned_is_given_up_at_once(rank: int) -> None:
+    """A round whose members never all arrive (one died, or a newer round superseded it): the
+    store host waiting for arrivals and a rank waiting for a store that never opens both give
+    up when ``abandoned()`` turns True, not after the timeout, and the process can form the
+    next round's group at once."""
+    comm = communicator.Communicator("gloo", timeout=600)
+    started = time.monotonic()
+    with pytest.raises(communicator.CollectiveAborted, match="abandoned"):
+        comm.init(rank, 3, "127.0.0.1", _free_port(), lambda: time.monotonic() - started > 0.2)
+    assert 0.2 <= time.monotonic() - started < 10
+    comm.abort()
+    assert comm.store is None
+    comm.init(0, 1, "127.0.0.1", _free_port())  # the next round: alone, forms at once
+    box = torch.ones(2)
+    comm.all_reduce(box, lambda: False)
+    assert box.tolist() == [1.0, 1.0]
+    comm.destroy()
+
+
 def test_nccl_path_aborts_communicators_and_is_refused_where_it_cannot(
         monkeypatch: pytest.MonkeyPatch) -> None:
     comm = communicator.Communicator("nccl", local_rank=1)
