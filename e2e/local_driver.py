@@ -115,7 +115,7 @@ class LocalDriver:
         assert self.cluster.kubelet is not None
         frozen = 0
         for pid in self.cluster.kubelet.pids(pod, self.namespace):
-            if _writes_heartbeat(pid):
+            if writes_heartbeat(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
                     frozen += 1
@@ -172,7 +172,7 @@ class LocalDriver:
                         self.namespace, JOBS, name)
 
 
-def _writes_heartbeat(pid: int) -> bool:
+def writes_heartbeat(pid: int) -> bool:
     """Whether ``pid`` holds a training heartbeat file open (the helpers keep it open), which
     tells a training process from the launcher and its idle pre-warmed processes."""
     try:

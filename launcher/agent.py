@@ -137,6 +137,9 @@ class Agent:
         self._shutting_down = False
         self._lost_reported = -1
         self._marked = -1  # newest generation this node marked ready in etcd
+        # A process of this agent announced in-place resize: the command can, so a restarted
+        # process that has not announced yet will too (see _why_not_inplace).
+        self._inplace_command = False
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -310,10 +313,16 @@ class Agent:
         """None when the running processes can take ``rnd``'s successor in place."""
         if not self.config.inplace:
             return f"{inplace.INPLACE}=0"
-        if self.group is None or not self.group.inplace_capable():
-            return ("the training processes did not announce in-place resize (a script "
-                    "without launcher.training.init, or a backend that cannot abort)")
-        return None
+        if self.group is not None and self.group.inplace_capable():
+            self._inplace_command = True
+            return None
+        if self.group is not None and self._inplace_command and self.group.starting():
+            # Restarted after a crash or hang and still importing: killing it for this
+            # re-formation would only restart the same start-up (and stall every peer again);
+            # it joins the newest round once set up, like any joiner.
+            return None
+        return ("the training processes did not announce in-place resize (a script "
+                "without launcher.training.init, or a backend that cannot abort)")
 
     def _inplace_tick(self, rnd: Round) -> str | None:
         """Hand ``rnd`` to in-place processes once every member is ready; a reason to

@@ -292,12 +292,18 @@ class EtcdRendezvous:
                          with_lease=True)
 
     def announce_waiting(self, after: int | None = None) -> None:
-        """Publish "I want a round newer than ``after``" (default: the last one I ran in)."""
+        """Publish "I want a round newer than ``after``" (default: the last one I ran in).
+
+        A node the current round excluded (it did not follow a reported loss, e.g. its process
+        was frozen and is being restarted) asks for a round newer than that one: announcing
+        an older ``after`` would leave it excluded, and the job would train without it."""
+        snap = self.snapshot()
         if after is None:
-            snap = self.snapshot()
             after = (self.last_generation if self.node_id in (
                 snap.round.members if snap.round else ()) else snap.generation)
             after = max(after, self.last_generation)
+        elif self.node_id in snap.excluded:
+            after = max(after, snap.generation)
         value = {"addr": self.local_addr, "port": free_port(self.local_addr), "after": after}
         self.session.put_owned(self.node_key, json.dumps(value).encode())
 
@@ -335,7 +341,9 @@ class EtcdRendezvous:
                                  self.node_id)
                 # Announce at most once per call; the session re-puts the key on a new lease.
                 me = snap.participants.get(self.node_id)
-                if not announced and (me is None or active):
+                excluded = (me is not None and self.node_id in snap.excluded
+                            and me.after < snap.generation)
+                if not announced and (me is None or active or excluded):
                     try:
                         self.announce_waiting()
                         announced = True

@@ -132,6 +132,11 @@ class WorkerGroup:
         return bool(self.procs) and all(p.poll() is None for p in self.procs) and all(
             s is not None and s.inplace for s in self.statuses())
 
+    def starting(self) -> bool:
+        """Every process is alive and has not said anything yet (its script is importing)."""
+        return bool(self.procs) and all(p.poll() is None for p in self.procs) and all(
+            s is None for s in self.statuses())
+
     def set_up(self) -> bool:
         """Every process has built its model and optimizer (it reached its first round), so
         it can join any newer round at once: a round it was still forming is abandoned when a
@@ -246,9 +251,12 @@ class WorkerGroup:
             if proc.poll() is not None:
                 continue
             try:
-                age = now - self.heartbeat_file(local_rank).stat().st_mtime
+                beat = self.heartbeat_file(local_rank).stat()
             except FileNotFoundError:
                 continue  # not armed yet: no heartbeat so far in this round
+            if not beat.st_size:
+                continue  # opened, never written: still setting up or forming its first group
+            age = now - beat.st_mtime
             if age > self.hang_timeout:
                 return local_rank, age
         return None

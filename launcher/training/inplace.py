@@ -132,6 +132,8 @@ class InPlaceSession:
         self._assignment_mtime = self._mtime()
         self._status = WorkerStatus()
         self._heartbeat = Heartbeat(ctx.heartbeat_file)
+        self._armed = False  # the first committed step arms the agent's hang timer
+        self._last_beat = 0.0
         self._stop = StopRequest()
         self._formed = False
         if ctx.batching != "fixedPerWorker":
@@ -243,6 +245,7 @@ class InPlaceSession:
         flat[-1] = 1.0 if self._stop.requested else 0.0
         if self.world_size > 1:
             def dead() -> bool:
+                self._keepalive()  # waiting on a frozen peer is not being frozen
                 newer = self._newer_assignment()
                 return newer is not None and newer.peers_lost
             try:
@@ -292,6 +295,7 @@ class InPlaceSession:
             self.index_log.step(generation=self.assignment.generation, step=self.global_step,
                                 epoch=step.epoch, rank=self.rank, indices=self._share(step))
         self._heartbeat.beat(self.global_step)
+        self._armed, self._last_beat = True, time.monotonic()
         interval = self.ctx.checkpoint_interval
         self._due_save = interval > 0 and self.global_step % interval == 0
 
@@ -332,7 +336,7 @@ class InPlaceSession:
 
     def _wait_assignment(self, timeout: float = 600.0) -> Assignment:
         deadline = time.monotonic() + timeout
-        while (found := self._newer_assignment()) is None:
+        while not self._superseded():
             if self._stop.requested:
                 # The whole job is going away (this pod too): the group is gone, but this
                 # rank holds the full state of the last committed step, so it saves it.
@@ -342,11 +346,25 @@ class InPlaceSession:
                 raise RuntimeError(f"rank {self.rank}: no newer round from the agent within "
                                    f"{timeout}s")
             time.sleep(0.002)
+        found = self._newer_assignment()
+        assert found is not None  # the agent only ever writes newer rounds
         return found
 
     def _superseded(self) -> bool:
-        """The agent handed over a newer round: the one this process forms is abandoned."""
+        """The agent handed over a newer round: the one this process forms is abandoned.
+
+        Called by every wait of a formation or between rounds, so it also keeps the heartbeat:
+        a process that polls is waiting for its peers or its agent, not hung, and the hang
+        detection must pick out the frozen process, not the ones waiting for it."""
+        self._keepalive()
         return self._newer_assignment() is not None
+
+    def _keepalive(self) -> None:
+        """Beat (at most every 0.2 s) once the first step armed the agent's hang timer."""
+        now = time.monotonic()
+        if self._armed and now - self._last_beat >= 0.2:
+            self._last_beat = now
+            self._heartbeat.beat(self.global_step)
 
     def _form(self, assignment: Assignment) -> None:
         """Join ``assignment``'s group and bring every rank to the newest committed state.

@@ -100,6 +100,9 @@ def test_hang_timer_is_armed_by_the_first_heartbeat(tmp_path: Path) -> None:
         # No heartbeat yet: never hung, however long it takes.
         assert group.poll(now=later).state is GroupState.RUNNING
         beat = group.heartbeat_file(1)
+        beat.touch()  # what Heartbeat() does when the session starts: opened, not written
+        os.utime(beat, (time.time() - 5, time.time() - 5))
+        assert group.poll().state is GroupState.RUNNING
         beat.write_text("1")
         os.utime(beat, (time.time() - 5, time.time() - 5))
         status = group.poll()

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from bench.step_stalls import descendants
+from e2e.local_driver import writes_heartbeat
 from launcher import contract
 from launcher.training.audit import (
     check_exactly_once,
@@ -206,6 +208,34 @@ def test_a_joiner_lost_while_its_round_forms_costs_no_timeout(
     report = check_exactly_once(records, dataset_size=96, epochs=60)
     assert report.ok, report.problems
     assert committed_world_sizes(records) in ([2], [2, 3, 2])
+
+
+def test_only_the_frozen_process_is_declared_hung(cluster: LauncherCluster, job_env: Path,
+                                                 tmp_path: Path) -> None:
+    """SIGSTOP one member's training process: its agent declares it hung and restarts it; the
+    other member, blocked in the all-reduce with it, keeps its heartbeat while it waits (it is
+    waiting, not hung), keeps its process, and the job finishes exactly once."""
+    log, out = job_env, tmp_path / "states"
+    out.mkdir()
+    args = (f"--out={out}", "--epochs=50", "--dataset-size=96", "--batch-size=8",
+            "--step-time=0.05", "--no-states")
+    for node in ("a", "b"):
+        cluster.start(node, "1:2", *args, script=TEST_SCRIPT,
+                      launcher_args=("--hang-timeout", "3"))
+    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
+             f"training at world 2\n{cluster.logs_tail()}")
+    frozen = [pid for pid in descendants(cluster.agents["b"].proc.pid) if writes_heartbeat(pid)]
+    assert len(frozen) == 1, frozen
+    os.kill(frozen[0], signal.SIGSTOP)
+    wait_for(lambda: "ProcessHung" in cluster.agents["b"].log(), JOIN,
+             f"b's process to be declared hung\n{cluster.logs_tail()}")
+    for node in ("a", "b"):
+        assert cluster.agents[node].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
+    assert "ProcessHung" not in cluster.agents["a"].log(), cluster.logs_tail()
+    assert workers_started(cluster, "a") == 1
+    assert workers_started(cluster, "b") == 2
+    report = check_exactly_once(read_records(log), dataset_size=96, epochs=50)
+    assert report.ok, report.problems
 
 
 def test_script_without_helpers_takes_the_restart_path(cluster: LauncherCluster) -> None:

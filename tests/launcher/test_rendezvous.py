@@ -248,3 +248,29 @@ def test_a_reported_loss_closes_the_round_before_the_lease_expires(
     finally:
         for r in rdzvs:
             r.session.close(revoke=False)
+
+
+@pytest.mark.slow
+def test_an_excluded_node_that_fails_and_re_announces_is_taken_back(
+        etcd_server: EtcdServer) -> None:
+    """The excluded member was frozen, not dead: its agent restarts it and announces a round
+    newer than the one it failed in (an older generation than the exclusion): it must be a
+    candidate again, or the job trains on without it."""
+    rdzvs = [_rdzv(etcd_server, "back", n, 1, 3) for n in ("a", "b", "c")]
+    a, b, c = rdzvs
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            first = list(pool.map(lambda r: r.next_round(60), rdzvs))
+        a.report_lost(first[0].generation)
+        b.report_lost(first[0].generation)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            second = list(pool.map(lambda r: r.next_round(30), (a, b)))
+        assert "c" in a.snapshot().excluded
+        c.announce_waiting(after=first[2].generation)  # what the agent's failure path does
+        assert a.reform_reason(second[0]) == "new peer waiting: c"
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            third = list(pool.map(lambda r: r.next_round(30), rdzvs))
+        assert {r.world_size for r in third} == {3}, third
+    finally:
+        for r in rdzvs:
+            r.session.close(revoke=False)
