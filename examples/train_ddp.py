@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     model = DistributedDataParallel(make_model(args.seed, args.state_mb))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
-    step = 0
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         for x, y in loader:
@@ -84,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
-            step += 1
             if dist.get_rank() == 0:
-                emit("step", step=step, epoch=epoch, world_size=dist.get_world_size(),
-                     loss=loss.item(), lr=lr)
+                # The scheduler's count is the committed steps: it is checkpointed (and, in
+                # the elastic twin, handed to joiners and not advanced by a discarded step).
+                emit("step", step=scheduler.last_epoch, epoch=epoch,
+                     world_size=dist.get_world_size(), loss=loss.item(), lr=lr)
             time.sleep(max(0.0, args.step_time - (time.monotonic() - started)))
     if dist.get_rank() == 0:
-        emit("done", step=step)
+        emit("done", step=scheduler.last_epoch)
     dist.destroy_process_group()
     return 0
 

@@ -226,6 +226,10 @@ def test_the_elastic_example_is_a_small_diff_of_the_plain_one() -> None:
     changed = [line for line in difflib.unified_diff(plain, elastic, lineterm="", n=0)
                if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     assert len(changed) < 15, changed
+    # launcher/training/README.md shows this very diff.
+    readme = (examples.parent / "launcher" / "training" / "README.md").read_text()
+    block = readme.split("```diff\n", 1)[1].split("```", 1)[0].splitlines()
+    assert [line for line in block if line[:1] in "+-"] == changed
 
 
 @pytest.mark.slow
