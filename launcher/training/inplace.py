@@ -16,7 +16,8 @@ and "I am leaving (SIGTERM)". Consequences:
   gradients and applies the optimizer step (``commit``). A peer lost mid-step makes the
   collective fail (gloo: its sockets are reset; nccl: aborted, see ``communicator``); the rank
   discards the step (no optimizer step, no sampler progress, an ``IndexLog`` ``discard``
-  record), tells its agent, and waits for the next round.
+  record), tells its agent, and joins the next round before ``optimizer.step()`` returns
+  (so the rest of the script's loop body sees a process group, of the new round).
 - After a failure, survivors can disagree by one step (the all-reduce completed on some ranks
   only). At every (re)formation the ranks exchange their committed step; the lowest rank with
   the highest step is the source, every rank behind it (and every joiner: step -1) loads the
@@ -26,8 +27,8 @@ and "I am leaving (SIGTERM)". Consequences:
   shares for every old rank, idempotently). When nobody completed it, everyone is at the
   previous step and the step is redone at the new size. ``optimizer.step()`` returns False for
   a discarded step, and a scheduler given to ``wrap`` does not advance on it.
-- What a step decides (a checkpoint, a leave, a regroup, the state served to a joiner) is
-  carried out at the next boundary, when the script has finished the step (its scheduler
+- What a committed step decides (a checkpoint, a leave, a regroup, the state served to a
+  joiner) is carried out at the next boundary, when the script has finished the step (its scheduler
   stepped), so every rank and every copy of the state is at the same point of the loop.
 - A joiner's state comes from the source's memory over ``peer_state`` (authenticated by the
   job's secret), never from disk; only a fresh start (nobody holds state) reads the newest
@@ -126,7 +127,6 @@ class InPlaceSession:
         # Decided by the last step, done at the next boundary (see ``boundary``).
         self._due_save = False
         self._due_switch = False
-        self._due_lost = False
         self._due_leaving = 0
         self._last_step: tuple[int, Step, BatchPlan] | None = None  # (generation, step, plan)
         self._assignment_mtime = self._mtime()
@@ -275,10 +275,7 @@ class InPlaceSession:
             self._exit(WorkerOutcome.STOPPED, "every rank is leaving: checkpoint written")
         if self._due_leaving and self._stop.requested:
             self._exit(WorkerOutcome.STOPPED, "leaving the job; the others go on without it")
-        if self._due_lost:
-            self._due_lost = False
-            self._form(self._wait_assignment())
-        elif self._due_switch:
+        if self._due_switch:
             self._due_switch, self._due_leaving = False, 0
             self.comm.destroy()
             self._form(self._wait_assignment())
@@ -314,7 +311,11 @@ class InPlaceSession:
                                    step=self.global_step + 1, rank=self.rank)
         self._set_status(lost=self.assignment.generation)
         self.comm.abort()
-        self._due_lost = True
+        # Regroup now, not at the next boundary: the script's code after optimizer.step()
+        # (``dist.get_rank()`` for its log line) needs a process group, and a discarded step
+        # changed nothing (no optimizer or scheduler step), so the state served from here is
+        # the last committed one either way.
+        self._form(self._wait_assignment())
 
     # -- rounds ------------------------------------------------------------------------------
 

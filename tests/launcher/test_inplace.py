@@ -110,6 +110,26 @@ def test_example_grows_in_place_exactly_once_with_the_lr_rules(
     assert found[1]["step"] == committed_steps(records)[-1].step
 
 
+def test_example_trains_on_in_place_after_a_peer_is_killed(
+        cluster: LauncherCluster, job_env: Path) -> None:
+    """examples/train_elastic.py, one of two members SIGKILLed with its whole tree: the
+    survivor's process lives on (its loop body calls ``dist.get_rank()`` right after the
+    discarded step's ``optimizer.step()``, so that call must see a group) at world 1."""
+    log = job_env
+    args = ("--epochs=30", "--dataset-size=64", "--batch-size=8", "--step-time=0.05")
+    for node in ("a", "b"):
+        cluster.start(node, "1:2", *args, script=EXAMPLE)
+    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
+             f"training at world 2\n{cluster.logs_tail()}")
+    os.killpg(cluster.agents["b"].proc.pid, signal.SIGKILL)
+    assert cluster.agents["a"].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
+    assert workers_started(cluster, "a") == 1, cluster.logs_tail()
+    records = read_records(log)
+    report = check_exactly_once(records, dataset_size=64, epochs=30)
+    assert report.ok, report.problems
+    assert committed_world_sizes(records) == [2, 1]
+
+
 def test_join_then_sigkill_of_the_store_host(cluster: LauncherCluster, job_env: Path,
                                              tmp_path: Path) -> None:
     """A joiner's state equals the survivors' bit for bit; SIGKILL of rank 0 (the process
