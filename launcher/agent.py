@@ -81,6 +81,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# How long a re-formation leaves a silent new training process (still importing) to announce
+# in-place resize before taking the restart path with it: a cold Python + torch start on a
+# loaded 2-core node takes 3-8 s.
+STARTUP_GRACE = 15.0
+# The most an agent waits for its pre-warmed processes before it registers anyway.
+PREWARM_WAIT = 60.0
+
 
 class ShutdownRequested(Exception):
     """The agent got SIGTERM/SIGINT (pod deletion, scale-down)."""
@@ -164,6 +171,14 @@ class Agent:
                 cfg.local_addr, settle=cfg.settle, reform_timeout=cfg.reform_timeout,
             )
             self._write_peer_secret()
+            if self.pool is not None:
+                # Register only once torch is imported (see WarmPool.wait_ready): a round is
+                # then never formed around processes that still need seconds to start.
+                started = time.monotonic()
+                warm = self.pool.wait_ready(PREWARM_WAIT)
+                log.info("node %s: training processes %s in %.1fs; joining the rendezvous",
+                         cfg.node_id, "pre-warmed" if warm else "still importing",
+                         time.monotonic() - started)
             return self._loop()
         except ShutdownRequested:
             log.info("node %s: shutdown requested; leaving and stopping workers", cfg.node_id)
@@ -316,10 +331,12 @@ class Agent:
         if self.group is not None and self.group.inplace_capable():
             self._inplace_command = True
             return None
-        if self.group is not None and self._inplace_command and self.group.starting():
-            # Restarted after a crash or hang and still importing: killing it for this
-            # re-formation would only restart the same start-up (and stall every peer again);
-            # it joins the newest round once set up, like any joiner.
+        if self.group is not None and self.group.starting(
+                float("inf") if self._inplace_command else STARTUP_GRACE):
+            # Still importing: killing it for this re-formation would only pay the same
+            # start-up again (a cold one: the warm process is used up). A process of a
+            # command that announced in-place before will again; any other gets until it is
+            # STARTUP_GRACE old to say so (_inplace_tick re-forms by restart if it does not).
             return None
         return ("the training processes did not announce in-place resize (a script "
                 "without launcher.training.init, or a backend that cannot abort)")
@@ -331,6 +348,8 @@ class Agent:
         if not self.config.inplace:
             return None
         assigned = self.group.round.generation
+        if assigned < rnd.generation and self._why_not_inplace() is not None:
+            return "the training processes did not announce in-place resize in time"
         lost = self.group.lost_peer()
         if lost >= assigned and lost > self._lost_reported:
             self._lost_reported = lost

@@ -99,6 +99,7 @@ class WorkerGroup:
         self.pool = pool
         self.start_generation = rnd.generation
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.started_at = 0.0  # monotonic, set by start()
         self.exit_times: dict[int, float] = {}
         self._exit_lock = threading.Lock()
 
@@ -132,10 +133,13 @@ class WorkerGroup:
         return bool(self.procs) and all(p.poll() is None for p in self.procs) and all(
             s is not None and s.inplace for s in self.statuses())
 
-    def starting(self) -> bool:
-        """Every process is alive and has not said anything yet (its script is importing)."""
-        return bool(self.procs) and all(p.poll() is None for p in self.procs) and all(
-            s is None for s in self.statuses())
+    def starting(self, within: float) -> bool:
+        """Started less than ``within`` s ago, every process alive and silent so far (no status,
+        no heartbeat): its script is still importing, so whether it can resize in place is
+        not known yet."""
+        return (bool(self.procs) and time.monotonic() - self.started_at < within
+                and all(p.poll() is None for p in self.procs)
+                and all(s is None for s in self.statuses()) and self.waiting_to_join())
 
     def set_up(self) -> bool:
         """Every process has built its model and optimizer (it reached its first round), so
@@ -188,6 +192,7 @@ class WorkerGroup:
 
     def start(self) -> WorkerGroup:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.monotonic()
         warm = 0
         for local_rank in range(self.nproc):
             self.heartbeat_file(local_rank).unlink(missing_ok=True)

@@ -3,8 +3,9 @@
 - Node and Pod watch events feed a :class:`~elastic_operator.autoscaler.capacity.CapacityCache`
   and ElasticJob events a job cache; nothing is ever re-listed for a decision.
 - A decision loop runs the pure :func:`~elastic_operator.autoscaler.policy.decide` after a
-  relevant change (debounced, so a burst of pod events costs one decision) and at least every
-  ``interval`` seconds, because stabilization windows and timeouts expire with time alone.
+  relevant change (debounced, so a burst of pod events costs one decision), when the earliest
+  open growth window ends (``Decision.wake_at``, so a job grows on time) and at least every
+  ``interval`` seconds, because timeouts expire with time alone.
   Each decision also gets the least capacity seen since the previous one (kopf hands every
   watch event over, in order), so GPUs taken and freed between two decisions still reset the
   growth window.
@@ -261,14 +262,21 @@ class Autoscaler:
         return True
 
     async def run_forever(self, memo: kopf.Memo) -> None:
-        """Decide after each (debounced) change and every ``interval``; never raises."""
+        """Decide after each (debounced) change, when a growth window ends, and at least every
+        ``interval``; never raises."""
+        wake_at: float | None = None
         while True:
+            timeout = self.settings.interval_s
+            if wake_at is not None:  # the debounce sleep below lands just past the window
+                timeout = min(timeout, max(wake_at - time.time(), 0.0))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.interval_s)
+                await asyncio.wait_for(self._wake.wait(), timeout)
             await asyncio.sleep(self.settings.debounce_s)
             self._wake.clear()
+            wake_at = None
             try:
                 decision = self.decide(time.time())
+                wake_at = decision.wake_at
                 for key, target in decision.targets.items():
                     await self.apply(memo.kube, key, target)
             except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:

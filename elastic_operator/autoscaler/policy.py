@@ -107,6 +107,9 @@ class Decision:
     targets: dict[str, Target]
     memory: dict[str, JobMemory]
     allocation: Allocation
+    # When the earliest pending growth window ends (None: none pending): deciding again then
+    # grows the job on time, not at the next periodic decision.
+    wake_at: float | None = None
 
 
 def allocate(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capacity, now: float,
@@ -139,7 +142,8 @@ def decide(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capaci
     from the job's replicas; growth waits until every decision in the job's window wanted it
     larger, from both ``capacity`` and ``floor``, and takes the smallest size wanted in that
     window, so targets never exceed the current allocation; shrinks are immediate and come
-    from ``capacity`` alone. The returned memory holds only jobs passed in.
+    from ``capacity`` alone. The returned memory holds only jobs passed in; ``wake_at`` is the
+    end of the earliest window still open.
     """
     jobs = list(jobs)
     hold = frozenset(k for k, m in memory.items() if m.hold_growth_until > now)
@@ -153,6 +157,7 @@ def decide(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capaci
         lowest = prepared.allocate(floor)
     targets: dict[str, Target] = {}
     new_memory: dict[str, JobMemory] = {}
+    wake_at: float | None = None
     for job in jobs:
         if not job.managed:
             continue
@@ -176,6 +181,8 @@ def decide(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capaci
         samples = (*recent, (now, want))
         new_memory[job.key] = replace(mem, streak=Streak(streak.since, samples))
         if now - streak.since < job.window_s:
+            due = streak.since + job.window_s
+            wake_at = due if wake_at is None else min(wake_at, due)
             continue
         grow_to = min(v for _, v in samples)
         if grow_to > have:
@@ -184,4 +191,4 @@ def decide(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capaci
                 grow_to, have, Kind.GROW,
                 f"grow {have}->{grow_to}: "
                 f"{_describe_growth(nodes, job.gpus_per_worker, job.window_s)}")
-    return Decision(targets, new_memory, alloc)
+    return Decision(targets, new_memory, alloc, wake_at)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from launcher.contract import PodEnv, WorkerEnv
+from launcher.inplace import STATUS_FILE, WorkerStatus, write_status
 
 LRScaling = Literal["linear", "sqrt", "none"]
 Batching = Literal["fixedGlobal", "fixedPerWorker"]
@@ -61,8 +62,13 @@ class ElasticContext:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *,
-                 allow_standalone: bool = False) -> ElasticContext:
+                 allow_standalone: bool = False, announce: bool = True) -> ElasticContext:
         """Read the launcher's environment.
+
+        Under the launcher it also tells the agent, at once, that this process resizes by the
+        restart path (its status file, ``launcher.inplace``), so the agent need not wait for
+        a silent new process to say whether it can resize in place; the short API's
+        ``init()`` passes ``announce=False`` and announces in-place itself.
 
         Raises ``LauncherEnvError`` naming every missing or invalid variable. With
         ``allow_standalone=True`` and none of the distributed variables set, returns a
@@ -80,6 +86,8 @@ class ElasticContext:
                 "started by the launcher, e.g. `python -m launcher --nproc-per-node=2 "
                 "train.py`; to run it as a single process, build the context with "
                 "ElasticContext.from_env(allow_standalone=True)")
+        if announce and env.get(STATUS_FILE):
+            write_status(env[STATUS_FILE], WorkerStatus(inplace=False))
         world_size = _int(env, WorkerEnv.WORLD_SIZE, minimum=1)
         rank = _int(env, WorkerEnv.RANK, minimum=0)
         if rank >= world_size:

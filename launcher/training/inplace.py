@@ -667,7 +667,7 @@ def init(backend: str | None = None, *, collective_timeout: float = 60.0,
     Started by the launcher it resizes in place; started alone (plain ``python``) it is a
     one-process run. ``backend`` defaults to nccl when CUDA is available, else gloo.
     """
-    ctx = ElasticContext.from_env(allow_standalone=True)
+    ctx = ElasticContext.from_env(allow_standalone=True, announce=False)
     chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     return InPlaceSession(ctx, backend=chosen, collective_timeout=collective_timeout,
                           warmup_steps=warmup_steps)

@@ -181,9 +181,13 @@ def test_growth_waits_for_the_window_and_takes_the_smallest_size_seen() -> None:
     for t, free in [(0, 4), (20, 2), (40, 4)]:
         d = decide([a], [], cap(n1=free), mem, NOW + t)
         assert d.targets == {}
+        assert d.wake_at == NOW + 60  # decide again when the window ends, not a period later
         mem = d.memory
     d = decide([a], [], cap(n1=4), mem, NOW + 60)
     assert d.targets["ns/a"].replicas == 3  # 2 free at t=20 is the least in the window
+    assert d.wake_at is None
+    # Nothing to grow into: no window open, nothing to wake for.
+    assert decide([a], [], cap(n1=0), {}, NOW).wake_at is None
 
 
 def test_a_freed_gpu_that_returns_within_the_window_causes_no_resize() -> None:

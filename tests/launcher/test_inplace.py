@@ -130,6 +130,30 @@ def test_example_trains_on_in_place_after_a_peer_is_killed(
     assert committed_world_sizes(records) == [2, 1]
 
 
+def test_joiners_arriving_together_keep_their_first_process(
+        cluster: LauncherCluster, job_env: Path, tmp_path: Path) -> None:
+    """Two nodes join within a moment: the first one's round is superseded while its process
+    still imports torch; that process is not restarted for it (a cold restart would cost every
+    member its start-up again), and all four train in place."""
+    log, out = job_env, tmp_path / "states"
+    out.mkdir()
+    args = (f"--out={out}", "--epochs=60", "--dataset-size=96", "--batch-size=8",
+            "--step-time=0.05", "--no-states")
+    for node in ("a", "b"):
+        cluster.start(node, "1:4", *args, script=TEST_SCRIPT)
+    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
+             f"training at world 2\n{cluster.logs_tail()}")
+    for node in ("c", "d"):
+        cluster.start(node, "1:4", *args, script=TEST_SCRIPT)
+    wait_for(lambda: world_of_last_step(log) == 4, JOIN, f"world 4\n{cluster.logs_tail()}")
+    for node in cluster.agents:
+        assert cluster.agents[node].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
+    assert {node: workers_started(cluster, node) for node in cluster.agents} == dict.fromkeys(
+        cluster.agents, 1), cluster.logs_tail()
+    report = check_exactly_once(read_records(log), dataset_size=96, epochs=60)
+    assert report.ok, report.problems
+
+
 def test_join_then_sigkill_of_the_store_host(cluster: LauncherCluster, job_env: Path,
                                              tmp_path: Path) -> None:
     """A joiner's state equals the survivors' bit for bit; SIGKILL of rank 0 (the process

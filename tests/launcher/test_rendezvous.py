@@ -267,6 +267,9 @@ def test_an_excluded_node_that_fails_and_re_announces_is_taken_back(
             second = list(pool.map(lambda r: r.next_round(30), (a, b)))
         assert "c" in a.snapshot().excluded
         c.announce_waiting(after=first[2].generation)  # what the agent's failure path does
+        deadline = time.monotonic() + 10  # a's view is its watch cache: it may lag a moment
+        while a.reform_reason(second[0]) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert a.reform_reason(second[0]) == "new peer waiting: c"
         with ThreadPoolExecutor(max_workers=3) as pool:
             third = list(pool.map(lambda r: r.next_round(30), rdzvs))

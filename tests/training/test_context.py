@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from launcher import inplace
 from launcher.training import ElasticContext, LauncherEnvError
 
 FULL = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
@@ -59,3 +62,14 @@ def test_standalone_only_when_asked_and_no_partial_env() -> None:
 def test_invalid_values_name_field_and_value(key: str, value: str, message: str) -> None:
     with pytest.raises(LauncherEnvError, match=message):
         ElasticContext.from_env({**FULL, key: value})
+
+
+def test_tells_the_agent_at_once_that_it_takes_the_restart_path(tmp_path: Path) -> None:
+    """The agent then restarts it on a re-formation without waiting for it to finish its
+    start-up; the short API (announce=False) says in-place itself."""
+    status = tmp_path / "status"
+    ElasticContext.from_env({**FULL, inplace.STATUS_FILE: str(status)})
+    assert inplace.read_status(status) == inplace.WorkerStatus(inplace=False)
+    status.unlink()
+    ElasticContext.from_env({**FULL, inplace.STATUS_FILE: str(status)}, announce=False)
+    assert not status.exists()
