@@ -172,10 +172,16 @@ def decide(jobs: Iterable[JobState], demands: Iterable[Demand], capacity: Capaci
             targets[job.key] = Target(want, have, kind or Kind.PREEMPT,
                                       f"shrink {have}->{want}: {alloc.reasons.get(job.key, '')}")
             continue
-        want = min(want, lowest.replicas[job.key])
-        if want <= have:
+        capped = min(want, lowest.replicas[job.key])
+        if capped <= have:
+            if want > have:
+                # Only the floor said no: the GPUs were not free all along since the previous
+                # decision (also when they have just appeared). Decide again at once, from a
+                # floor that starts now, so the window starts without waiting for a period.
+                wake_at = now if wake_at is None else min(wake_at, now)
             new_memory[job.key] = replace(mem, streak=None)
             continue
+        want = capped
         streak = mem.streak or Streak(since=now)
         recent = (s for s in streak.samples if s[0] >= now - job.window_s)
         samples = (*recent, (now, want))

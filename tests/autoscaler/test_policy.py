@@ -207,6 +207,7 @@ def test_gpus_taken_and_freed_between_decisions_reset_the_window_through_the_flo
     for t in range(0, 30):
         d = decide([a], [], cap(n1=2), mem, NOW + t, floor=cap(n1=0))
         assert d.targets == {}, t
+        assert d.wake_at == NOW + t  # decide again now, from a fresh floor
         mem = d.memory
     # Once the floor agrees for a whole window, the job grows, to the least the floor allowed.
     for t in range(30, 37):

@@ -80,16 +80,22 @@ def assert_identical_per_generation(rows: list[dict[str, Any]]) -> None:
             (gen, [(m["rank"], m["step"], m["parts"]) for m in members])
 
 
+def start_two(cluster: LauncherCluster, log: Path, nnodes: str, args: tuple[str, ...],
+              script: Path, launcher_args: tuple[str, ...] = ()) -> None:
+    """Agents a and b, then wait until they train at world 2 (5 steps logged)."""
+    for node in ("a", "b"):
+        cluster.start(node, nnodes, *args, script=script, launcher_args=launcher_args)
+    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
+             f"training at world 2\n{cluster.logs_tail()}")
+
+
 def test_example_grows_in_place_exactly_once_with_the_lr_rules(
         cluster: LauncherCluster, job_env: Path, tmp_path: Path) -> None:
     """examples/train_elastic.py: a third node joins; the survivors keep their processes,
     every epoch consumes each sample once, and the LR ramps to the linear rule's 3/2."""
     log = job_env
     args = ("--epochs=40", "--dataset-size=128", "--batch-size=8", "--step-time=0.05")
-    for node in ("a", "b"):
-        cluster.start(node, "2:3", *args, script=EXAMPLE)
-    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
-             f"training at world 2\n{cluster.logs_tail()}")
+    start_two(cluster, log, "2:3", args, EXAMPLE)
     cluster.start("c", "2:3", *args, script=EXAMPLE)
     wait_for(lambda: world_of_last_step(log) == 3, JOIN, f"world 3\n{cluster.logs_tail()}")
     record = cluster.resize_record("a")  # what the operator turns into a ResizedInPlace event
@@ -117,10 +123,7 @@ def test_example_trains_on_in_place_after_a_peer_is_killed(
     discarded step's ``optimizer.step()``, so that call must see a group) at world 1."""
     log = job_env
     args = ("--epochs=30", "--dataset-size=64", "--batch-size=8", "--step-time=0.05")
-    for node in ("a", "b"):
-        cluster.start(node, "1:2", *args, script=EXAMPLE)
-    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
-             f"training at world 2\n{cluster.logs_tail()}")
+    start_two(cluster, log, "1:2", args, EXAMPLE)
     os.killpg(cluster.agents["b"].proc.pid, signal.SIGKILL)
     assert cluster.agents["a"].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
     assert workers_started(cluster, "a") == 1, cluster.logs_tail()
@@ -139,10 +142,7 @@ def test_joiners_arriving_together_keep_their_first_process(
     out.mkdir()
     args = (f"--out={out}", "--epochs=60", "--dataset-size=96", "--batch-size=8",
             "--step-time=0.05", "--no-states")
-    for node in ("a", "b"):
-        cluster.start(node, "1:4", *args, script=TEST_SCRIPT)
-    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
-             f"training at world 2\n{cluster.logs_tail()}")
+    start_two(cluster, log, "1:4", args, TEST_SCRIPT)
     for node in ("c", "d"):
         cluster.start(node, "1:4", *args, script=TEST_SCRIPT)
     wait_for(lambda: world_of_last_step(log) == 4, JOIN, f"world 4\n{cluster.logs_tail()}")
@@ -162,10 +162,7 @@ def test_join_then_sigkill_of_the_store_host(cluster: LauncherCluster, job_env: 
     out.mkdir()
     args = (f"--out={out}", "--epochs=80", "--dataset-size=96", "--batch-size=8",
             "--step-time=0.05")
-    for node in ("a", "b"):
-        cluster.start(node, "1:3", *args, script=TEST_SCRIPT)
-    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
-             f"training at world 2\n{cluster.logs_tail()}")
+    start_two(cluster, log, "1:3", args, TEST_SCRIPT)
     cluster.start("c", "1:3", *args, script=TEST_SCRIPT)
     wait_for(lambda: world_of_last_step(log) == 3, JOIN, f"world 3\n{cluster.logs_tail()}")
     joined = [row for row in states(out) if row["world_size"] == 3]
@@ -230,10 +227,7 @@ def test_a_joiner_lost_while_its_round_forms_costs_no_timeout(
     out.mkdir()
     args = (f"--out={out}", "--epochs=60", "--dataset-size=96", "--batch-size=8",
             "--step-time=0.05", "--no-states")
-    for node in ("a", "b"):
-        cluster.start(node, "1:3", *args, script=TEST_SCRIPT)
-    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
-             f"training at world 2\n{cluster.logs_tail()}")
+    start_two(cluster, log, "1:3", args, TEST_SCRIPT)
     joiner = cluster.start("c", "1:3", *args, script=TEST_SCRIPT)
     ready = f"{contract.etcd_prefix(cluster.rdzv_id)}ready/"
     wait_for(lambda: any(meta.key.decode().endswith("/c")
@@ -263,11 +257,7 @@ def test_only_the_frozen_process_is_declared_hung(cluster: LauncherCluster, job_
     out.mkdir()
     args = (f"--out={out}", "--epochs=50", "--dataset-size=96", "--batch-size=8",
             "--step-time=0.05", "--no-states")
-    for node in ("a", "b"):
-        cluster.start(node, "1:2", *args, script=TEST_SCRIPT,
-                      launcher_args=("--hang-timeout", "3"))
-    wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
-             f"training at world 2\n{cluster.logs_tail()}")
+    start_two(cluster, log, "1:2", args, TEST_SCRIPT, launcher_args=("--hang-timeout", "3"))
     frozen = [pid for pid in descendants(cluster.agents["b"].proc.pid) if writes_heartbeat(pid)]
     assert len(frozen) == 1, frozen
     os.kill(frozen[0], signal.SIGSTOP)
