@@ -81,13 +81,10 @@ class Communicator:
                                        is_master=rank == 0,
                                        timeout=timedelta(seconds=self.timeout),
                                        wait_for_workers=False)
-            self.store.add(ARRIVED, 1)
-            deadline = time.monotonic() + self.timeout
-            while self.store.add(ARRIVED, 0) < world_size:
-                if abandoned() or time.monotonic() > deadline:
-                    raise CollectiveAborted(f"generation group of {world_size} abandoned "
-                                            "before every rank arrived")
-                time.sleep(0.002)
+            store = self.store
+            store.add(ARRIVED, 1)
+            self._poll(lambda: store.add(ARRIVED, 0) >= world_size, abandoned,
+                       f"generation group of {world_size} abandoned before every rank arrived")
         except dist.DistError as exc:  # the store's host is gone (its round was abandoned)
             self.store = None
             raise CollectiveAborted(str(exc).splitlines()[0]) from exc
@@ -99,6 +96,27 @@ class Communicator:
                                 world_size=world_size, timeout=timedelta(seconds=self.timeout),
                                 **kwargs)
         self.rank, self.world_size = rank, world_size
+
+    def get(self, key: str, abandoned: Callable[[], bool]) -> str:
+        """The value a peer sets under ``key`` in this generation's store; gives up when
+        ``abandoned()`` (a plain ``store.get`` blocks for the timeout when the setter is gone)."""
+        assert self.store is not None
+        store = self.store
+        try:
+            self._poll(lambda: store.check([key]), abandoned,
+                       f"{key} never came: the round was abandoned")
+            return store.get(key).decode()
+        except dist.DistError as exc:  # the store's host is gone
+            raise CollectiveAborted(str(exc).splitlines()[0]) from exc
+
+    def _poll(self, done: Callable[[], bool], abandoned: Callable[[], bool], what: str) -> None:
+        """Poll ``done()`` every 2 ms; ``CollectiveAborted(what)`` once ``abandoned()`` or after
+        the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while not done():
+            if abandoned() or time.monotonic() > deadline:
+                raise CollectiveAborted(what)
+            time.sleep(0.002)
 
     def all_reduce(self, tensor: torch.Tensor, is_dead: Callable[[], bool]) -> None:
         """Sum ``tensor`` over the group; raise ``CollectiveAborted`` when it fails, when

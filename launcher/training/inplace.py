@@ -337,7 +337,8 @@ class InPlaceSession:
 
     def _wait_assignment(self, timeout: float = 600.0) -> Assignment:
         deadline = time.monotonic() + timeout
-        while not self._superseded():
+        while (found := self._newer_assignment()) is None:
+            self._keepalive()
             if self._stop.requested:
                 # The whole job is going away (this pod too): the group is gone, but this
                 # rank holds the full state of the last committed step, so it saves it.
@@ -347,8 +348,6 @@ class InPlaceSession:
                 raise RuntimeError(f"rank {self.rank}: no newer round from the agent within "
                                    f"{timeout}s")
             time.sleep(0.002)
-        found = self._newer_assignment()
-        assert found is not None  # the agent only ever writes newer rounds
         return found
 
     def _superseded(self) -> bool:
@@ -444,23 +443,12 @@ class InPlaceSession:
             self.comm.store.set(key, server.address)
         try:
             if self.rank in behind:
-                address = self._store_get(key)
+                address = self.comm.get(key, self._superseded)
                 self.load(peer_state.fetch(address, self.secret, self.assignment.generation))
             self.comm.all_reduce(torch.zeros(1, device=self.comm.device), self._superseded)
         finally:
             if server is not None:
                 server.close()
-
-    def _store_get(self, key: str) -> str:
-        """``store.get`` that gives up when the round is abandoned (a plain get blocks for the
-        store timeout when the setter is gone)."""
-        assert self.comm.store is not None
-        deadline = time.monotonic() + self.comm.timeout
-        while not self.comm.store.check([key]):
-            if self._superseded() or time.monotonic() > deadline:
-                raise CollectiveAborted(f"{key} never came: the round was abandoned")
-            time.sleep(0.002)
-        return self.comm.store.get(key).decode()
 
     def _relog_last_step(self) -> None:
         """After a lost peer, the last committed step is in the lineage with every old rank's
