@@ -204,8 +204,8 @@ class WorkerGroup:
             if proc is not None and self.pool is not None and self.pool.launch(proc, env, self.cmd):
                 warm += 1
             else:
-                proc = subprocess.Popen(self.cmd, env=env, start_new_session=True,
-                                        preexec_fn=die_with_parent)
+                proc = subprocess.Popen(die_with_parent(self.cmd), env=env,
+                                        start_new_session=True)
             self.procs.append(proc)
             threading.Thread(target=self._wait_exit, args=(local_rank, proc),
                              name=f"worker-wait-{local_rank}", daemon=True).start()

@@ -1,19 +1,43 @@
 """Children that die with the agent: a SIGKILLed agent must leave no orphan holding a GPU or a
-port. Its own module because both the worker group (:mod:`launcher.monitor`) and the warm pool
-(:mod:`launcher.prewarm`) start such children, and the warm pool is one of the worker group's
-parts, so it cannot import the worker group.
+port. Its own module because the worker group (:mod:`launcher.monitor`), the warm pool
+(:mod:`launcher.prewarm`) and the emulator's pod runtime (``kube_emulator.node.runtime``) all
+start such children.
+
+A wrapper rather than ``preexec_fn``: the agent has threads (grpc's, the etcd session's, the
+workers' waiters), and Python code run between ``fork`` and ``exec`` in a process with threads
+can deadlock on a lock another thread held at the fork (CPython's documentation says so of
+``preexec_fn``). Loading libc there did: a refill of the warm pool hung the agent's main loop in
+``Popen``, so its node never took part in the next round. The wrapper instead runs as the new
+process itself, after the exec, where no other thread exists.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import signal
+import os
+import sys
+from collections.abc import Sequence
 
-_PR_SET_PDEATHSIG = 1
+# Runs as the new process before the real program: asks Linux to SIGKILL it when the parent
+# dies, gives up if that already happened (the parent died before the prctl), then execs the
+# program in place, so its pid is the one the parent's Popen has.
+PROGRAM = """\
+import os, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass  # not Linux: no parent-death signal
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(137)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    print(f"exec {sys.argv[2]!r}: {exc.strerror}", file=sys.stderr)
+    sys.exit(127)
+"""
 
 
-def die_with_parent() -> None:
-    """preexec_fn: ask Linux to SIGKILL this child when the agent dies (no-op elsewhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped so that the process is SIGKILLed when this process (more exactly, the
+    thread that starts it) dies; the wrapper costs one ``python -I -S`` start, about 20 ms."""
+    return [sys.executable, "-I", "-S", "-c", PROGRAM, str(os.getpid()), *argv]

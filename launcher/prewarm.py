@@ -56,9 +56,9 @@ class WarmPool:
             read, write = os.pipe()
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-u", "-m", "launcher.worker_boot"],
+                    die_with_parent([sys.executable, "-u", "-m", "launcher.worker_boot"]),
                     env={**self.env, BOOT_READY_FD: str(write)}, pass_fds=(write,),
-                    stdin=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent,
+                    stdin=subprocess.PIPE, start_new_session=True,
                 )
             except BaseException:
                 os.close(read)

@@ -197,12 +197,14 @@ def rbac_rules(path: Path) -> set[tuple[str, str, str]]:
     return allowed
 
 
-def poll_until(check: Callable[[], T], timeout: float, what: str, *,
+def poll_until(check: Callable[[], T], timeout: float, what: str | Callable[[], str], *,
                retry_on: tuple[type[Exception], ...], interval: float = 0.05) -> T:
     """Poll ``check`` until it returns something truthy; AssertionError after ``timeout``.
 
     Exceptions in ``retry_on`` count as "not yet" (a server still starting, an object not yet
     there) and the last one is reported on timeout; any other exception fails at once.
+    ``what`` may be a callable: it is called only on timeout, so a message that quotes logs or
+    state shows them as they were when the wait gave up, not as they were when it began.
     """
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -215,7 +217,9 @@ def poll_until(check: Callable[[], T], timeout: float, what: str, *,
         except retry_on as exc:
             last = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described}; "
+                                 f"last: {last!r}")
         time.sleep(interval)
 
 

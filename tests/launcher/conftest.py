@@ -40,9 +40,11 @@ def etcd_server() -> Iterator[EtcdServer]:
         server.close()
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Return the first truthy ``predicate()`` within ``timeout`` s, else fail naming ``what``.
-    Any exception from ``predicate`` fails at once."""
+def wait_for(predicate: Callable[[], T], timeout: float, what: str | Callable[[], str],
+             interval: float = 0.1) -> T:
+    """Return the first truthy ``predicate()`` within ``timeout`` s, else fail naming ``what``
+    (a callable is called on timeout: logs quoted in it are then current). Any exception from
+    ``predicate`` fails at once."""
     return poll_until(predicate, timeout, what, retry_on=(), interval=interval)
 
 
@@ -122,9 +124,9 @@ class LauncherCluster:
                 if gen >= min_generation and world == world_size and step >= steps:
                     return row
             return None
-        return wait_for(ok, timeout, f"training at world size {world_size} (generation >= "
-                                     f"{min_generation}); last rows {self.progress()[-3:]}; "
-                                     f"logs:\n{self.logs_tail()}")
+        return wait_for(ok, timeout, lambda: f"training at world size {world_size} (generation "
+                                             f">= {min_generation}); last rows "
+                                             f"{self.progress()[-3:]}; logs:\n{self.logs_tail()}")
 
     def client(self) -> etcd3.Etcd3Client:
         host, port = self.etcd.endpoint.split(":")

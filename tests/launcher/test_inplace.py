@@ -86,7 +86,7 @@ def start_two(cluster: LauncherCluster, log: Path, nnodes: str, args: tuple[str,
     for node in ("a", "b"):
         cluster.start(node, nnodes, *args, script=script, launcher_args=launcher_args)
     wait_for(lambda: world_of_last_step(log) == 2 and steps_logged(log) >= 5, JOIN,
-             f"training at world 2\n{cluster.logs_tail()}")
+             lambda: f"training at world 2\n{cluster.logs_tail()}")
 
 
 def test_example_grows_in_place_exactly_once_with_the_lr_rules(
@@ -97,7 +97,7 @@ def test_example_grows_in_place_exactly_once_with_the_lr_rules(
     args = ("--epochs=40", "--dataset-size=128", "--batch-size=8", "--step-time=0.05")
     start_two(cluster, log, "2:3", args, EXAMPLE)
     cluster.start("c", "2:3", *args, script=EXAMPLE)
-    wait_for(lambda: world_of_last_step(log) == 3, JOIN, f"world 3\n{cluster.logs_tail()}")
+    wait_for(lambda: world_of_last_step(log) == 3, JOIN, lambda: f"world 3\n{cluster.logs_tail()}")
     record = cluster.resize_record("a")  # what the operator turns into a ResizedInPlace event
     assert record is not None and (record.node_id, record.path, record.reason) == (
         "a", "in-place", ""), record
@@ -145,7 +145,7 @@ def test_joiners_arriving_together_keep_their_first_process(
     start_two(cluster, log, "1:4", args, TEST_SCRIPT)
     for node in ("c", "d"):
         cluster.start(node, "1:4", *args, script=TEST_SCRIPT)
-    wait_for(lambda: world_of_last_step(log) == 4, JOIN, f"world 4\n{cluster.logs_tail()}")
+    wait_for(lambda: world_of_last_step(log) == 4, JOIN, lambda: f"world 4\n{cluster.logs_tail()}")
     for node in cluster.agents:
         assert cluster.agents[node].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
     assert {node: workers_started(cluster, node) for node in cluster.agents} == dict.fromkeys(
@@ -164,7 +164,7 @@ def test_join_then_sigkill_of_the_store_host(cluster: LauncherCluster, job_env: 
             "--step-time=0.05")
     start_two(cluster, log, "1:3", args, TEST_SCRIPT)
     cluster.start("c", "1:3", *args, script=TEST_SCRIPT)
-    wait_for(lambda: world_of_last_step(log) == 3, JOIN, f"world 3\n{cluster.logs_tail()}")
+    wait_for(lambda: world_of_last_step(log) == 3, JOIN, lambda: f"world 3\n{cluster.logs_tail()}")
     joined = [row for row in states(out) if row["world_size"] == 3]
     assert len(joined) == 3, joined
     assert_identical_per_generation(joined)
@@ -199,7 +199,7 @@ def test_graceful_leave_in_place(cluster: LauncherCluster, job_env: Path,
     for node in ("a", "b", "c"):
         cluster.start(node, "2:3", *args, script=TEST_SCRIPT)
     wait_for(lambda: world_of_last_step(log) == 3 and steps_logged(log) >= 5, JOIN,
-             f"training at world 3\n{cluster.logs_tail()}")
+             lambda: f"training at world 3\n{cluster.logs_tail()}")
     leaving = cluster.agents[cluster.round_members()[1]]
     leaving.proc.send_signal(signal.SIGTERM)
     assert leaving.proc.wait(60) == 0
@@ -232,13 +232,13 @@ def test_a_joiner_lost_while_its_round_forms_costs_no_timeout(
     ready = f"{contract.etcd_prefix(cluster.rdzv_id)}ready/"
     wait_for(lambda: any(meta.key.decode().endswith("/c")
                          for _, meta in cluster.client().get_prefix(ready)), JOIN,
-             f"the joiner to be ready\n{cluster.logs_tail()}", interval=0.01)
+             lambda: f"the joiner to be ready\n{cluster.logs_tail()}", interval=0.01)
     os.killpg(joiner.proc.pid, signal.SIGKILL)
     before = steps_logged(log)
     # Progress again at world 2 after the lease (2 s) and a regroup; a round that waited for
     # the dead joiner would stall for the collective timeout (60 s).
     wait_for(lambda: steps_logged(log) >= before + 20, 30,
-             f"steps again after the joiner was lost\n{cluster.logs_tail()}")
+             lambda: f"steps again after the joiner was lost\n{cluster.logs_tail()}")
     for node in ("a", "b"):
         assert cluster.agents[node].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
         assert workers_started(cluster, node) == 1
@@ -262,7 +262,7 @@ def test_only_the_frozen_process_is_declared_hung(cluster: LauncherCluster, job_
     assert len(frozen) == 1, frozen
     os.kill(frozen[0], signal.SIGSTOP)
     wait_for(lambda: "ProcessHung" in cluster.agents["b"].log(), JOIN,
-             f"b's process to be declared hung\n{cluster.logs_tail()}")
+             lambda: f"b's process to be declared hung\n{cluster.logs_tail()}")
     for node in ("a", "b"):
         assert cluster.agents[node].proc.wait(JOIN * 2) == 0, cluster.logs_tail()
     assert "ProcessHung" not in cluster.agents["a"].log(), cluster.logs_tail()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,10 +39,67 @@ def test_a_pooled_process_that_dies_does_not_hold_the_wait() -> None:
     pool = WarmPool(1, dict(os.environ, PYTHONPATH=str(REPO)))
     try:
         pool.maintain()
-        pool._ready[0].kill()  # dies before its imports are done
+        victim = pool._ready[0]
+        victim.kill()  # dies before its imports are done
         started = time.monotonic()
         assert pool.wait_ready(60)  # EOF on its pipe: not waited for any longer
         assert time.monotonic() - started < 30
+        # The kernel closes a dying process's files a moment before it can be reaped.
+        victim.wait(30)
         assert pool.take() is None
     finally:
         pool.close()
+
+
+def test_workers_start_without_fork_hooks_and_die_with_the_agent(tmp_path: Path) -> None:
+    """The agent runs grpc threads (etcd3): a fork() in it runs grpc's atfork handlers, which
+    can hang the forking thread for good (grpc/grpc#17986, #22624), the agent's main loop with
+    it. Python calls its fork hooks exactly when it forks for a subprocess (it only does so with a
+    ``preexec_fn``), so no hook may run while the warm pool or a cold start spawns a worker; and
+    both kinds of worker must still be SIGKILLed when the agent dies."""
+    pids = tmp_path / "pids"
+    agent_code = f"""
+import os, pathlib, subprocess, sys, time
+from launcher.etcd_rendezvous import Round
+from launcher.monitor import WorkerGroup
+from launcher.prewarm import WarmPool
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+pool = WarmPool(1, dict(os.environ))
+pool.maintain()
+assert pool.wait_ready(120)
+rnd = Round(1, ("a", "b"), "127.0.0.1", 29500, "a")
+sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+warm = WorkerGroup(sleeper, 1, rnd, pathlib.Path({str(tmp_path)!r}), 60, pool=pool).start()
+cold = WorkerGroup(sleeper, 1, rnd, pathlib.Path({str(tmp_path)!r}), 60).start()
+pathlib.Path({str(pids)!r}).write_text(f"{{len(forks)}} {{warm.procs[0].pid}} "
+                                       f"{{cold.procs[0].pid}}")
+time.sleep(600)
+"""
+    agent = subprocess.Popen([sys.executable, "-c", agent_code], cwd=REPO,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        deadline = time.monotonic() + 120
+        while not pids.exists() or len(pids.read_text().split()) < 3:
+            assert time.monotonic() < deadline and agent.poll() is None, "no workers started"
+            time.sleep(0.1)
+        forks, *workers = (int(word) for word in pids.read_text().split())
+        assert forks == 0, "a worker was started through fork() + preexec_fn"
+        for pid in workers:
+            assert Path(f"/proc/{pid}").exists()
+        agent.kill()
+        agent.wait()
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived its SIGKILLed agent"
+            time.sleep(0.1)
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie whose parent is gone counts as not running)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -57,7 +57,8 @@ def completion(cluster: LauncherCluster) -> contract.Completion | None:
 def test_survivors_of_a_shrink_train_every_epoch(cluster: LauncherCluster, tmp_path: Path,
                                                  how: str) -> None:
     log = start_three(cluster, tmp_path)
-    wait_for(lambda: steps_at(log, 3) >= 5, JOIN, f"training at world 3\n{cluster.logs_tail()}")
+    wait_for(lambda: steps_at(log, 3) >= 5, JOIN,
+             lambda: f"training at world 3\n{cluster.logs_tail()}")
     leaving = cluster.agents[cluster.round_members()[2]]
     leaving.proc.send_signal(getattr(signal, how))
     survivors = [a for a in cluster.agents.values() if a is not leaving]

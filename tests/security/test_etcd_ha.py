@@ -77,7 +77,7 @@ def test_the_job_survives_the_leader_and_waits_out_a_lost_quorum(
                               tmp_path / "job", RDZV)
         for node in ("n0", "n1"):
             job.start(node, "2:2", *args, script=EXAMPLE, launcher_args=flags)
-        wait_for(lambda: steps(log) >= 5, 120, f"training at world 2\n{job.logs_tail()}")
+        wait_for(lambda: steps(log) >= 5, 120, lambda: f"training at world 2\n{job.logs_tail()}")
 
         # 1. The leader dies.
         leader = etcd.leader()
@@ -87,7 +87,7 @@ def test_the_job_survives_the_leader_and_waits_out_a_lost_quorum(
         failover = time.monotonic() - killed_at
         at_kill = steps(log)
         wait_for(lambda: steps(log) >= at_kill + 8, 120,
-                 f"training after the leader's loss\n{job.logs_tail()}")
+                 lambda: f"training after the leader's loss\n{job.logs_tail()}")
         assert len(generations(log)) <= 2, "at most one re-formation after the leader's loss"
 
         # 2. A second member dies: no quorum. Training waits (or goes on with what it has).
