@@ -3,12 +3,14 @@ port. Its own module because the worker group (:mod:`launcher.monitor`), the war
 (:mod:`launcher.prewarm`) and the emulator's pod runtime (``kube_emulator.node.runtime``) all
 start such children.
 
-A wrapper rather than ``preexec_fn``: the agent has threads (grpc's, the etcd session's, the
-workers' waiters), and Python code run between ``fork`` and ``exec`` in a process with threads
-can deadlock on a lock another thread held at the fork (CPython's documentation says so of
-``preexec_fn``). Loading libc there did: a refill of the warm pool hung the agent's main loop in
-``Popen``, so its node never took part in the next round. The wrapper instead runs as the new
-process itself, after the exec, where no other thread exists.
+A wrapper rather than ``preexec_fn``: with a ``preexec_fn`` Python has to ``fork()``, and a
+``fork()`` in the agent, which runs grpc threads (etcd3), runs grpc's atfork handlers, which stop
+and restart grpc's threads and are known to hang the forking thread (grpc/grpc#17986, #22624);
+that thread is the agent's main loop. CPython's documentation also warns that Python code run
+between ``fork`` and ``exec`` in a process with threads can deadlock. Without a ``preexec_fn``
+Python spawns without ``fork()`` (vfork), and the wrapper runs as the new process itself, after
+the exec, where no other thread exists. (One CI run had two agents of a launcher test never
+train together; the logs of that run were lost, and this hang is the likeliest cause found.)
 """
 
 from __future__ import annotations
