@@ -1,7 +1,8 @@
 """Children that die with the agent: a SIGKILLed agent must leave no orphan holding a GPU or a
-port. Its own module because the worker group (:mod:`launcher.monitor`), the warm pool
-(:mod:`launcher.prewarm`) and the emulator's pod runtime (``kube_emulator.node.runtime``) all
-start such children.
+port. Its own module because both the worker group (:mod:`launcher.monitor`) and the warm pool
+(:mod:`launcher.prewarm`) start such children, and the warm pool is one of the worker group's
+parts, so it cannot import the worker group. (The emulator's pod runtime has a wrapper of its
+own, ``kube_emulator.node.runtime``: the emulator imports nothing of the product.)
 
 A wrapper rather than ``preexec_fn``: with a ``preexec_fn`` Python has to ``fork()``, and a
 ``fork()`` in the agent, which runs grpc threads (etcd3), runs grpc's atfork handlers, which stop

@@ -41,9 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.parent_death import PROGRAM as PARENT_DEATH_PROGRAM
-from launcher.parent_death import die_with_parent
-
 Obj = dict[str, Any]
 POD_IP = "127.0.0.1"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # Kubernetes' default
@@ -286,13 +283,40 @@ def _read_tail(path: Path, limit: int = MAX_MESSAGE_BYTES) -> str:
         return ""
 
 
+# Runs as the new process before the real program: asks Linux to SIGKILL it when the cluster
+# process dies, gives up if that already happened, then execs the program in place (same
+# pid). A wrapper rather than ``preexec_fn``: code run between fork and exec in a process with
+# threads (grpc's, aiohttp's) can deadlock, and without ``preexec_fn`` Python may use vfork.
+_DIE_WITH_PARENT = """\
+import os, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass  # not Linux: no parent-death signal
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(137)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    print(f"exec {sys.argv[2]!r}: {exc.strerror}", file=sys.stderr)
+    sys.exit(127)
+"""
+
+
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so that the process is SIGKILLed when this process dies (Linux), so a
+    crashed or SIGKILLed cluster leaves no orphan pod or operator behind."""
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+
 def die_with_parent_script(program: str, path: Path) -> Path:
     """Write an executable at ``path`` that runs ``program`` (with its arguments) the way
     :func:`die_with_parent` runs a command, for code that only accepts a binary's path (the
     parent-death signal then follows the thread that starts it; keep that thread alive)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = path.with_suffix(".py")
-    wrapper.write_text(PARENT_DEATH_PROGRAM)
+    wrapper.write_text(_DIE_WITH_PARENT)
     path.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{wrapper}" {os.getpid()} '
                     f'"{program}" "$@"\n')
     path.chmod(0o755)

@@ -107,24 +107,39 @@ class Jupyter:
             self._request("DELETE", f"/api/kernels/{kernel_id}")
 
     def connect(self, kernel_id: str) -> websocket.WebSocket:
-        """An open websocket to the kernel's channels (counts as a connection)."""
+        """An open websocket to the kernel's channels (counts as a connection), once the
+        kernel answered a ``kernel_info_request`` on it, as a notebook frontend waits.
+
+        Waiting matters: on connect the server nudges the kernel with kernel_info requests on
+        the shell *and* the control channel, retried until answered, and records the state of
+        the last status message of any request as the kernel's ``execution_state``; ipykernel
+        answers control requests even during a cell, so a nudge answered after a cell began
+        leaves a busy kernel listed as idle (seen on Enterprise Gateway: the "busy" kernel
+        was reclaimed)."""
         ws = websocket.create_connection(
             f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/api/kernels/{kernel_id}/channels",
             header=[f"Authorization: token {self.token}"], timeout=60,
         )
         self._sockets.append(ws)
+        self._request_on(ws, "kernel_info_request", {}, wait=True)
         return ws
 
     def execute(self, ws: websocket.WebSocket, code: str, wait: bool = True) -> None:
-        """Send an execute_request; with ``wait``, return once the kernel is idle again."""
+        """Send an execute_request; with ``wait``, return once the kernel is idle again,
+        without, once it is busy with it."""
+        self._request_on(ws, "execute_request", {
+            "code": code, "silent": False, "store_history": False, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": True}, wait=wait)
+
+    def _request_on(self, ws: websocket.WebSocket, msg_type: str, content: dict[str, Any],
+                    wait: bool) -> None:
         msg_id = uuid.uuid4().hex
         ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+            "header": {"msg_id": msg_id, "msg_type": msg_type, "username": "test",
                        "session": uuid.uuid4().hex, "date": "", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "content": content,
         }))
+        code = content.get("code", msg_type)
         states = []
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
