@@ -19,6 +19,7 @@ A script imports what it needs from here; each module has one purpose:
 - ``inplace``: ``init()`` - the short API: an ``InPlaceSession`` that owns the step boundary
   of a plain DDP loop and resizes in place (survivors keep their processes, joiners get the
   state from a peer's memory); see the README for the diff from a torchrun script.
+  ``formation`` forms its rounds, ``short_api`` holds the sampler and optimizer it hands out.
 - ``audit``: ``IndexLog`` and ``check_exactly_once`` - verify exactly-once consumption on the
   committed lineage of the final model.
 

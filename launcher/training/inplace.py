@@ -19,25 +19,14 @@ and "I am leaving (SIGTERM)". Consequences:
   record), tells its agent, and joins the next round before ``optimizer.step()`` returns
   (so the rest of the script's loop body sees a process group, of the new round).
 - After a failure, survivors can disagree by one step (the all-reduce completed on some ranks
-  only). At every (re)formation the ranks exchange their committed step; the lowest rank with
-  the highest step is the source, every rank behind it (and every joiner: step -1) loads the
-  source's state. A rank that completed the all-reduce applied the same full gradient to the
-  same state, so any rank at the highest step holds *the* state of that step: the new world is
-  consistent, and the step is in the lineage exactly once (the source re-logs that step's index
-  shares for every old rank, idempotently). When nobody completed it, everyone is at the
-  previous step and the step is redone at the new size. ``optimizer.step()`` returns False for
-  a discarded step, and a scheduler given to ``wrap`` does not advance on it.
+  only); every (re)formation brings all ranks to the newest committed state, a joiner's from a
+  peer's memory, never from disk (``launcher.training.formation``). ``optimizer.step()`` returns
+  False for a discarded step, and a scheduler given to ``wrap`` does not advance on it.
 - What a committed step decides (a checkpoint, a leave, a regroup, the state served to a
-  joiner) is carried out at the next boundary, when the script has finished the step (its scheduler
-  stepped), so every rank and every copy of the state is at the same point of the loop.
-- A joiner's state comes from the source's memory over ``peer_state`` (authenticated by the
-  job's secret), never from disk; only a fresh start (nobody holds state) reads the newest
-  checkpoint. Checkpoints are still written every ``ELASTIC_CHECKPOINT_INTERVAL`` steps by rank
-  0, and on an agreed stop of the whole world, for whole-job restarts.
-- LR and batching follow the same rules as the restart path: at every formation the
-  ``ElasticLR`` state of the boundary is loaded into an ``ElasticLR`` for the new world (a ramp
-  from the old factor), the ``BatchPlan`` is rebuilt and the sampler continues from
-  ``consumed``, so the remaining samples of the epoch are re-split over the new world.
+  joiner) is carried out at the next boundary, when the script has finished the step (its
+  scheduler stepped), so every rank and every copy of the state is at the same point of the
+  loop. Checkpoints are written every ``ELASTIC_CHECKPOINT_INTERVAL`` steps by rank 0, and on an
+  agreed stop of the whole world, for whole-job restarts.
 - A stop is not a completion: a rank that leaves (its pod is deleted) records ``STOPPED`` and
   exits 0 after the agreed step; when every rank leaves, rank 0 writes a checkpoint first. Only
   the end of ``epochs()`` records ``COMPLETED``.
@@ -52,14 +41,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from launcher import contract
 from launcher.contract import WorkerOutcome, write_outcome
@@ -75,20 +62,19 @@ from launcher.inplace import (
     read_secret,
     write_status,
 )
-from launcher.training import peer_state, rng
+from launcher.training import formation
 from launcher.training.audit import IndexLog
 from launcher.training.batching import BatchPlan
-from launcher.training.checkpoint import CheckpointDir, read_verified
+from launcher.training.checkpoint import CheckpointDir
 from launcher.training.communicator import CollectiveAborted, Communicator
 from launcher.training.context import ElasticContext
 from launcher.training.heartbeat import Heartbeat
 from launcher.training.lr import ElasticLR
 from launcher.training.sampler import ElasticSampler, Step
+from launcher.training.short_api import ElasticOptimizer, RankSampler
 from launcher.training.stop import StopRequest
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 
 
 class InPlaceSession:
@@ -122,26 +108,26 @@ class InPlaceSession:
         self.saved_step = 0
         self.discarded = 0
         self.last_discarded = False
-        self._pending: Step | None = None
-        self._boundaries = 0  # commits + discards: tells the sampler a step is over
+        self.pending: Step | None = None
+        self.boundaries = 0  # commits + discards: tells the sampler a step is over
         # Decided by the last step, done at the next boundary (see ``boundary``).
         self._due_save = False
         self._due_switch = False
         self._due_leaving = 0
-        self._last_step: tuple[int, Step, BatchPlan] | None = None  # (generation, step, plan)
+        self.last_step: tuple[int, Step, BatchPlan] | None = None  # (generation, step, plan)
         self._assignment_mtime = self._mtime()
         self._status = WorkerStatus()
         self._heartbeat = Heartbeat(ctx.heartbeat_file)
         self._armed = False  # the first committed step arms the agent's hang timer
         self._last_beat = 0.0
         self._stop = StopRequest()
-        self._formed = False
+        self.formed = False
         if ctx.batching != "fixedPerWorker":
             raise ValueError(f"{contract.PodEnv.BATCHING}={ctx.batching}: the short API runs "
                              "one loader batch per optimizer step (fixedPerWorker); for "
                              "fixedGlobal use ElasticSession with BatchPlan micro-batches")
         if not ctx.standalone and self.status_file and self.comm.can_abort and self.secret:
-            self._set_status(inplace=True)
+            self.set_status(inplace=True)
         elif not ctx.standalone:
             log.info("rank %d: in-place resize unavailable (%s); the agent restarts this process "
                      "on every resize", ctx.rank,
@@ -201,26 +187,26 @@ class InPlaceSession:
         """
         self._require_registered()
         assert self.data_sampler is not None
-        if not self._formed:
-            self._form(self.assignment)
+        if not self.formed:
+            formation.form(self, self.assignment)
         self.boundary()
         while self.data_sampler.epoch < total:
             epoch = self.data_sampler.epoch
             yield epoch
             self.boundary()
-            while self.data_sampler.epoch == epoch and not self._share(self._next()):
-                self._pending = self._next()
+            while self.data_sampler.epoch == epoch and not self.share(self.next_step()):
+                self.pending = self.next_step()
                 self.sync_step()
                 self.boundary()
         self._finish()
 
     # -- the step boundary -------------------------------------------------------------------
 
-    def _next(self) -> Step:
+    def next_step(self) -> Step:
         assert self.data_sampler is not None and self.plan is not None
         return self.data_sampler.next_step(self.plan)
 
-    def _share(self, step: Step) -> list[int]:
+    def share(self, step: Step) -> list[int]:
         assert self.plan is not None
         return self.plan.split(step.indices, self.rank)[0].indices
 
@@ -228,12 +214,12 @@ class InPlaceSession:
         """All-reduce gradients + agreement, commit; False when the step was discarded."""
         assert self.model is not None and self.optimizer is not None
         assert self.elastic_lr is not None and self.data_sampler is not None
-        step = self._pending
+        step = self.pending
         if step is None:
             raise RuntimeError("optimizer.step() called without a batch from session.sampler "
                                "(iterate a DataLoader over it, num_workers=0)")
         params = [p for p in self.model.parameters() if p.requires_grad]
-        weight = len(self._share(step)) / len(step.indices)
+        weight = len(self.share(step)) / len(step.indices)
         sizes = [p.numel() for p in params]
         flat = torch.zeros(sum(sizes) + 2, dtype=torch.float32, device=self.comm.device)
         offset = 0
@@ -278,19 +264,19 @@ class InPlaceSession:
         if self._due_switch:
             self._due_switch, self._due_leaving = False, 0
             self.comm.destroy()
-            self._form(self._wait_assignment())
+            formation.form(self, self.wait_assignment())
 
     def _commit(self, step: Step) -> None:
         assert self.data_sampler is not None and self.plan is not None
         self.data_sampler.commit(step)
         self.global_step += 1
         self.last_discarded = False
-        self._pending = None
-        self._boundaries += 1
-        self._last_step = (self.assignment.generation, step, self.plan)
+        self.pending = None
+        self.boundaries += 1
+        self.last_step = (self.assignment.generation, step, self.plan)
         if self.index_log is not None:
             self.index_log.step(generation=self.assignment.generation, step=self.global_step,
-                                epoch=step.epoch, rank=self.rank, indices=self._share(step))
+                                epoch=step.epoch, rank=self.rank, indices=self.share(step))
         self._heartbeat.beat(self.global_step)
         self._armed, self._last_beat = True, time.monotonic()
         interval = self.ctx.checkpoint_interval
@@ -304,18 +290,18 @@ class InPlaceSession:
         self.optimizer.zero_grad(set_to_none=True)
         self.discarded += 1
         self.last_discarded = True
-        self._pending = None
-        self._boundaries += 1
+        self.pending = None
+        self.boundaries += 1
         if self.index_log is not None:
             self.index_log.discard(generation=self.assignment.generation,
                                    step=self.global_step + 1, rank=self.rank)
-        self._set_status(lost=self.assignment.generation)
+        self.set_status(lost=self.assignment.generation)
         self.comm.abort()
         # Regroup now, not at the next boundary: the script's code after optimizer.step()
         # (``dist.get_rank()`` for its log line) needs a process group, and a discarded step
         # changed nothing (no optimizer or scheduler step), so the state served from here is
         # the last committed one either way.
-        self._form(self._wait_assignment())
+        formation.form(self, self.wait_assignment())
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -335,7 +321,9 @@ class InPlaceSession:
             return None
         return found
 
-    def _wait_assignment(self, timeout: float = 600.0) -> Assignment:
+    def wait_assignment(self, timeout: float = 600.0) -> Assignment:
+        """The agent's next round (after a discarded step or a failed formation); a SIGTERM
+        meanwhile saves this rank's state and leaves, since no group is left to agree in."""
         deadline = time.monotonic() + timeout
         while (found := self._newer_assignment()) is None:
             self._keepalive()
@@ -350,7 +338,12 @@ class InPlaceSession:
             time.sleep(0.002)
         return found
 
-    def _superseded(self) -> bool:
+    def adopt(self, assignment: Assignment) -> None:
+        """Form ``assignment``'s round from now on (a newer one is again news)."""
+        self.assignment = assignment
+        self._assignment_mtime = self._mtime()
+
+    def superseded(self) -> bool:
         """The agent handed over a newer round: the one this process forms is abandoned.
 
         Called by every wait of a formation or between rounds, so it also keeps the heartbeat:
@@ -366,129 +359,7 @@ class InPlaceSession:
             self._last_beat = now
             self._heartbeat.beat(self.global_step)
 
-    def _form(self, assignment: Assignment) -> None:
-        """Join ``assignment``'s group and bring every rank to the newest committed state.
-
-        A round can be abandoned while it forms: a member dies, or the membership changes
-        again (a scale flap) before every member arrived. Every wait of the formation is
-        polled against a newer assignment (``_superseded``), and a failed formation tells the
-        agent (``lost``, so it re-forms now) and forms the next round instead: no member waits
-        for a store or collective timeout. What a failed formation leaves is a committed state
-        (a load from a peer is whole or not at all), so the next formation starts from it."""
-        while True:
-            try:
-                self._form_once(assignment)
-                return
-            except (CollectiveAborted, peer_state.PeerStateRefused, OSError) as exc:
-                log.warning("rank %d: generation %d did not form (%s); waiting for the next "
-                            "round", assignment.rank, assignment.generation, exc)
-                self.comm.abort()
-                self._set_status(lost=assignment.generation)
-                assignment = self._wait_assignment()
-
-    def _form_once(self, assignment: Assignment) -> None:
-        assert self.model is not None and self.optimizer is not None
-        started = time.monotonic()
-        self.assignment = assignment
-        self._assignment_mtime = self._mtime()
-        world, rank = assignment.world_size, assignment.rank
-        if self.ctx.standalone:  # a group of one, so the script's dist calls still work
-            self.comm.init(0, 1, "127.0.0.1", _free_port())
-        else:
-            self._set_status(ready=assignment.generation)
-            self.comm.init(rank, world, assignment.master_addr, assignment.master_port,
-                           self._superseded)
-        self.plan = BatchPlan.create("fixedPerWorker", world_size=world,
-                                     micro_batch=self.batch_size,
-                                     base_world_size=self.ctx.base_world_size)
-        steps = self._exchange_steps()
-        top = max(steps)
-        source, behind = steps.index(top), [r for r, s in enumerate(steps) if s != top]
-        if top < 0:
-            self._fresh_start()
-        else:
-            healed = any(0 <= steps[r] < top for r in behind)
-            if rank == source and (healed or assignment.peers_lost):
-                self._relog_last_step()
-            if behind:
-                self._transfer(source, behind, steps)
-        self._retarget()
-        rng.reseed(self.seed, self.global_step, rank)
-        if self.index_log is not None:
-            self.index_log.restore(generation=assignment.generation, step=self.global_step,
-                                   rank=rank)
-        self._formed = True
-        if rank == 0:
-            log.info("generation %d: world %d formed in place after step %d in %.3fs (state "
-                     "from rank %d to %s)", assignment.generation, world, self.global_step,
-                     time.monotonic() - started, source, behind if top >= 0 else "nobody")
-
-    def _exchange_steps(self) -> list[int]:
-        if self.world_size == 1:
-            return [self.global_step]
-        box = torch.zeros(self.world_size, dtype=torch.int64, device=self.comm.device)
-        box[self.rank] = self.global_step
-        self.comm.all_reduce(box, self._superseded)
-        return [int(v) for v in box.tolist()]
-
-    def _transfer(self, source: int, behind: list[int], steps: list[int]) -> None:
-        """Ranks in ``behind`` load the state of ``source`` from its memory."""
-        assert self.comm.store is not None
-        key = f"peer-state/{self.assignment.generation}"
-        server = None
-        if self.rank == source:
-            server = peer_state.StateServer(self.local_addr, self.secret,
-                                            self.assignment.generation,
-                                            peer_state.Payload(self.state()))
-            self.comm.store.set(key, server.address)
-        try:
-            if self.rank in behind:
-                address = self.comm.get(key, self._superseded)
-                self.load(peer_state.fetch(address, self.secret, self.assignment.generation))
-            self.comm.all_reduce(torch.zeros(1, device=self.comm.device), self._superseded)
-        finally:
-            if server is not None:
-                server.close()
-
-    def _relog_last_step(self) -> None:
-        """After a lost peer, the last committed step is in the lineage with every old rank's
-        share, but the dead rank (or a survivor that missed the step) may not have logged its
-        own: log them all again (the audit counts a (generation, step, rank) once)."""
-        if self.index_log is None or self._last_step is None:
-            return
-        generation, step, plan = self._last_step
-        for old_rank in range(plan.world_size):
-            indices = [i for mb in step.micro_batches(plan, old_rank) for i in mb.indices]
-            self.index_log.step(generation=generation, step=self.global_step,
-                                epoch=step.epoch, rank=old_rank, indices=indices)
-
-    def _fresh_start(self) -> None:
-        """Nobody holds state: the newest checkpoint, or rank 0's initial weights (like DDP)."""
-        assert self.model is not None
-        step, state = 0, None
-        if self.checkpoints is not None:
-            if self.rank == 0:
-                self.checkpoints.remove_stale_temporaries()
-                found = self.checkpoints.load_latest()
-                if found is not None:
-                    step, state = found[0].step, found[1]
-            if self.world_size > 1:
-                box = torch.tensor([step if self.rank == 0 else 0], device=self.comm.device)
-                self.comm.all_reduce(box, self._superseded)
-                step = int(box.item())
-            if step and state is None:
-                state = read_verified(self.checkpoints.path_for(step))
-        if state is not None:
-            self.load(state)
-        else:
-            if self.world_size > 1:
-                for tensor in self.model.state_dict().values():
-                    self.comm.wait(dist.broadcast(tensor, src=0, async_op=True),
-                                   self._superseded)
-            self.global_step = 0  # only now: an abandoned broadcast leaves no state (-1)
-        self.saved_step = self.global_step
-
-    def _retarget(self) -> None:
+    def retarget(self) -> None:
         """The ElasticLR of the boundary, continued in this world (ramp after a resize)."""
         assert self.optimizer is not None
         state = self.elastic_lr.state_dict() if self.elastic_lr is not None else None
@@ -503,37 +374,7 @@ class InPlaceSession:
 
     def state(self) -> dict[str, Any]:
         """Everything a process needs to continue this run (checkpoint and peer transfer)."""
-        assert self.model is not None and self.optimizer is not None
-        assert self.data_sampler is not None
-        return {
-            "format": FORMAT_VERSION,
-            "step": self.global_step,
-            "world_size": self.world_size,
-            "generation": self.assignment.generation,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else {
-                k: v for k, v in self.scheduler.state_dict().items() if k != "step"},
-            "elastic_lr": None if self.elastic_lr is None else self.elastic_lr.state_dict(),
-            "sampler": self.data_sampler.state_dict(),
-        }
-
-    def load(self, state: dict[str, Any]) -> None:
-        assert self.model is not None and self.optimizer is not None
-        assert self.data_sampler is not None
-        if state.get("format") != FORMAT_VERSION:
-            raise ValueError(f"state format {state.get('format')!r} is not {FORMAT_VERSION}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("elastic_lr") is not None:
-            if self.elastic_lr is None:
-                self._retarget()
-            assert self.elastic_lr is not None
-            self.elastic_lr.load_state_dict(state["elastic_lr"])
-        self.data_sampler.load_state_dict(state["sampler"])
-        self.global_step = int(state["step"])
+        return formation.state(self)
 
     def save(self, any_rank: bool = False) -> None:
         """Rank 0 (or this rank: ``any_rank``) writes the boundary's checkpoint; no collective,
@@ -573,7 +414,8 @@ class InPlaceSession:
             self.index_log.close()
             self.index_log = None
 
-    def _set_status(self, **changes: Any) -> None:
+    def set_status(self, **changes: Any) -> None:
+        """Tell the agent (the status file): in-place capable, ready for a round, lost one."""
         fields = {**self._status.__dict__, **changes}
         self._status = WorkerStatus(**fields)
         if self.status_file:
@@ -586,66 +428,6 @@ class InPlaceSession:
                    if value is None]
         if missing:
             raise RuntimeError(f"call {', '.join(missing)} before session.epochs()")
-
-
-class RankSampler(torch.utils.data.Sampler[int]):
-    """This rank's indices of each step, decided when the previous step is over."""
-
-    def __init__(self, session: InPlaceSession) -> None:
-        self.session = session
-
-    def set_epoch(self, epoch: int) -> None:
-        """Accepted for ``DistributedSampler`` compatibility; the session knows the epoch."""
-        assert self.session.data_sampler is not None
-        if epoch != self.session.data_sampler.epoch:
-            raise ValueError(f"set_epoch({epoch}): the session is in epoch "
-                             f"{self.session.data_sampler.epoch}; iterate session.epochs()")
-
-    def __len__(self) -> int:
-        s = self.session
-        assert s.data_sampler is not None
-        return -(-s.data_sampler.remaining // s.world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        s = self.session
-        assert s.data_sampler is not None
-        epoch = s.data_sampler.epoch
-        while s.data_sampler.epoch == epoch:
-            s.boundary()
-            if s.data_sampler.epoch != epoch:
-                return  # healed from a peer that had finished the epoch
-            step = s._next()
-            share = s._share(step)
-            if not share:
-                return  # epochs() takes part in this step
-            s._pending = step
-            boundary = s._boundaries
-            yield from share
-            if len(share) < s.batch_size:
-                return  # the epoch's last step: let the loader hand out the short batch
-            if s._boundaries == boundary:
-                raise RuntimeError("the loader read the next step before optimizer.step(): "
-                                   "use DataLoader(num_workers=0) with session.sampler")
-
-
-class ElasticOptimizer:
-    """The user's optimizer; ``step()`` is the session's step boundary (True: committed)."""
-
-    def __init__(self, session: InPlaceSession, optimizer: torch.optim.Optimizer) -> None:
-        self._session = session
-        self._optimizer = optimizer
-
-    def step(self) -> bool:
-        return self._session.sync_step()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._optimizer, name)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def init(backend: str | None = None, *, collective_timeout: float = 60.0,
