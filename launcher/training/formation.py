@@ -1,7 +1,8 @@
 """Forming an in-place round: join its process group and bring every rank to one state.
 
 What :class:`~launcher.training.inplace.InPlaceSession` does between two rounds, in a module of
-its own (the session holds the step boundary); it reads and sets the session's public members.
+its own (the session holds the step boundary). It reads and sets the members of the session
+that :class:`Forming` lists, and imports nothing of the session's module (no import cycle).
 
 - After a failure, survivors can disagree by one step (the all-reduce completed on some ranks
   only). At every (re)formation the ranks exchange their committed step; the lowest rank with
@@ -26,26 +27,67 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
 from launcher.inplace import Assignment
 from launcher.training import peer_state, rng
+from launcher.training.audit import IndexLog
 from launcher.training.batching import BatchPlan
-from launcher.training.checkpoint import read_verified
-from launcher.training.communicator import CollectiveAborted
-
-if TYPE_CHECKING:
-    from launcher.training.inplace import InPlaceSession
+from launcher.training.checkpoint import CheckpointDir, read_verified
+from launcher.training.communicator import CollectiveAborted, Communicator
+from launcher.training.context import ElasticContext
+from launcher.training.lr import ElasticLR
+from launcher.training.sampler import ElasticSampler, Step
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 
-def form(session: InPlaceSession, assignment: Assignment) -> None:
+class Forming(Protocol):
+    """What a formation reads and sets of the session (``InPlaceSession`` is one)."""
+
+    ctx: ElasticContext
+    comm: Communicator
+    assignment: Assignment
+    model: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer | None
+    scheduler: Any | None
+    elastic_lr: ElasticLR | None
+    data_sampler: ElasticSampler | None
+    plan: BatchPlan | None
+    batch_size: int
+    seed: int
+    global_step: int
+    saved_step: int
+    index_log: IndexLog | None
+    checkpoints: CheckpointDir | None
+    local_addr: str
+    secret: bytes
+    last_step: tuple[int, Step, BatchPlan] | None
+    formed: bool
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    def adopt(self, assignment: Assignment) -> None: ...
+
+    def set_status(self, **changes: Any) -> None: ...
+
+    def superseded(self) -> bool: ...
+
+    def wait_assignment(self, timeout: float = 600.0) -> Assignment: ...
+
+    def retarget(self) -> None: ...
+
+
+def form(session: Forming, assignment: Assignment) -> None:
     """Join ``assignment``'s group and bring every rank to the newest committed state.
 
     A round can be abandoned while it forms: a member dies, or the membership changes
@@ -66,7 +108,7 @@ def form(session: InPlaceSession, assignment: Assignment) -> None:
             assignment = session.wait_assignment()
 
 
-def _form_once(session: InPlaceSession, assignment: Assignment) -> None:
+def _form_once(session: Forming, assignment: Assignment) -> None:
     assert session.model is not None and session.optimizer is not None
     started = time.monotonic()
     session.adopt(assignment)
@@ -103,7 +145,7 @@ def _form_once(session: InPlaceSession, assignment: Assignment) -> None:
                  time.monotonic() - started, source, behind if top >= 0 else "nobody")
 
 
-def _exchange_steps(session: InPlaceSession) -> list[int]:
+def _exchange_steps(session: Forming) -> list[int]:
     if session.world_size == 1:
         return [session.global_step]
     box = torch.zeros(session.world_size, dtype=torch.int64, device=session.comm.device)
@@ -112,7 +154,7 @@ def _exchange_steps(session: InPlaceSession) -> list[int]:
     return [int(v) for v in box.tolist()]
 
 
-def _transfer(session: InPlaceSession, source: int, behind: list[int]) -> None:
+def _transfer(session: Forming, source: int, behind: list[int]) -> None:
     """Ranks in ``behind`` load the state of ``source`` from its memory."""
     comm = session.comm
     assert comm.store is not None
@@ -133,7 +175,7 @@ def _transfer(session: InPlaceSession, source: int, behind: list[int]) -> None:
             server.close()
 
 
-def _relog_last_step(session: InPlaceSession) -> None:
+def _relog_last_step(session: Forming) -> None:
     """After a lost peer, the last committed step is in the lineage with every old rank's
     share, but the dead rank (or a survivor that missed the step) may not have logged its
     own: log them all again (the audit counts a (generation, step, rank) once)."""
@@ -146,7 +188,7 @@ def _relog_last_step(session: InPlaceSession) -> None:
                                epoch=step.epoch, rank=old_rank, indices=indices)
 
 
-def _fresh_start(session: InPlaceSession) -> None:
+def _fresh_start(session: Forming) -> None:
     """Nobody holds state: the newest checkpoint, or rank 0's initial weights (like DDP)."""
     assert session.model is not None
     comm, checkpoints = session.comm, session.checkpoints
@@ -173,7 +215,7 @@ def _fresh_start(session: InPlaceSession) -> None:
     session.saved_step = session.global_step
 
 
-def state(session: InPlaceSession) -> dict[str, Any]:
+def state(session: Forming) -> dict[str, Any]:
     """Everything a process needs to continue this run (checkpoint and peer transfer)."""
     assert session.model is not None and session.optimizer is not None
     assert session.data_sampler is not None
@@ -192,7 +234,7 @@ def state(session: InPlaceSession) -> dict[str, Any]:
     }
 
 
-def load(session: InPlaceSession, loaded: dict[str, Any]) -> None:
+def load(session: Forming, loaded: dict[str, Any]) -> None:
     """Continue from ``loaded`` (what :func:`state` made, on this rank or another)."""
     assert session.model is not None and session.optimizer is not None
     assert session.data_sampler is not None

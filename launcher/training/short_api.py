@@ -11,18 +11,38 @@ and commit.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from launcher.training.inplace import InPlaceSession
+from launcher.training.sampler import ElasticSampler, Step
+
+
+class StepBoundary(Protocol):
+    """What the adapters use of the session (``InPlaceSession`` is one); this module imports
+    nothing of the session's (no import cycle)."""
+
+    data_sampler: ElasticSampler | None
+    batch_size: int
+    pending: Step | None
+    boundaries: int
+
+    @property
+    def world_size(self) -> int: ...
+
+    def boundary(self) -> None: ...
+
+    def next_step(self) -> Step: ...
+
+    def share(self, step: Step) -> list[int]: ...
+
+    def sync_step(self) -> bool: ...
 
 
 class RankSampler(torch.utils.data.Sampler[int]):
     """This rank's indices of each step, decided when the previous step is over."""
 
-    def __init__(self, session: InPlaceSession) -> None:
+    def __init__(self, session: StepBoundary) -> None:
         self.session = session
 
     def set_epoch(self, epoch: int) -> None:
@@ -62,7 +82,7 @@ class RankSampler(torch.utils.data.Sampler[int]):
 class ElasticOptimizer:
     """The user's optimizer; ``step()`` is the session's step boundary (True: committed)."""
 
-    def __init__(self, session: InPlaceSession, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, session: StepBoundary, optimizer: torch.optim.Optimizer) -> None:
         self._session = session
         self._optimizer = optimizer
 
