@@ -76,6 +76,10 @@ EVENT_REASONS: Mapping[Kind, str] = {
 }
 
 
+# How far past a growth window's end the loop wakes to decide (the window has ended by then).
+WINDOW_SLACK_S = 0.01
+
+
 @dataclass(frozen=True)
 class AutoscalerSettings:
     """Operator-wide autoscaler knobs (see the module docstring for the variables)."""
@@ -267,11 +271,14 @@ class Autoscaler:
         wake_at: float | None = None
         while True:
             timeout = self.settings.interval_s
-            if wake_at is not None:  # the debounce sleep below lands just past the window
-                timeout = min(timeout, max(wake_at - time.time(), 0.0))
+            if wake_at is not None:  # just past the window's end: it has ended then
+                timeout = min(timeout, max(wake_at - time.time(), 0.0) + WINDOW_SLACK_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            await asyncio.sleep(self.settings.debounce_s)
+            if self._wake.is_set():
+                # A change: let the rest of its burst arrive, so the burst costs one decision.
+                # A timed wake (a window's end, the period) has no burst to wait for.
+                await asyncio.sleep(self.settings.debounce_s)
             self._wake.clear()
             wake_at = None
             try:

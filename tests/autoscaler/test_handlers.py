@@ -3,13 +3,19 @@ to the emulated API server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import kopf
 import pytest
 from prometheus_client import CollectorRegistry
 
 from elastic_operator.autoscaler.handlers import Autoscaler, AutoscalerMetrics, AutoscalerSettings
+from elastic_operator.autoscaler.policy import Decision
 from elastic_operator.kube_client import Kube
 from tests.autoscaler.objects import GPU, node, pod
 from tests.harness import Api, Cluster, events_for, jobs_path
@@ -137,3 +143,33 @@ def test_gpus_taken_and_freed_between_decisions_hold_growth_back() -> None:
     for t in range(20, 28):  # the decision at 20 still sees the last flap
         decision = scaler.decide(NOW + t)
     assert decision.targets["default/train"].replicas == 8
+
+
+async def test_a_window_end_is_decided_at_once_and_a_change_after_the_debounce() -> None:
+    """The loop's wake-ups: a growth window's end (``wake_at``) is decided then, with no
+    debounce (nothing to coalesce: it added 0.3 s to every grow); a change is decided after
+    the debounce, so a burst of events costs one decision."""
+    decided: list[float] = []
+
+    class Recording(Autoscaler):
+        def decide(self, now: float) -> Decision:
+            decided.append(time.monotonic())
+            wake = time.time() + 0.1 if len(decided) == 1 else None
+            return dataclasses.replace(super().decide(now), wake_at=wake)
+
+    loop = Recording(AutoscalerSettings(interval_s=60, debounce_s=3.0), METRICS)
+    started = time.monotonic()
+    task = asyncio.create_task(loop.run_forever(kopf.Memo()))
+    try:
+        loop.on_node("ADDED", node("n1", 8))  # a change: decided after the debounce
+        while len(decided) < 2:
+            await asyncio.sleep(0.01)
+        assert decided[0] - started >= 3.0
+        # The window's end 0.1 s later: decided then, not a debounce (3 s) after it.
+        assert decided[1] - decided[0] < 2.0
+        await asyncio.sleep(0.5)
+        assert len(decided) == 2  # nothing else to decide before the 60 s period
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
