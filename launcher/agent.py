@@ -87,6 +87,9 @@ T = TypeVar("T")
 STARTUP_GRACE = 15.0
 # The most an agent waits for its pre-warmed processes before it registers anyway.
 PREWARM_WAIT = 60.0
+# The pool refills once the new processes committed a step, or this long after they started
+# (a script that writes no heartbeat).
+REFILL_AT_THE_LATEST = 30.0
 
 
 class ShutdownRequested(Exception):
@@ -396,7 +399,11 @@ class Agent:
                 return Outcome("reform", reason)
             if self.group.waiting_to_join() and self.rdzv.snapshot().closed:
                 return Outcome("closed")
-            if self.pool is not None:
+            if self.pool is not None and (not self.group.waiting_to_join() or time.monotonic()
+                                          - self.group.started_at > REFILL_AT_THE_LATEST):
+                # Refill once the new processes committed a step, not a fixed delay after
+                # they started: the refill's torch import (seconds of a core) then does not
+                # take CPU from their formation and a joiner's state transfer.
                 self.pool.maintain()
             # In-place processes talk through files, not etcd: look at them often.
             interval = min(self.config.monitor_interval, 0.02) \

@@ -4,8 +4,9 @@ A restart (crash, lost peer, new peer) needs new training processes; starting Py
 importing torch takes seconds, longer than the rest of a re-formation. ``WarmPool`` keeps
 ``size`` processes of ``launcher.worker_boot`` that have already imported torch and wait on
 stdin; ``take()`` hands one out, ``launch()`` gives it its environment and entrypoint. The pool
-refills after ``refill_delay`` seconds (not at once, so the refill's imports do not compete for
-CPU with the round that is just starting).
+refills at a ``maintain()`` at least ``refill_delay`` seconds later, and the agent calls that
+only once the new processes committed a step (``launcher.agent``), so the refill's imports do not
+compete for CPU with the round that is just forming.
 
 Guarantees: a taken process is alive and never used twice; a warm process that died is
 discarded (the caller falls back to a cold start); every pooled process dies with the agent

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from launcher.prewarm import WarmPool
-from tests.launcher.conftest import REPO
+from tests.launcher.conftest import REPO, LauncherCluster, wait_for
 
 
 def test_a_pooled_process_says_when_its_imports_are_done_and_then_runs_the_script(
@@ -103,3 +103,48 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_the_pool_refills_once_the_new_process_committed_a_step(
+        cluster: LauncherCluster, tmp_path: Path) -> None:
+    """The warm process handed out is replaced only after the new process's first step (its
+    heartbeat), so the replacement's torch import does not compete with the formation and
+    state transfer that come before that step (a fixed 2 s delay used to)."""
+    beat = tmp_path / "beat-at"
+    script = tmp_path / "slow_first_step.py"
+    script.write_text("import os, pathlib, time\n"
+                      "time.sleep(6)  # forming, fetching a peer's state\n"
+                      f"pathlib.Path({str(beat)!r}).write_text(str(time.time()))\n"
+                      "pathlib.Path(os.environ['ELASTIC_HEARTBEAT_FILE']).write_text('1')\n"
+                      "time.sleep(600)\n")
+    agent = cluster.start("n0", "1:1", script=script)
+
+    def boots() -> list[int]:
+        """The agent's pooled processes, the one running the script among them."""
+        return [pid for pid, ppid, cmd in _processes()
+                if ppid == agent.proc.pid and "launcher.worker_boot" in cmd]
+
+    wait_for(lambda: "started 1 worker(s) (1 pre-warmed)" in agent.log(), 120,
+             lambda: f"the worker to start\n{agent.log()}")
+    started = time.time()
+    while not beat.exists():
+        assert len(boots()) == 1, f"refilled {time.time() - started:.1f}s after the start, " \
+                                  "before the first step"
+        assert time.time() - started < 60, agent.log()
+        time.sleep(0.1)
+    wait_for(lambda: len(boots()) == 2, 30, lambda: f"the refill\n{agent.log()}")
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        found.append((int(entry.name), ppid, cmd))
+    return found
