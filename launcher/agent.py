@@ -451,7 +451,7 @@ class Agent:
         deadline = time.monotonic() + self.config.lease_ttl + 1.0
         version = -1
         while True:
-            origin = self.rdzv.fault_origin(rnd.generation)
+            origin = self.rdzv.fault_origin(rnd.generation, own=first_exit)
             snap = self.rdzv.snapshot()
             if self.session.connected:
                 lost = [m for m in rnd.members if m not in snap.participants]

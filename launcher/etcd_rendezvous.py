@@ -484,9 +484,16 @@ class EtcdRendezvous:
             with_lease=True,
         )
 
-    def fault_origin(self, generation: int) -> str | None:
-        """The node with the earliest fault claim in ``generation`` (ties: lowest id)."""
+    def fault_origin(self, generation: int, own: float | None = None) -> str | None:
+        """The node with the earliest fault claim in ``generation`` (ties: lowest id).
+
+        ``own``: this node's claim, counted even before the watch brought it back. The
+        snapshot follows the watch, so right after ``claim_fault`` it may hold a peer's claim
+        but not ours; two nodes whose processes failed together (a hang stalls every rank's
+        heartbeat at once) would each name the other and neither count the failure."""
         snap = self.snapshot()
         claims = {k.split("/", 1)[1]: t for k, t in snap.faults.items()
                   if k.split("/", 1)[0] == str(generation)}
+        if own is not None:
+            claims[self.node_id] = own
         return min(claims, key=lambda n: (claims[n], n)) if claims else None

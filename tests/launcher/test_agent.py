@@ -74,7 +74,7 @@ def test_hung_process_is_detected_and_replaced(cluster: LauncherCluster) -> None
         reports = [cluster.etcd_report(node) for node in cluster.agents]
         return [r for r in reports if r is not None]
 
-    reports = wait_for(hang_reports, 30, "a hang report in etcd")
+    reports = wait_for(hang_reports, 30, lambda: f"a hang report in etcd\n{cluster.logs_tail(40)}")
     # A hang in a collective job stalls every rank's heartbeat (the peer waits in all_reduce),
     # so either node may time out first; exactly one of them counts it.
     assert len(reports) == 1, reports

@@ -277,3 +277,31 @@ def test_an_excluded_node_that_fails_and_re_announces_is_taken_back(
     finally:
         for r in rdzvs:
             r.session.close(revoke=False)
+
+
+@pytest.mark.slow
+def test_nodes_that_failed_together_agree_on_the_origin(etcd_server: EtcdServer) -> None:
+    """Each node counts its own claim at once, not when the watch brings it back: a node that
+    has seen only its peer's later claim still names itself, so exactly one of two nodes whose
+    processes failed together counts the failure (before, each could name the other)."""
+    a, b = (_rdzv(etcd_server, "faults", n, 2, 2) for n in ("a", "b"))
+    try:
+        b.claim_fault(3, 20.0)
+        deadline = time.monotonic() + 10
+        while "3/b" not in a.snapshot().faults:
+            assert time.monotonic() < deadline, "a never saw b's claim"
+            time.sleep(0.01)
+        # a's own claim (earlier) is not written yet: as if its watch lagged behind its put.
+        assert a.fault_origin(3, own=10.0) == "a"
+        assert b.fault_origin(3, own=20.0) == "b"  # b has not seen a's claim: itself
+        a.claim_fault(3, 10.0)
+        deadline = time.monotonic() + 10
+        while "3/a" not in b.snapshot().faults:
+            assert time.monotonic() < deadline, "b never saw a's claim"
+            time.sleep(0.01)
+        assert b.fault_origin(3, own=20.0) == "a"
+        assert a.fault_origin(3, own=10.0) == "a"
+        assert a.fault_origin(4) is None
+    finally:
+        for r in (a, b):
+            r.session.close(revoke=False)
