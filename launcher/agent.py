@@ -397,9 +397,10 @@ class Agent:
             reason = self.rdzv.reform_reason(rnd)
             if reason is not None:
                 return Outcome("reform", reason)
-            if self.group.waiting_to_join() and self.rdzv.snapshot().closed:
+            waiting = self.group.waiting_to_join()  # a stat per process: once per tick
+            if waiting and self.rdzv.snapshot().closed:
                 return Outcome("closed")
-            if self.pool is not None and (not self.group.waiting_to_join() or time.monotonic()
+            if self.pool is not None and (not waiting or time.monotonic()
                                           - self.group.started_at > REFILL_AT_THE_LATEST):
                 # Refill once the new processes committed a step, not a fixed delay after
                 # they started: the refill's torch import (seconds of a core) then does not

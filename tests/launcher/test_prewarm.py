@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from kube_emulator.node.runtime import process_table
 from launcher.prewarm import WarmPool
 from tests.launcher.conftest import REPO, LauncherCluster, wait_for
 
@@ -62,6 +63,7 @@ def test_workers_start_without_fork_hooks_and_die_with_the_agent(tmp_path: Path)
 import os, pathlib, subprocess, sys, time
 from launcher.etcd_rendezvous import Round
 from launcher.monitor import WorkerGroup
+from kube_emulator.node.runtime import process_table
 from launcher.prewarm import WarmPool
 forks = []
 os.register_at_fork(before=lambda: forks.append(1))
@@ -89,20 +91,13 @@ time.sleep(600)
             assert Path(f"/proc/{pid}").exists()
         agent.kill()
         agent.wait()
-        while any(_alive(pid) for pid in workers):
+        while any(pid in workers for pid, _, _ in process_table()):
             assert time.monotonic() < deadline, "a worker outlived its SIGKILLed agent"
             time.sleep(0.1)
     finally:
         agent.kill()
         agent.wait()
 
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie whose parent is gone counts as not running)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def test_the_pool_refills_once_the_new_process_committed_a_step(
@@ -121,8 +116,8 @@ def test_the_pool_refills_once_the_new_process_committed_a_step(
 
     def boots() -> list[int]:
         """The agent's pooled processes, the one running the script among them."""
-        return [pid for pid, ppid, cmd in _processes()
-                if ppid == agent.proc.pid and "launcher.worker_boot" in cmd]
+        return [pid for pid, ppid, _ in process_table()
+                if ppid == agent.proc.pid and b"launcher.worker_boot" in _cmdline(pid)]
 
     wait_for(lambda: "started 1 worker(s) (1 pre-warmed)" in agent.log(), 120,
              lambda: f"the worker to start\n{agent.log()}")
@@ -135,16 +130,9 @@ def test_the_pool_refills_once_the_new_process_committed_a_step(
     wait_for(lambda: len(boots()) == 2, 30, lambda: f"the refill\n{agent.log()}")
 
 
-def _processes() -> list[tuple[int, int, str]]:
-    """(pid, parent pid, command line) of every process."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-        found.append((int(entry.name), ppid, cmd))
-    return found
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""  # gone meanwhile

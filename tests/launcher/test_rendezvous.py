@@ -21,6 +21,7 @@ from launcher.etcd_rendezvous import (
     Snapshot,
 )
 from launcher.etcd_session import Entry, EtcdSession
+from tests.launcher.conftest import wait_for
 
 P = contract.etcd_prefix("job")
 
@@ -287,18 +288,12 @@ def test_nodes_that_failed_together_agree_on_the_origin(etcd_server: EtcdServer)
     a, b = (_rdzv(etcd_server, "faults", n, 2, 2) for n in ("a", "b"))
     try:
         b.claim_fault(3, 20.0)
-        deadline = time.monotonic() + 10
-        while "3/b" not in a.snapshot().faults:
-            assert time.monotonic() < deadline, "a never saw b's claim"
-            time.sleep(0.01)
+        wait_for(lambda: "3/b" in a.snapshot().faults, 10, "a to see b's claim", interval=0.01)
         # a's own claim (earlier) is not written yet: as if its watch lagged behind its put.
         assert a.fault_origin(3, own=10.0) == "a"
         assert b.fault_origin(3, own=20.0) == "b"  # b has not seen a's claim: itself
         a.claim_fault(3, 10.0)
-        deadline = time.monotonic() + 10
-        while "3/a" not in b.snapshot().faults:
-            assert time.monotonic() < deadline, "b never saw a's claim"
-            time.sleep(0.01)
+        wait_for(lambda: "3/a" in b.snapshot().faults, 10, "b to see a's claim", interval=0.01)
         assert b.fault_origin(3, own=20.0) == "a"
         assert a.fault_origin(3, own=10.0) == "a"
         assert a.fault_origin(4) is None
